@@ -1,0 +1,298 @@
+import copy
+import io
+import pickle
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from auxtransfer import (
+    AuxOutput,
+    CombinedLoss,
+    RandomPartitionHead,
+    class_partition,
+    find_classifier,
+)
+
+
+def _resnet(num_classes=10):
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=num_classes)
+
+
+def _x(batch=4, size=32, seed=0):
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_output_shapes_and_partition():
+    net = RandomPartitionHead(_resnet(), num_partitions=3, seed=7)
+    out = net(_x())
+    assert isinstance(out, AuxOutput)
+    assert out.logits.shape == (4, 10)
+    assert out.aux_logits.shape == (4, 3, 2)
+    assert torch.equal(net.partition, class_partition(10, num_partitions=3, seed=7))
+    assert net.num_classes == 10 and net.num_partitions == 3
+    assert net.classifier_name == "fc"
+    assert net.aux_head.in_features == 512
+
+
+def test_main_path_unchanged_in_eval():
+    backbone = _resnet().eval()
+    x = _x()
+    before = backbone(x)
+    net = RandomPartitionHead(backbone).eval()
+    assert torch.equal(net(x).logits, before)
+    assert torch.equal(net.backbone(x), before)
+
+
+def test_aux_head_reads_the_classifier_input():
+    backbone = _resnet().eval()
+    net = RandomPartitionHead(backbone, num_partitions=2)
+    x = _x()
+    # ResNet's pre-logits computed by hand, layer by layer.
+    h = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
+    h = backbone.layer4(backbone.layer3(backbone.layer2(backbone.layer1(h))))
+    features = torch.flatten(backbone.avgpool(h), 1)
+    expected = F.linear(features, net.aux_head.weight, net.aux_head.bias).view(4, 2, 2)
+    torch.testing.assert_close(net(x).aux_logits, expected)
+
+
+def test_relabel():
+    partition = torch.tensor([[0, 1, 1, 0, 1, 0, 0, 1, 0, 1], [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]])
+    net = RandomPartitionHead(_resnet(), partition=partition)
+    y = torch.tensor([0, 1, 4, 9, 5])
+    expected = torch.tensor([[partition[0, c], partition[1, c]] for c in y.tolist()])
+    assert torch.equal(net.relabel(y), expected)
+    assert net.relabel(y).device == y.device
+    assert net.relabel(torch.tensor([[3, 4]])).shape == (1, 2, 2)
+
+
+def test_seed_decides_everything_and_global_rng_is_untouched():
+    a = RandomPartitionHead(_resnet(), seed=3)
+    backbone = _resnet()
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    b = RandomPartitionHead(backbone, seed=3)
+    assert torch.equal(state, torch.random.get_rng_state())
+    c = RandomPartitionHead(_resnet(), seed=4)
+    assert torch.equal(a.aux_head.weight, b.aux_head.weight)
+    assert torch.equal(a.partition, b.partition)
+    assert not torch.equal(a.aux_head.weight, c.aux_head.weight)
+
+
+def test_state_dict_round_trip(tmp_path):
+    net = RandomPartitionHead(_resnet(), num_partitions=2, seed=1)
+    with torch.no_grad():
+        net.aux_head.weight.add_(1.0)
+    path = tmp_path / "net.pt"
+    torch.save(net.state_dict(), path)
+    assert {"partition", "aux_head.weight", "aux_head.bias", "backbone.fc.weight"} <= set(
+        net.state_dict()
+    )
+
+    other = RandomPartitionHead(_resnet(), num_partitions=2, seed=2)
+    assert not torch.equal(other.partition, net.partition)
+    other.load_state_dict(torch.load(path, weights_only=True))
+    assert torch.equal(other.partition, net.partition)
+    net.eval(), other.eval()
+    x = _x()
+    assert torch.equal(net(x).aux_logits, other(x).aux_logits)
+    assert torch.equal(net(x).logits, other(x).logits)
+
+
+def test_unwrap_returns_the_plain_backbone():
+    backbone = _resnet()
+    keys = set(backbone.state_dict())
+    net = RandomPartitionHead(backbone)
+    plain = net.unwrap()
+    assert plain is backbone
+    assert set(plain.state_dict()) == keys
+    assert not plain.fc._forward_pre_hooks
+    assert plain(_x()).shape == (4, 10)
+    with pytest.raises(RuntimeError, match="unwrapped"):
+        net(_x())
+
+
+def test_pickle_and_deepcopy():
+    net = RandomPartitionHead(_resnet(), num_partitions=2).eval()
+    x = _x()
+    expected = net(x)
+    for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        out = clone(x)
+        assert torch.equal(out.logits, expected.logits)
+        assert torch.equal(out.aux_logits, expected.aux_logits)
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+
+
+def test_keeps_device_and_dtype_of_the_classifier():
+    net = RandomPartitionHead(_resnet().to(torch.float64))
+    assert net.aux_head.weight.dtype == torch.float64
+    assert net(_x().double()).aux_logits.dtype == torch.float64
+    with torch.device("meta"):
+        meta = torchvision.models.resnet18(num_classes=10)
+    net = RandomPartitionHead(meta)
+    assert net.aux_head.weight.is_meta and net.partition.is_meta
+    assert net(torch.empty(2, 3, 32, 32, device="meta")).aux_logits.shape == (2, 1, 2)
+
+
+def test_moves_with_to():
+    net = RandomPartitionHead(_resnet()).to(torch.float64)
+    assert net.aux_head.weight.dtype == torch.float64
+    assert net.partition.dtype == torch.long  # buffers of labels keep their dtype
+
+
+def test_train_step_updates_both_heads():
+    net = RandomPartitionHead(_resnet(), num_partitions=2).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    y = torch.tensor([0, 3, 7, 9])
+    loss = CombinedLoss(0.4)(net(_x()), y, net.relabel(y))
+    loss.backward()
+    assert net.aux_head.weight.grad.abs().sum() > 0
+    assert net.backbone.fc.weight.grad.abs().sum() > 0
+    assert net.backbone.conv1.weight.grad.abs().sum() > 0
+    before = net.aux_head.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, net.aux_head.weight)
+
+
+def test_autocast():
+    net = RandomPartitionHead(_resnet(), num_partitions=2)
+    y = torch.tensor([0, 3, 7, 9])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(_x())
+        loss = CombinedLoss(0.4)(out, y, net.relabel(y))
+    assert out.logits.dtype == out.aux_logits.dtype == torch.bfloat16
+    loss.backward()
+    assert net.aux_head.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_torch_compile(fullgraph):
+    net = RandomPartitionHead(_resnet(), num_partitions=2).eval()
+    x = _x()
+    expected = net(x)
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=fullgraph)
+    out = compiled(x)
+    torch.testing.assert_close(out.logits, expected.logits)
+    torch.testing.assert_close(out.aux_logits, expected.aux_logits)
+    y = torch.tensor([0, 3, 7, 9])
+    CombinedLoss(0.4)(compiled(x), y, net.relabel(y)).backward()
+    assert net.aux_head.weight.grad is not None
+
+
+def test_explicit_classifier_for_a_custom_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 5))
+    with pytest.raises(
+        ValueError, match=r"Could not find the classifier of Sequential.*`classifier=`.*'3'"
+    ):
+        RandomPartitionHead(model)
+    net = RandomPartitionHead(model, classifier="3").eval()
+    x = torch.randn(2, 3, 2, 2)
+    out = net(x)
+    assert torch.equal(out.logits, model(x))
+    hidden = model[2](model[1](model[0](x)))
+    torch.testing.assert_close(out.aux_logits[:, 0], net.aux_head(hidden))
+
+
+def test_explicit_classifier_container():
+    torch.manual_seed(0)
+    model = torchvision.models.vgg11(num_classes=5)
+    net = RandomPartitionHead(model, classifier="classifier")
+    assert net.aux_head.in_features == 512 * 7 * 7
+    assert net.num_classes == 5
+
+
+def test_find_classifier_on_timm_and_torchvision():
+    assert find_classifier(timm.create_model("resnet18", num_classes=3)) == "fc"
+    assert find_classifier(timm.create_model("vit_tiny_patch16_224", num_classes=3)) == "head"
+    assert find_classifier(timm.create_model("convnext_atto", num_classes=3)) == "head.fc"
+    assert find_classifier(torchvision.models.mobilenet_v3_small(num_classes=3)) == "classifier.3"
+
+
+def test_googlenet_training_tuple():
+    torch.manual_seed(0)
+    backbone = torchvision.models.googlenet(num_classes=10, aux_logits=True, init_weights=False)
+    net = RandomPartitionHead(backbone, num_partitions=2).train()
+    out = net(_x(size=64))
+    assert out.logits.shape == (4, 10)
+    assert out.aux_logits.shape == (4, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_partitions": 0}, ValueError, r"`num_partitions` to be an int >= 1, but got 0"),
+        ({"seed": -3}, ValueError, r"`seed` to be an int >= 0, but got -3"),
+        (
+            {"partition": torch.ones(2, 11, dtype=torch.long)},
+            ValueError,
+            r"`partition` to have 10 columns .* shape \(2, 11\)",
+        ),
+        (
+            {"partition": torch.full((10,), 2)},
+            ValueError,
+            r"`partition` to hold only 0 and 1, but got the value 2",
+        ),
+        (
+            {"partition": torch.zeros(10, dtype=torch.long)},
+            ValueError,
+            r"row 0 puts all 10 classes in group 0",
+        ),
+        ({"partition": torch.rand(10)}, TypeError, r"`partition` to be an integer or bool tensor"),
+        (
+            {"partition": torch.zeros(1, 1, 10, dtype=torch.long)},
+            ValueError,
+            r"shape \[C\] or \[n, C\]",
+        ),
+        (
+            {"partition": class_partition(10, num_partitions=2), "num_partitions": 3},
+            ValueError,
+            r"`num_partitions` to match the 2 rows",
+        ),
+        (
+            {"classifier": "fc2"},
+            ValueError,
+            r"`classifier` to name a module of ResNet, but got 'fc2'",
+        ),
+        ({"classifier": "layer1.0.relu"}, TypeError, r"`layer1.0.relu` is a ReLU with none inside"),
+        ({"classifier": 3}, TypeError, r"`classifier` to be a module name \(str\), but got 3"),
+    ],
+)
+def test_bad_input(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RandomPartitionHead(_resnet(), **kwargs)
+
+
+def test_bad_backbones():
+    with pytest.raises(
+        TypeError, match=r"`backbone` to be an nn.Module, but got 'resnet18' \(str\)"
+    ):
+        RandomPartitionHead("resnet18")
+    with pytest.raises(
+        ValueError, match=r"classifier `fc` to output at least 2 classes, but it outputs 1"
+    ):
+        RandomPartitionHead(_resnet(num_classes=1))
+    encoder = timm.create_model("resnet18", num_classes=0)
+    with pytest.raises(ValueError, match=r"get_classifier\(\) returned Identity.*`classifier=`"):
+        RandomPartitionHead(encoder)
+
+
+def test_bad_relabel_input():
+    net = RandomPartitionHead(_resnet())
+    with pytest.raises(
+        ValueError, match=r"`target` to hold class indices in \[0, 10\), but got 10"
+    ):
+        net.relabel(torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match=r"but got -1"):
+        net.relabel(torch.tensor([-1]))
+    with pytest.raises(TypeError, match=r"`target` to be an integer tensor"):
+        net.relabel(torch.tensor([0.0]))
+    with pytest.raises(
+        TypeError, match=r"`target` to be a tensor of class indices, but got \[0, 1\]"
+    ):
+        net.relabel([0, 1])
