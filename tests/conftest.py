@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -6,11 +7,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The sweeps (every timm model, ...) are opt-in: leave them out of the default run
-    # entirely rather than reporting each as skipped.
-    if config.getoption("--run-slow"):
-        return
-    slow = [item for item in items if "slow" in item.keywords]
-    if slow:
-        config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if "slow" not in item.keywords]
+    # The sweeps (every timm model, ...) are opt-in, and the CUDA checks need a GPU: leave
+    # them out of the run entirely rather than reporting each as skipped.
+    left_out = set()
+    if not config.getoption("--run-slow"):
+        left_out.add("slow")
+    if not torch.cuda.is_available():
+        left_out.add("cuda")
+    deselected = [item for item in items if left_out.intersection(item.keywords)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not left_out.intersection(item.keywords)]

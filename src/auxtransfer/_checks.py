@@ -57,7 +57,8 @@ def check_unit_float(name: str, value: Any) -> float:
 def check_labels(name: str, labels: Tensor, num_classes: int) -> None:
     """Raise if an integer label tensor has values outside [0, num_classes).
 
-    The check reads the values, which synchronises with an accelerator; it is skipped while
+    On the CPU a bad value raises ``ValueError`` at once. On an accelerator the check runs on
+    the device without a host synchronisation and fails at the next one. It is skipped while
     ``torch.compile`` traces, where reading values would break the graph.
     """
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
@@ -65,6 +66,12 @@ def check_labels(name: str, labels: Tensor, num_classes: int) -> None:
             f"Expected `{name}` to be an integer tensor of class indices, but got {describe(labels)}."
         )
     if torch.compiler.is_compiling() or labels.numel() == 0:
+        return
+    if labels.device.type != "cpu":
+        # Reading the values would stall the accelerator's queue every step; check on the
+        # device instead, which fails at the next synchronisation with this message.
+        in_range = ((labels >= 0) & (labels < num_classes)).all()
+        torch._assert_async(in_range, f"`{name}` holds class indices outside [0, {num_classes})")
         return
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
