@@ -15,10 +15,13 @@ echo "::: CUDA tests"
 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py || status=1
 
 echo "::: core tests on this machine's torch"
-"$python" -m pytest -q -p no:cacheprovider -x tests/test_partition.py tests/test_losses.py tests/test_heads.py tests/test_data.py || status=1
+"$python" -m pytest -q -p no:cacheprovider -x tests/test_partition.py tests/test_losses.py tests/test_heads.py tests/test_data.py \
+    tests/test_layers.py tests/test_freezing.py tests/test_optim.py || status=1
 
 echo "::: benchmarks"
 "$python" benchmarks/head_overhead.py --device cuda --model resnet18 --size 32 --batch 128 --amp || status=1
 "$python" benchmarks/head_overhead.py --device cuda --model resnet50 --size 224 --batch 64 --amp || status=1
 "$python" benchmarks/head_overhead.py --device cuda --model resnet50 --size 224 --batch 64 --amp --compile || status=1
+"$python" benchmarks/freeze_speed.py --device cuda --batch 64 || status=1
+"$python" benchmarks/freeze_speed.py --device cuda --batch 64 --amp || status=1
 exit "$status"

@@ -18,3 +18,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if not left_out.intersection(item.keywords)]
+
+
+@pytest.fixture
+def regnet_on_meta(monkeypatch: pytest.MonkeyPatch) -> None:
+    # RegNet computes its stage widths with tensor ops while being built; run just that
+    # part on the CPU so the rest of the model can be built on the meta device.
+    from torchvision.models import regnet
+
+    build = regnet.BlockParams.from_init_params.__func__
+
+    def on_cpu(cls, *args, **kwargs):
+        with torch.device("cpu"):
+            return build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(regnet.BlockParams, "from_init_params", classmethod(on_cpu))

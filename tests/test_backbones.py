@@ -73,21 +73,6 @@ def test_torchvision_lists_80_classification_models():
     assert len(TORCHVISION_MODELS) >= 80
 
 
-@pytest.fixture
-def regnet_on_meta(monkeypatch):
-    # RegNet computes its stage widths with tensor ops while being built; run just that
-    # part on the CPU so the rest of the model can be built on the meta device.
-    from torchvision.models import regnet
-
-    build = regnet.BlockParams.from_init_params.__func__
-
-    def on_cpu(cls, *args, **kwargs):
-        with torch.device("cpu"):
-            return build(cls, *args, **kwargs)
-
-    monkeypatch.setattr(regnet.BlockParams, "from_init_params", classmethod(on_cpu))
-
-
 @pytest.mark.parametrize("name", TORCHVISION_MODELS)
 def test_torchvision_structure_on_meta(name, regnet_on_meta):
     with torch.device("meta"), warnings.catch_warnings():

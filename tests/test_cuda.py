@@ -1,5 +1,8 @@
 """Checks that need a CUDA device; collected only where one is present (see conftest.py)."""
 
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
@@ -38,6 +41,21 @@ def test_relabel_and_loss_on_the_device():
     logits = torch.randn(3, 10, device="cuda")
     aux = torch.randn(3, 2, 2, device="cuda")
     assert torch.equal(combined_loss((logits, aux), y, y_b, 0.0), F.cross_entropy(logits, y))
+
+
+def test_bad_labels_on_the_device_stop_with_the_arguments_name():
+    # The check runs on the device (no host synchronisation); like PyTorch's own index
+    # checks it is a device-side assert, fatal to the process, so it runs in a child.
+    code = (
+        "import torch, torchvision; from auxtransfer import RandomPartitionHead; "
+        "net = RandomPartitionHead(torchvision.models.resnet18(num_classes=10)).cuda(); "
+        "net.relabel(torch.tensor([0, 12], device='cuda')); torch.cuda.synchronize()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "`target` holds class indices outside [0, 10)" in result.stderr
 
 
 def test_autocast_bf16_train_step():

@@ -58,6 +58,20 @@ def test_reads_targets_without_loading_inputs():
     assert binary_relabel(_PlainDataset([0, 1]), class_partition(10)).targets is None
 
 
+def test_labels_checked_from_targets_alone():
+    class ImagesNotLoaded(_PlainDataset):
+        targets = (0, 3, 12)
+
+        def __getitem__(self, index):
+            raise AssertionError("the wrapper must not load items to read the labels")
+
+    with pytest.raises(ValueError, match=r"item 2 has label 12"):
+        binary_relabel(ImagesNotLoaded([0, 3, 12]), class_partition(10))
+    ImagesNotLoaded.targets = (0, 3, 9)
+    wrapped = binary_relabel(ImagesNotLoaded([0, 3, 9]), class_partition(10))
+    assert torch.equal(wrapped.binary_targets, class_partition(10).t()[torch.tensor([0, 3, 9])])
+
+
 def test_torchvision_dataset(tmp_path):
     # A small generated ImageFolder: torchvision's own dataset class with `.targets`.
     for cls in ("cat", "dog", "emu"):

@@ -134,9 +134,56 @@ def test_keeps_device_and_dtype_of_the_classifier():
     assert net(_x().double()).aux_logits.dtype == torch.float64
     with torch.device("meta"):
         meta = torchvision.models.resnet18(num_classes=10)
-    net = RandomPartitionHead(meta)
-    assert net.aux_head.weight.is_meta and net.partition.is_meta
-    assert net(torch.empty(2, 3, 32, 32, device="meta")).aux_logits.shape == (2, 1, 2)
+    net = RandomPartitionHead(meta, num_partitions=2, seed=5)
+    assert net.aux_head.weight.is_meta
+    assert net(torch.empty(2, 3, 32, 32, device="meta")).aux_logits.shape == (2, 2, 2)
+
+
+def test_meta_then_to_empty_then_reset_parameters():
+    with torch.device("meta"):
+        meta = torchvision.models.resnet18(num_classes=10)
+    net = RandomPartitionHead(meta, num_partitions=2, seed=5).to_empty(device="cpu")
+    net.reset_parameters()
+    reference = RandomPartitionHead(_resnet(), num_partitions=2, seed=5)
+    assert torch.equal(net.partition, reference.partition)
+    assert torch.equal(net.partition, class_partition(10, num_partitions=2, seed=5))
+    assert torch.equal(net.aux_head.weight, reference.aux_head.weight)
+    assert torch.equal(net.aux_head.bias, reference.aux_head.bias)
+
+
+def test_two_wrappers_and_copies_do_not_mix():
+    backbone = _resnet().eval()
+    first = RandomPartitionHead(backbone, seed=1).eval()
+    second = RandomPartitionHead(backbone, seed=2).eval()
+    x = _x()
+    assert torch.equal(first(x).logits, second(x).logits)
+    assert not torch.equal(first(x).aux_logits, second(x).aux_logits)
+    # A copy of a wrapped backbone carries a stale hook; wrapping the copy still works.
+    again = RandomPartitionHead(copy.deepcopy(first.backbone), seed=1).eval()
+    assert torch.equal(again(x).aux_logits, first(x).aux_logits)
+
+
+def test_replaced_classifier_is_reported():
+    net = RandomPartitionHead(timm.create_model("resnet18", num_classes=10))
+    net.backbone.reset_classifier(5)
+    with pytest.raises(RuntimeError, match=r"replaced after wrapping .* unwrap\(\) first"):
+        net(_x())
+
+
+def test_timm_protocol_passes_through():
+    backbone = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32)
+    net = RandomPartitionHead(backbone)
+    assert net.pretrained_cfg["architecture"] == "vit_tiny_patch16_224"
+    assert net.default_cfg == net.pretrained_cfg
+    assert net.no_weight_decay() == {f"backbone.{n}" for n in backbone.no_weight_decay()}
+    assert "backbone.pos_embed" in net.no_weight_decay()
+    net.set_grad_checkpointing(True)
+    assert backbone.grad_checkpointing
+    plain = RandomPartitionHead(_resnet())
+    assert plain.pretrained_cfg == {}
+    assert plain.no_weight_decay() == set()
+    with pytest.raises(AttributeError, match="set_grad_checkpointing"):
+        plain.set_grad_checkpointing()
 
 
 def test_moves_with_to():
@@ -229,6 +276,16 @@ def test_googlenet_training_tuple():
         ({"num_partitions": 0}, ValueError, r"`num_partitions` to be an int >= 1, but got 0"),
         ({"seed": -3}, ValueError, r"`seed` to be an int >= 0, but got -3"),
         (
+            {"num_partitions": 1.0, "partition": class_partition(10)},
+            TypeError,
+            r"`num_partitions` to be an int >= 1, but got 1.0",
+        ),
+        (
+            {"num_partitions": "1"},
+            TypeError,
+            r"`num_partitions` to be an int >= 1, but got '1' \(str\)",
+        ),
+        (
             {"partition": torch.ones(2, 11, dtype=torch.long)},
             ValueError,
             r"`partition` to have 10 columns .* shape \(2, 11\)",
@@ -278,8 +335,19 @@ def test_bad_backbones():
     ):
         RandomPartitionHead(_resnet(num_classes=1))
     encoder = timm.create_model("resnet18", num_classes=0)
-    with pytest.raises(ValueError, match=r"get_classifier\(\) returned Identity.*`classifier=`"):
+    with pytest.raises(ValueError, match=r"num_classes=0.*`classifier=`"):
         RandomPartitionHead(encoder)
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet18", "inception_next_atto", "coatnet_0_224", "efficientvit_m0"]
+)
+def test_timm_model_without_classifier_is_refused(name):
+    # Their heads hold pre-logits layers (or raise in get_classifier): never take those.
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=0)
+    with pytest.raises(ValueError, match=r"Could not find the classifier .*`classifier=`"):
+        RandomPartitionHead(model)
 
 
 def test_bad_relabel_input():

@@ -80,6 +80,22 @@ def test_weight_zero_is_plain_cross_entropy_bitwise():
     assert torch.equal(aux_logits.grad, torch.zeros_like(aux_logits))
 
 
+def test_weight_zero_ignores_an_overflowed_binary_head():
+    logits, _, y, y_b = _batch(seed=9)
+    aux_logits = torch.full((8, 1, 2), float("nan"), dtype=torch.float64)
+    loss = combined_loss((logits, aux_logits), y, y_b, 0.0)
+    assert torch.equal(loss, F.cross_entropy(logits, y))
+
+
+def test_any_integer_label_dtype():
+    logits, aux_logits, y, y_b = _batch(seed=10)
+    expected = combined_loss((logits, aux_logits), y, y_b, 0.4)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        assert torch.equal(
+            combined_loss((logits, aux_logits), y.to(dtype), y_b.to(dtype), 0.4), expected
+        )
+
+
 def test_weight_one_is_binary_only():
     logits, aux_logits, y, y_b = _batch(seed=4)
     loss = combined_loss((logits, aux_logits), y, y_b, 1.0)

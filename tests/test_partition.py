@@ -25,32 +25,19 @@ def test_golden_seed_0():
     assert class_partition(100, seed=0)[0].nonzero().flatten().tolist() == GOLDEN_100_GROUP1
 
 
-def test_matches_hand_written_fisher_yates():
-    # The documented algorithm spelled out a second way: draw j uniformly from [0, i] by
-    # rejection and swap, from the back; the first C // 2 shuffled classes get label 1.
-    def reference(num_classes, seed):
-        mask = 2**64 - 1
-        state = seed
-
-        def draw():
-            nonlocal state
-            state = (state + 0x9E3779B97F4A7C15) & mask
-            z = state
-            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-            return z ^ (z >> 31)
-
-        order = list(range(num_classes))
-        for i in reversed(range(1, num_classes)):
-            bound = i + 1
-            while (value := draw()) >= 2**64 - 2**64 % bound:
-                pass
-            j = value % bound
-            order[i], order[j] = order[j], order[i]
-        return [int(c in order[: num_classes // 2]) for c in range(num_classes)]
-
-    for num_classes, seed in [(2, 0), (7, 3), (50, 11), (100, 2**64 - 1)]:
-        assert class_partition(num_classes, seed=seed)[0].tolist() == reference(num_classes, seed)
+def test_every_split_is_equally_likely():
+    # 6 classes have 20 balanced rows (which 3 classes get label 1); over 6,000 seeds each
+    # should come up about 300 times. A biased shuffle (j drawn from [0, n) or [0, i) instead of
+    # [0, i]) skews these counts far outside the bounds (about 5 standard deviations).
+    counts = {}
+    for seed in range(6000):
+        row = tuple(class_partition(6, seed=seed)[0].tolist())
+        counts[row] = counts.get(row, 0) + 1
+    assert len(counts) == math.comb(6, 3)
+    assert all(210 <= c <= 390 for c in counts.values()), sorted(counts.values())
+    # And every class is in group 1 half of the time.
+    ones = [sum(c for row, c in counts.items() if row[k] == 1) for k in range(6)]
+    assert all(2750 <= n <= 3250 for n in ones), ones
 
 
 @pytest.mark.parametrize("num_classes", [2, 3, 10, 11, 100, 1000])

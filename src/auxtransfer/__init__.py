@@ -5,8 +5,11 @@ partition of the classes, then transfer the features.
 """
 
 from .data import BinaryRelabeled, binary_relabel
+from .freezing import FreezeSummary, ResetSummary, freeze_until, reset_after, unfreeze
 from .heads import AuxOutput, RandomPartitionHead, find_classifier
+from .layers import LayerGroup, layer_groups, layer_names
 from .losses import CombinedLoss, LossTerms, combined_loss, combined_loss_terms
+from .optim import layerwise_lr
 from .partition import class_partition
 
 __version__ = "0.1.0.dev0"
@@ -15,12 +18,21 @@ __all__ = [
     "AuxOutput",
     "BinaryRelabeled",
     "CombinedLoss",
+    "FreezeSummary",
+    "LayerGroup",
     "LossTerms",
     "RandomPartitionHead",
+    "ResetSummary",
     "__version__",
     "binary_relabel",
     "class_partition",
     "combined_loss",
     "combined_loss_terms",
     "find_classifier",
+    "freeze_until",
+    "layer_groups",
+    "layer_names",
+    "layerwise_lr",
+    "reset_after",
+    "unfreeze",
 ]

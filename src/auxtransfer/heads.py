@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +21,7 @@ __all__ = ["AuxOutput", "RandomPartitionHead", "find_classifier"]
 _HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
 # Module types that can be a final classifier layer.
 _CLASSIFIER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-# The attribute through which the classifier's forward pre-hook hands its input back.
+# Prefix of the attribute through which the classifier's pre-hook hands its input back.
 _STORE = "_auxtransfer_inputs"
 
 
@@ -64,20 +65,36 @@ def find_classifier(model: nn.Module) -> str:
     tried: list[str] = []
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):
-        head = get_classifier()
+        # A timm model says itself where its classifier is; when it has none (num_classes=0,
+        # or an encoder), the layers inside its head are pre-logits, not a classifier.
+        try:
+            head = get_classifier()
+        except Exception as error:  # timm raises AttributeError for some headless models
+            head = None
+            tried.append(f"get_classifier() raised {type(error).__name__}")
         if isinstance(head, (tuple, list)):
             head = head[0] if head else None
-        if isinstance(head, nn.Module) and id(head) in names:
+        if getattr(model, "num_classes", None) == 0:
+            tried.append("num_classes=0")
+        elif isinstance(head, nn.Module) and id(head) in names:
             found = _last_classifier_layer(model, names[id(head)])
             if found is not None:
                 return found
             tried.append(f"get_classifier() returned {type(head).__name__}")
+        elif head is not None:
+            tried.append(f"get_classifier() returned {type(head).__name__}")
+        if tried:
+            _raise_not_found(model, tried)
     for attribute in _HEAD_ATTRIBUTES:
         if isinstance(getattr(model, attribute, None), nn.Module):
             found = _last_classifier_layer(model, attribute)
             if found is not None:
                 return found
             tried.append(f"`{attribute}` has no Linear or Conv layer")
+    _raise_not_found(model, tried)
+
+
+def _raise_not_found(model: nn.Module, tried: list[str]) -> NoReturn:
     candidates = [n for n, m in model.named_modules() if isinstance(m, _CLASSIFIER_TYPES)][-3:]
     detail = f" ({'; '.join(tried)})" if tried else ""
     hint = f", e.g. one of {candidates[::-1]}" if candidates else ""
@@ -128,11 +145,12 @@ def _pooling_head(model: nn.Module, classifier: str) -> str | None:
     return None
 
 
-def _capture_input(module: nn.Module, args: tuple[Any, ...]) -> None:
+def _capture_input(key: str, module: nn.Module, args: tuple[Any, ...]) -> None:
     # A forward pre-hook on the classifier: while RandomPartitionHead.forward runs, it
-    # hands the classifier's input back through a list set on the module. It is a
-    # module-level function so models stay picklable and deep-copyable.
-    store = getattr(module, _STORE, None)
+    # hands the classifier's input back through a list set on the module under the
+    # wrapper's own key, so two wrappers (or a copy's stale hook) never mix. A partial of a
+    # module-level function keeps models picklable and deep-copyable.
+    store = getattr(module, key, None)
     if store is not None:
         store.append(args[0])
 
@@ -213,6 +231,8 @@ class RandomPartitionHead(nn.Module):
                 f"but it outputs {num_classes}."
             )
 
+        if num_partitions is not None:
+            num_partitions = check_int("num_partitions", num_partitions, minimum=1)
         if partition is not None:
             table = as_partition(partition, num_classes=num_classes)
             if num_partitions is not None and num_partitions != table.shape[0]:
@@ -221,12 +241,7 @@ class RandomPartitionHead(nn.Module):
                     f"but got {num_partitions}."
                 )
         else:
-            n = (
-                1
-                if num_partitions is None
-                else check_int("num_partitions", num_partitions, minimum=1)
-            )
-            table = class_partition(num_classes, num_partitions=n, seed=seed)
+            table = class_partition(num_classes, num_partitions=num_partitions or 1, seed=seed)
 
         reference = next(layer.parameters(), None)
         device = reference.device if reference is not None else None
@@ -237,25 +252,36 @@ class RandomPartitionHead(nn.Module):
         self.aux_head = nn.utils.skip_init(
             nn.Linear, in_features, 2 * table.shape[0], device=device, dtype=dtype
         )
-        self.register_buffer("partition", table.to(device))
-        self._init_aux_head(seed)
+        self.register_buffer("partition", torch.empty_like(table, device=device))
+        self.seed = seed
+        self._table = table  # the CPU original, so reset_parameters can restore the buffer
+        self.reset_parameters()
         # A timm head that classifies every token before pooling them (the CLIP ResNets'
         # attention pool) never computes pooled pre-logits; for such heads the input of the
         # enclosing module with a `pre_logits` switch is kept to compute them.
         self.pooling_head_name = _pooling_head(backbone, classifier)
+        self._store = f"{_STORE}_{id(self):x}"
+        hook = functools.partial(_capture_input, self._store)
         self._hooks: list[RemovableHandle] | None = [
-            backbone.get_submodule(name).register_forward_pre_hook(_capture_input)
+            backbone.get_submodule(name).register_forward_pre_hook(hook)
             for name in (classifier, self.pooling_head_name)
             if name is not None
         ]
 
-    def _init_aux_head(self, seed: int) -> None:
+    def reset_parameters(self) -> None:
+        """Restore the partition buffer and the binary head's initial weights.
+
+        Both depend on ``seed`` alone. Call it after building on the ``meta`` device and
+        ``to_empty()``; the backbone is not touched.
+        """
         # nn.Linear's default initialisation, drawn from a private generator on the CPU so
         # the weights depend on the seed alone, not on the device or the global RNG.
         weight, bias = self.aux_head.weight, self.aux_head.bias
         if weight.is_meta:
             return
-        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.partition.copy_(self._table)
+        generator = torch.Generator().manual_seed(self.seed)
         w = torch.empty(weight.shape, dtype=torch.float32)
         nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=generator)
         bound = 1.0 / math.sqrt(weight.shape[1])
@@ -288,14 +314,20 @@ class RandomPartitionHead(nn.Module):
         layers = [self.backbone.get_submodule(name) for name in names]
         stores: list[list[Tensor]] = [[] for _ in layers]
         for layer, store in zip(layers, stores, strict=True):
-            setattr(layer, _STORE, store)
+            setattr(layer, self._store, store)
         try:
             output = self.backbone(*args, **kwargs)
         finally:
             for layer in layers:
-                setattr(layer, _STORE, None)
+                setattr(layer, self._store, None)
         logits = _main_logits(output)
-        if len(stores[0]) != 1:
+        if not stores[0]:
+            raise RuntimeError(
+                f"The classifier `{self.classifier_name}` did not run, or was replaced after "
+                f"wrapping (by reset_classifier, say): call unwrap() first, change the "
+                f"classifier, and wrap the backbone again."
+            )
+        if len(stores[0]) > 1:
             raise RuntimeError(
                 f"Expected the classifier `{self.classifier_name}` to run once per forward, but it "
                 f"ran {len(stores[0])} times; pass the layer that outputs the final logits as "
@@ -316,6 +348,29 @@ class RandomPartitionHead(nn.Module):
             )
         aux_logits = self.aux_head(features).unflatten(-1, (self.num_partitions, 2))
         return AuxOutput(logits, aux_logits)
+
+    # timm's model protocol, passed through so timm's helpers see the backbone's settings.
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """The backbone's timm ``pretrained_cfg`` (empty for other models)."""
+        return dict(getattr(self.backbone, "pretrained_cfg", None) or {})
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """Alias of :attr:`pretrained_cfg`, as timm keeps one."""
+        return self.pretrained_cfg
+
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's ``no_weight_decay()`` names, prefixed with ``backbone.``."""
+        names = getattr(self.backbone, "no_weight_decay", None)
+        return {f"backbone.{name}" for name in names()} if callable(names) else set()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Forward timm's gradient checkpointing switch to the backbone."""
+        switch = getattr(self.backbone, "set_grad_checkpointing", None)
+        if not callable(switch):
+            raise AttributeError(f"{type(self.backbone).__name__} has no set_grad_checkpointing()")
+        switch(enable)
 
     def relabel(self, target: Tensor) -> Tensor:
         """Map class labels to the binary labels of every partition.

@@ -64,6 +64,8 @@ def combined_loss_terms(
         )
     check_labels("target", target, num_classes)
     check_labels("aux_target", aux_target, 2)
+    # cross_entropy takes int64 class indices only; accept any integer dtype.
+    target, aux_target = target.long(), aux_target.long()
 
     main = F.cross_entropy(logits, target, reduction=reduction, label_smoothing=label_smoothing)
     if reduction == "none":
@@ -74,9 +76,13 @@ def combined_loss_terms(
             aux_logits.reshape(-1, 2), aux_target.reshape(-1), reduction=reduction
         )
         binary = flat if reduction == "mean" else flat / num_heads
-    # With weight 0 this is main * 1.0 + binary * 0.0, bitwise equal to main, and the binary
-    # head still receives a (zero) gradient, which keeps DDP free of unused parameters.
-    total = (1.0 - weight) * main + weight * binary
+    if weight == 0.0 or weight == 1.0:
+        # One term only, bitwise: the other still joins the graph with a zero gradient (so
+        # DDP sees no unused parameters), and cannot turn the total into NaN if it overflowed.
+        kept, dropped = (main, binary) if weight == 0.0 else (binary, main)
+        total = kept + (0.0 * dropped).nan_to_num(0.0, 0.0, 0.0)
+    else:
+        total = (1.0 - weight) * main + weight * binary
     return LossTerms(total, main, binary)
 
 

@@ -1,0 +1,88 @@
+"""Command line: ``python -m auxtransfer layers <model>`` prints a model's layer map."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import LayerGroup, layer_groups
+
+
+def build(name: str, num_classes: int | None) -> nn.Module:
+    """A timm or torchvision model by name, built on the meta device (no weights, no memory)."""
+    import timm
+    import torchvision
+
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if timm.is_model(name):
+            return timm.create_model(name, pretrained=False, **kwargs)
+        if name in torchvision.models.list_models():
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+    raise SystemExit(f"unknown model {name!r}: expected a timm or torchvision model name")
+
+
+def _covering_modules(model: nn.Module, group: LayerGroup) -> list[str]:
+    """The largest modules whose tensors all belong to ``group``, in order."""
+    members = set(group.tensors)
+    result: list[str] = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        tensors = [prefix + n for n, _ in module.named_parameters()] + [
+            prefix + n for n, _ in module.named_buffers()
+        ]
+        if not tensors or not members.issuperset(tensors):
+            continue
+        if any(name == r or name.startswith(r + ".") for r in result if r):
+            continue
+        result.append(name or "<root>")
+    if "<root>" in result:
+        return result
+    # Tensors held directly by a module that also holds other groups' (a position
+    # embedding on the encoder, a class token on the model) are listed by name.
+    covered = {t for r in result for t in members if t.startswith(r + ".")}
+    return result + [t for t in group.tensors if t not in covered]
+
+
+def format_layers(model: nn.Module) -> str:
+    """The table ``python -m auxtransfer layers`` prints."""
+    groups = layer_groups(model)
+    rows = [("address", "params", "modules")]
+    for group in groups:
+        rows.append(
+            (group.address, f"{group.num_params:,}", ", ".join(_covering_modules(model, group)))
+        )
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"{a:<{width[0]}}  {p:>{width[1]}}  {m}" for a, p, m in rows]
+    total = sum(g.num_params for g in groups)
+    lines.append(f"{len(groups)} addresses, {total:,} parameters")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m auxtransfer", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    layers = commands.add_parser(
+        "layers", help="print the address table of a timm or torchvision model"
+    )
+    layers.add_argument(
+        "model", help="a timm or torchvision model name, e.g. resnet50 or densenet121"
+    )
+    layers.add_argument(
+        "--num-classes", type=int, default=None, help="classifier size (default: the model's)"
+    )
+    args = parser.parse_args(argv)
+    model = build(args.model, args.num_classes)
+    print(format_layers(model))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

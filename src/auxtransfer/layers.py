@@ -1,0 +1,383 @@
+"""The ordered layer map of a backbone: addresses from stem to head.
+
+An address names a group of parameters and buffers. Addresses use the numbers that appear
+in the module names (``features.denseblock2.denselayer9`` is ``"2.9"``, ``layer3.1`` is
+``"3.1"``), plus ``"stem"`` and ``"head"``. Three sources give the groups and their order:
+
+1. timm's ``group_matcher`` (``coarse=False``), where a model has one;
+2. a table for the torchvision families, in the same format;
+3. otherwise, the model's top-level children in registration order (with a warning when
+   that finds a single group).
+
+The classifier that :func:`~auxtransfer.find_classifier` finds always belongs to
+``"head"``, as does anything a matcher leaves unmatched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ._checks import describe
+from .heads import RandomPartitionHead, find_classifier
+
+__all__ = ["LayerGroup", "layer_groups", "layer_names"]
+
+# timm's marker for "merge into the group before this one".
+_MATCH_PREVIOUS = (99999,)
+_Spec = str | list[tuple[str, Any]] | None
+
+# torchvision families, keyed by class name, in timm's group_matcher format: "stem" and
+# "blocks" (and other named groups) map to a regex or a list of (regex, suffix).
+_DENSENET: dict[str, _Spec] = {
+    "stem": r"^features\.(?:conv0|norm0)\.",
+    "blocks": [
+        (r"^features\.denseblock(\d+)\.denselayer(\d+)\.", None),
+        (r"^features\.transition(\d+)\.", _MATCH_PREVIOUS),
+        # norm5 normalises the last block's output: it goes with the last layer, so
+        # "everything up to block 3" includes it.
+        (r"^features\.norm5\.", _MATCH_PREVIOUS),
+    ],
+}
+_TORCHVISION: dict[str, dict[str, _Spec]] = {
+    "DenseNet": _DENSENET,
+    "ResNet": {"stem": r"^(?:conv1|bn1)\.", "blocks": r"^layer(\d+)\.(\d+)\."},
+    "VGG": {"blocks": r"^features\.(\d+)\.", "fc": r"^classifier\.([03])\."},
+    "AlexNet": {"blocks": r"^features\.(\d+)\.", "fc": r"^classifier\.([14])\."},
+    "SqueezeNet": {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)\."},
+    "MobileNetV2": {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)\."},
+    "MobileNetV3": {
+        "stem": r"^features\.0\.",
+        "blocks": r"^features\.(\d+)\.",
+        "fc": r"^classifier\.(0)\.",
+    },
+    "MNASNet": {
+        "stem": r"^layers\.[0-7]\.",
+        "blocks": [
+            (r"^layers\.(\d+)\.(\d+)\.", None),
+            (r"^layers\.15\.", _MATCH_PREVIOUS),  # the BatchNorm of the last conv
+            (r"^layers\.(\d+)\.", None),
+        ],
+    },
+    "EfficientNet": {
+        "stem": r"^features\.0\.",
+        "blocks": [(r"^features\.(\d+)\.(\d+)\.block\.", None), (r"^features\.(\d+)\.", None)],
+    },
+    "ConvNeXt": {
+        "stem": r"^features\.0\.",
+        "blocks": [(r"^features\.([1357])\.(\d+)\.", None), (r"^features\.([246])\.", None)],
+    },
+    "RegNet": {"stem": r"^stem\.", "blocks": r"^trunk_output\.block(\d+)\.block\d+-(\d+)\."},
+    "ShuffleNetV2": {
+        "stem": r"^conv1\.",
+        "blocks": [(r"^stage(\d+)\.(\d+)\.", None), (r"^conv(5)\.", None)],
+    },
+    "GoogLeNet": {"stem": r"^conv[123]\.", "blocks": r"^inception(\d[a-e])\."},
+    "Inception3": {"stem": r"^Conv2d_\d[ab]_", "blocks": r"^Mixed_(\d[a-e])\."},
+    "VisionTransformer": {
+        "stem": r"^(?:class_token|conv_proj\.|encoder\.pos_embedding)",
+        "blocks": [
+            (r"^encoder\.layers\.encoder_layer_(\d+)\.", None),
+            (r"^encoder\.ln\.", _MATCH_PREVIOUS),
+        ],
+    },
+    "SwinTransformer": {
+        "stem": r"^features\.0\.",
+        "blocks": [
+            (r"^features\.([1357])\.(\d+)\.", None),
+            (r"^features\.([246])\.", None),
+            (r"^norm\.", _MATCH_PREVIOUS),
+        ],
+    },
+    "MaxVit": {"stem": r"^stem\.", "blocks": r"^blocks\.(\d+)\.layers\.(\d+)\."},
+}
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """One address of a model's layer map.
+
+    Attributes:
+        address: The address, e.g. ``"stem"``, ``"2.9"`` or ``"head"``.
+        modules: The modules whose parameters or buffers the group holds.
+        tensors: Names of the group's parameters and buffers, as in ``state_dict``.
+        num_params: Number of parameter elements in the group.
+    """
+
+    address: str
+    modules: tuple[str, ...]
+    tensors: tuple[str, ...]
+    num_params: int
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """The addresses of a model, ordered from stem to head.
+
+    Args:
+        model: A timm or torchvision model, or any ``nn.Module``.
+
+    Returns:
+        Addresses such as ``['stem', '1.0', '1.1', ..., '4.1', 'head']``.
+
+    Example:
+        >>> import torchvision
+        >>> names = layer_names(torchvision.models.resnet18())
+        >>> names[:3], names[-2:]
+        (['stem', '1.0', '1.1'], ['4.1', 'head'])
+    """
+    return [group.address for group in layer_groups(model)]
+
+
+def layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """The layer map of a model: its :class:`LayerGroup` objects, ordered from stem to head."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected `model` to be an nn.Module, but got {describe(model)}.")
+    if isinstance(model, RandomPartitionHead):
+        return _wrapped_groups(model)
+    tensors = _tensor_names(model)
+    if not tensors:
+        raise ValueError(
+            f"Expected `model` to have parameters, but {type(model).__name__} has none."
+        )
+    head = _classifier_prefix(model)
+    matcher = _matcher_of(model)
+    if matcher is None:
+        keyed = _by_children(model, tensors)
+    else:
+        keyed = [(*_ordinal(name, matcher), name) for name in tensors]
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    addresses: dict[tuple[Any, ...], str] = {}
+    for key, address, name in keyed:
+        if head is not None and (name == head or name.startswith(head + ".")):
+            key, address = (math.inf,), "head"
+        groups.setdefault(key, []).append(name)
+        addresses.setdefault(key, address)
+
+    merged: list[tuple[str, list[str]]] = []
+    for key in sorted(groups, key=_sort_key):
+        if key[-1:] == _MATCH_PREVIOUS and merged:
+            # timm's "with the group before", in sorted order: a transition after its
+            # block's last layer, a final norm with the last block.
+            merged[-1][1].extend(groups[key])
+            continue
+        address = addresses[key]
+        if merged and merged[-1][0] == address:
+            merged[-1][1].extend(groups[key])
+        else:
+            merged.append((address, list(groups[key])))
+
+    sizes = {name: p.numel() for name, p in model.named_parameters()}
+    result = []
+    for address, names in merged:
+        modules = list(dict.fromkeys(name.rpartition(".")[0] for name in names))
+        result.append(
+            LayerGroup(address, tuple(modules), tuple(names), sum(sizes.get(n, 0) for n in names))
+        )
+    if matcher is None and len(result) - (result[-1].address == "head") <= 1:
+        warnings.warn(
+            f"auxtransfer found a single layer group in {type(model).__name__}: it has no timm "
+            f"group_matcher and is not a known torchvision family, so its top-level children "
+            f"were used. Freeze or reset by full module name instead.",
+            stacklevel=2,
+        )
+    return result
+
+
+def _tensor_names(model: nn.Module) -> list[str]:
+    """Parameter and buffer names in registration order (module by module), shared once."""
+    names: list[str] = []
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for attribute, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is None or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            names.append(prefix + attribute)
+    return names
+
+
+def _wrapped_groups(net: RandomPartitionHead) -> list[LayerGroup]:
+    """The backbone's map, names prefixed, with the binary head and partition in "head"."""
+    groups = [
+        LayerGroup(
+            g.address,
+            tuple(f"backbone.{m}" if m else "backbone" for m in g.modules),
+            tuple(f"backbone.{t}" for t in g.tensors),
+            g.num_params,
+        )
+        for g in layer_groups(net.backbone)
+    ]
+    own = [(n, p.numel()) for n, p in net.named_parameters() if not n.startswith("backbone.")]
+    own += [(n, 0) for n, _ in net.named_buffers() if not n.startswith("backbone.")]
+    head = groups[-1] if groups[-1].address == "head" else LayerGroup("head", (), (), 0)
+    modules = tuple(dict.fromkeys([*head.modules, *(n.rpartition(".")[0] for n, _ in own)]))
+    head = LayerGroup(
+        "head",
+        modules,
+        (*head.tensors, *(n for n, _ in own)),
+        head.num_params + sum(k for _, k in own),
+    )
+    return [*groups[:-1], head] if groups[-1].address == "head" else [*groups, head]
+
+
+def _classifier_prefix(model: nn.Module) -> str | None:
+    try:
+        return find_classifier(model)
+    except ValueError:
+        return None
+
+
+def _matcher_of(model: nn.Module) -> dict[str, _Spec] | Callable[[str], Any] | None:
+    group_matcher = getattr(model, "group_matcher", None)
+    if callable(group_matcher):
+        try:
+            matcher = group_matcher(coarse=False)
+        except (TypeError, NotImplementedError):
+            matcher = None
+        if isinstance(matcher, dict) or callable(matcher):
+            return matcher
+    for cls in type(model).__mro__:
+        if cls.__name__ in _TORCHVISION and cls.__module__.startswith(
+            ("torchvision.", "auxtransfer.")
+        ):
+            return _TORCHVISION[cls.__name__]
+    return None
+
+
+def _ordinal(
+    name: str, matcher: dict[str, _Spec] | Callable[[str], Any]
+) -> tuple[tuple[Any, ...], str]:
+    """(sort key, address) of one parameter or buffer name."""
+    if callable(matcher):
+        value = matcher(name)
+        values = tuple(value) if isinstance(value, Iterable) else (value,)
+        if any(v is None or math.isinf(float(v)) for v in values):
+            return (math.inf,), "head"
+        if values[-1:] == _MATCH_PREVIOUS:
+            return (*values,), ""
+        return tuple(values), ".".join(str(int(v)) for v in values)
+    for pattern, index, key, suffix in _compile(matcher):
+        found = pattern.match(name)
+        if not found:
+            continue
+        parts = [g for g in found.groups() if g is not None]
+        if suffix is not None and suffix != _MATCH_PREVIOUS:
+            parts += [str(s) for s in suffix]
+        sort = (
+            index,
+            *(_part_key(p) for p in parts),
+            *(suffix if suffix == _MATCH_PREVIOUS else ()),
+        )
+        if key == "blocks":
+            address = ".".join(parts) or key
+        elif key == "stem":
+            address = "stem" if not parts else "stem." + ".".join(parts)
+        else:
+            address = ".".join([key, *parts])
+        return sort, address
+    return (math.inf,), "head"
+
+
+def _compile(
+    matcher: dict[str, _Spec],
+) -> list[tuple[re.Pattern[str], int, str, tuple[int, ...] | None]]:
+    compiled = []
+    for index, (key, spec) in enumerate(matcher.items()):
+        if spec is None:
+            continue
+        specs = spec if isinstance(spec, (list, tuple)) else [(spec, None)]
+        for regex, suffix in specs:
+            compiled.append(
+                (re.compile(regex), index, key, None if suffix is None else tuple(suffix))
+            )
+    return compiled
+
+
+def _part_key(part: str) -> tuple[float, str]:
+    # "12" -> (12, ""), "3a" -> (3, "a"): numbers sort as numbers, letters after them.
+    digits = re.match(r"\d*", part).group(0)  # type: ignore[union-attr]
+    return (float(digits) if digits else -1.0, part[len(digits) :])
+
+
+def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Mixed keys: plain numbers become (n, "") so every element compares with the others.
+    return tuple(k if isinstance(k, tuple) else (float(k), "") for k in key)
+
+
+def _by_children(model: nn.Module, tensors: list[str]) -> list[tuple[tuple[Any, ...], str, str]]:
+    """Fallback: one group per top-level child (root tensors are the stem), in order."""
+    order = {name: i for i, (name, _) in enumerate(model.named_children())}
+    keyed: list[tuple[tuple[Any, ...], str, str]] = []
+    for name in tensors:
+        child = name.partition(".")[0]
+        if "." not in name or child not in order:
+            keyed.append(((0,), "stem", name))
+        else:
+            keyed.append(((1, order[child]), child, name))
+    return keyed
+
+
+def resolve(
+    model: nn.Module, groups: list[LayerGroup], address: str, *, name: str = "address"
+) -> int:
+    """Index of the last group that ``address`` covers.
+
+    An address covers the group of that name and every group below it (``"2"`` covers
+    ``"2.1"`` ... ``"2.16"``); a full module name covers the groups holding its tensors.
+    """
+    if not isinstance(address, str):
+        raise TypeError(
+            f"Expected `{name}` to be an address string such as '2.9', but got {describe(address)}."
+        )
+    hits = [
+        i
+        for i, g in enumerate(groups)
+        if g.address == address or g.address.startswith(address + ".")
+    ]
+    if not hits and address:
+        modules = dict(model.named_modules())
+        if address in modules:
+            prefix = address + "."
+            hits = [i for i, g in enumerate(groups) if any(t.startswith(prefix) for t in g.tensors)]
+            if not hits:
+                raise ValueError(
+                    f"Expected `{name}` to name layers with parameters or buffers, but module "
+                    f"{address!r} of {type(model).__name__} has none."
+                )
+    if not hits:
+        close = _closest(address, [g.address for g in groups])
+        raise ValueError(
+            f"Expected `{name}` to be one of the addresses of {type(model).__name__} or a module "
+            f"name, but got {address!r}. Valid addresses, closest first: {', '.join(close[:12])}"
+            f"{', ...' if len(close) > 12 else ''} (all: auxtransfer.layer_names(model))."
+        )
+    return max(hits)
+
+
+def _closest(address: str, valid: list[str]) -> list[str]:
+    """``valid`` ordered by closeness to ``address``: most leading parts shared first, then
+    the nearest number in the first part that differs, then by spelling."""
+    wanted = address.split(".")
+
+    def key(candidate: str) -> tuple[int, float, float]:
+        parts = candidate.split(".")
+        shared = 0
+        while shared < min(len(parts), len(wanted)) and parts[shared] == wanted[shared]:
+            shared += 1
+        gap = math.inf
+        if shared < min(len(parts), len(wanted)):
+            a, b = _part_key(parts[shared]), _part_key(wanted[shared])
+            if a[0] >= 0 and b[0] >= 0:
+                gap = abs(a[0] - b[0])
+        spelling = difflib.SequenceMatcher(None, address, candidate).ratio()
+        return (-shared, gap, -spelling)
+
+    return sorted(valid, key=key)

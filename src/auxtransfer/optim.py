@@ -1,0 +1,118 @@
+"""Optimizer parameter groups with one learning rate up to an address and another after it."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from torch import nn
+
+from ._checks import describe
+from .layers import layer_groups, resolve
+
+__all__ = ["layerwise_lr"]
+
+
+def layerwise_lr(
+    model: nn.Module,
+    *,
+    until: str,
+    lr: float,
+    new_lr: float,
+    decay: float | None = None,
+    weight_decay: float | None = None,
+    no_weight_decay_1d: bool = False,
+) -> list[dict[str, Any]]:
+    """Parameter groups for a torch optimizer: ``lr`` up to ``until``, ``new_lr`` after it.
+
+    The paper's transfer recipe: transferred layers (the stem up to and including
+    ``until``) start at ``lr``, the layers after it and the head at ``new_lr``. With
+    ``decay``, transferred layers get ``lr * decay ** k`` where ``k`` counts addresses back
+    from ``until`` (timm's layer decay, but as a real ``lr`` on every group).
+
+    Every group carries a real ``"lr"``, so any torch scheduler works group by group:
+    ``MultiStepLR`` scales each from its own starting value. Frozen parameters
+    (``requires_grad=False``) are left out; every trainable parameter appears exactly once.
+    Groups also carry ``"addresses"`` (first and last address they hold) for logging.
+
+    Args:
+        model: A timm or torchvision model, or any module :func:`layer_names` maps.
+        until: The last transferred address (``"2.9"``, ``"2"``, ``"stem"``, a module name).
+        lr: Learning rate of the transferred layers.
+        new_lr: Learning rate of the layers after ``until`` and the head.
+        decay: Optional factor in (0, 1] applied once per address going back from ``until``.
+        weight_decay: Weight decay to set on every group (else the optimizer's default).
+        no_weight_decay_1d: Put biases and norm weights (parameters with at most one
+            dimension) in groups with ``weight_decay=0``.
+
+    Returns:
+        A list of parameter-group dicts for ``torch.optim``.
+
+    Example:
+        >>> import torch, torchvision
+        >>> model = torchvision.models.resnet18()
+        >>> groups = layerwise_lr(model, until="3", lr=0.01, new_lr=0.1)
+        >>> for group in groups:
+        ...     print(group["addresses"], group["lr"])
+        ('stem', '3.1') 0.01
+        ('4.0', 'head') 0.1
+        >>> opt = torch.optim.SGD(groups, momentum=0.9)
+    """
+    lr = _check_rate("lr", lr)
+    new_lr = _check_rate("new_lr", new_lr)
+    if decay is not None and (
+        isinstance(decay, bool)
+        or not isinstance(decay, numbers.Real)
+        or not 0.0 < float(decay) <= 1.0
+    ):
+        raise ValueError(
+            f"Expected `decay` to be a float in (0, 1] (smaller learning rates towards the "
+            f"stem), but got {describe(decay)}."
+        )
+    if weight_decay is not None:
+        weight_decay = _check_rate("weight_decay", weight_decay)
+    groups = layer_groups(model)
+    last = resolve(model, groups, until, name="until")
+    parameters = dict(model.named_parameters())
+
+    # Rates only change at `until` (or at every address with `decay`), so the addresses that
+    # share a rate and weight decay are neighbours: one group each.
+    result: dict[tuple[float, float | None], dict[str, Any]] = {}
+    for index, group in enumerate(groups):
+        if index <= last:
+            rate = lr * float(decay) ** (last - index) if decay is not None else lr
+        else:
+            rate = new_lr
+        for name in group.tensors:
+            param = parameters.get(name)
+            if param is None or not param.requires_grad:
+                continue
+            wd = 0.0 if no_weight_decay_1d and param.ndim <= 1 else weight_decay
+            entry = result.get((rate, wd))
+            if entry is None:
+                entry = result[(rate, wd)] = {
+                    "params": [],
+                    "lr": rate,
+                    "addresses": (group.address, group.address),
+                }
+                if wd is not None:
+                    entry["weight_decay"] = wd
+            entry["params"].append(param)
+            entry["addresses"] = (entry["addresses"][0], group.address)
+    if not result:
+        raise ValueError(
+            f"Expected `model` to have trainable parameters, but all of {type(model).__name__}'s are frozen."
+        )
+    return list(result.values())
+
+
+def _check_rate(name: str, value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or math.isnan(float(value))
+        or value < 0
+    ):
+        raise ValueError(f"Expected `{name}` to be a float >= 0, but got {describe(value)}.")
+    return float(value)
