@@ -5,8 +5,9 @@ Autograd stops at the first parameter that needs a gradient, so after
 BatchNorm layers run in eval mode). The goal is a ratio of at most 0.55. The two models are
 timed interleaved in one process (full, frozen, full, ...); the ratio of medians is printed.
 
-    python benchmarks/freeze_speed.py                  # CPU
+    python benchmarks/freeze_speed.py                  # CPU, the CIFAR DenseNet-BC-100
     python benchmarks/freeze_speed.py --device cuda --amp
+    python benchmarks/freeze_speed.py --stem imagenet  # torchvision's DenseNet class
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ import copy
 import statistics
 import time
 
+import timm
 import torch
 import torch.nn.functional as F
 import torchvision
 
+import auxtransfer.models  # noqa: F401  (registers cifar_densenet_bc_100 with timm)
 from auxtransfer import freeze_until
 
 
-def densenet_bc_100(num_classes: int) -> torch.nn.Module:
-    # DenseNet-BC, L=100, k=12: 3 blocks of 16 bottleneck layers, compression 0.5.
+def densenet_bc_100(num_classes: int, stem: str) -> torch.nn.Module:
+    """DenseNet-BC, L=100, k=12: 3 blocks of 16 bottleneck layers, compression 0.5."""
+    if stem == "cifar":
+        return timm.create_model("cifar_densenet_bc_100", num_classes=num_classes)
+    # torchvision's DenseNet keeps its ImageNet stem, which shrinks 32 px inputs to 8 px.
     return torchvision.models.DenseNet(
         growth_rate=12, block_config=(16, 16, 16), num_init_features=24, num_classes=num_classes
     )
@@ -35,6 +41,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--until", default="2", help="freeze through this address")
+    parser.add_argument(
+        "--stem",
+        choices=["cifar", "imagenet"],
+        default="cifar",
+        help="the CIFAR model, or torchvision's DenseNet",
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=15, help="timed steps of each")
@@ -44,7 +56,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    full = densenet_bc_100(50).to(device)
+    full = densenet_bc_100(50, args.stem).to(device)
     frozen = copy.deepcopy(full)
     summary = freeze_until(frozen, args.until)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
@@ -90,7 +102,7 @@ def main() -> None:
     )
     print(summary)
     print(
-        f"DenseNet-BC-100 {args.size}px batch {args.batch} on {name}{' bf16' if args.amp else ''}: "
+        f"DenseNet-BC-100 ({args.stem} stem) {args.size}px batch {args.batch} on {name}{' bf16' if args.amp else ''}: "
         f"full fine-tune {full_ms:.1f} ms/step, frozen through {args.until!r} {frozen_ms:.1f} ms/step, "
         f"ratio {frozen_ms / full_ms:.3f} (goal <= 0.55)"
     )

@@ -4,8 +4,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
-import torchvision
 
 from auxtransfer.__main__ import build, format_layers
 
@@ -13,10 +11,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "freezing.md"
 
 
 def _densenet_bc():
-    with torch.device("meta"):
-        return torchvision.models.DenseNet(
-            growth_rate=12, block_config=(16, 16, 16), num_init_features=24, num_classes=100
-        )
+    return build("cifar_densenet_bc_100", None)
 
 
 @pytest.mark.parametrize(

@@ -242,3 +242,87 @@ def test_reset_after_the_last_address_is_an_error():
         ValueError, match=r"`address` to leave layers after it, but 'head' is the last one"
     ):
         reset_after(densenet_bc(), "head")
+
+
+def test_a_second_freeze_replaces_the_first():
+    model = densenet_bc()
+    freeze_until(model, "3")
+    summary = freeze_until(model, "1", bn="update")
+    assert summary.addresses[-1] == "1.16"
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen
+    assert all(
+        n.startswith(
+            ("features.conv0", "features.norm0", "features.denseblock1.", "features.transition1.")
+        )
+        for n in frozen
+    )
+    model.train()
+    assert model.features.norm0.training  # bn="update": the first call's eval hold is gone
+
+
+def test_parameters_frozen_by_hand_stay_frozen():
+    model = densenet_bc()
+    model.classifier.weight.requires_grad_(False)
+    model.features.conv0.weight.requires_grad_(False)
+    freeze_until(model, "2")
+    unfreeze(model)
+    assert not model.classifier.weight.requires_grad
+    assert not model.features.conv0.weight.requires_grad
+    assert model.features.norm0.weight.requires_grad
+
+
+def test_reset_after_completes_timms_partial_init():
+    # timm's ResNet.init_weights() initialises convolutions only: the classifier and the
+    # BatchNorm layers after the address must still be reset, by reset_parameters().
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    trained_fc = model.fc.weight.detach().clone()
+    summary = reset_after(model, "3", seed=0)
+    assert summary.init == "model"
+    assert summary.skipped == ()
+    assert (model.layer4[0].bn1.weight == 1.0).all()
+    assert (model.layer4[0].bn1.bias == 0.0).all()
+    bound = 1 / model.fc.in_features**0.5  # nn.Linear's default init range
+    assert model.fc.weight.abs().max() <= bound
+    assert not torch.equal(model.fc.weight, trained_fc)
+    assert (model.layer3[0].bn1.weight == 2.0).all()  # kept: trained (1) + 1
+
+
+def test_reset_after_never_touches_a_tied_kept_parameter():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.body = nn.Linear(4, 4)
+            self.fc = nn.Linear(4, 10)
+            self.fc.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.fc(self.body(self.emb(x)))
+
+    model = Tied()
+    before = model.emb.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"left 1 parameters as they were: .*fc\.bias"):
+        summary = reset_after(model, "emb", seed=0)
+    assert torch.equal(model.emb.weight, before)
+    assert summary.skipped == ("fc.bias",)
+
+
+def test_reset_after_on_a_wrapped_model_follows_the_seed():
+    from auxtransfer import RandomPartitionHead
+
+    def run(seed):
+        torch.manual_seed(0)
+        net = RandomPartitionHead(timm.create_model("resnet18", num_classes=10), seed=5)
+        reset_after(net, "3", seed=seed)
+        return net
+
+    a, b, c = run(1), run(1), run(2)
+    assert torch.equal(a.aux_head.weight, b.aux_head.weight)
+    assert not torch.equal(a.aux_head.weight, c.aux_head.weight)
+    assert not torch.equal(a.backbone.fc.weight, c.backbone.fc.weight)
+    assert torch.equal(a.partition, c.partition)

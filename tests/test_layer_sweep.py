@@ -50,7 +50,14 @@ OUT_OF_ORDER_BY_DESIGN = {
     "cait",  # class-attention blocks share the groups of the last self-attention blocks
     "coat",  # the shared position encodings (crpe/cpe) of a stage go with its stem
     "efficientvim",  # the per-stage output norms (norm.0, norm.1, ...) go with the last block
+    "vit_srelpos",  # the relative position module shared by all blocks is left to the head
 }
+
+
+def _out_of_order_by_design(model, name):
+    return type(model).__module__.rpartition(".")[2] in OUT_OF_ORDER_BY_DESIGN or name.startswith(
+        "vit_srelpos"
+    )
 
 
 def check_layer_map(model, name):
@@ -67,7 +74,7 @@ def check_layer_map(model, name):
     assert sorted(index) == sorted(tensors)
 
     # Ordered as the forward pass runs: the groups of the modules, in call order, never go back.
-    if type(model).__module__.rpartition(".")[2] in OUT_OF_ORDER_BY_DESIGN:
+    if _out_of_order_by_design(model, name):
         return check_freezing(model, groups)
     called = _forward_order(model, _input_size(model, name))
     seen = [

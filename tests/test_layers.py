@@ -90,28 +90,41 @@ def test_resolve_addresses_blocks_and_module_names():
 
 
 class _Ten(nn.Module):
+    """Modules layer1 ... layer10, addressed "1" ... "10" by a timm-style matcher."""
+
     def __init__(self):
         super().__init__()
-        self.layer1 = nn.Linear(2, 2)
-        self.layer2 = nn.Linear(2, 2)
-        self.layer10 = nn.Linear(2, 2)
+        self.stem = nn.Linear(2, 2)
+        for i in range(1, 11):
+            self.add_module(f"layer{i}", nn.Linear(2, 2))
         self.fc = nn.Linear(2, 3)
 
     def forward(self, x):
-        return self.fc(self.layer10(self.layer2(self.layer1(x))))
+        for i in range(1, 11):
+            x = getattr(self, f"layer{i}")(x)
+        return self.fc(self.stem(x))
+
+    def group_matcher(self, coarse=False):
+        return {"stem": r"^stem\.", "blocks": r"^layer(\d+)\."}
 
 
 def test_module_name_never_matches_a_longer_name():
     model = _Ten()
     groups = layer_groups(model)
-    assert [g.address for g in groups] == ["layer1", "layer2", "layer10", "head"]
-    assert resolve(model, groups, "layer1") == 0
+    names = [g.address for g in groups]
+    assert names == ["stem", *map(str, range(1, 11)), "head"]
+    # "layer1" is no address here, so it resolves as a module name: group "1", never "10".
+    assert resolve(model, groups, "layer1") == names.index("1")
+    assert resolve(model, groups, "layer10") == names.index("10")
+    assert resolve(model, groups, "1") == names.index("1")  # not "10" either
+    with pytest.raises(ValueError, match=r"'layer11'"):
+        resolve(model, groups, "layer11")
 
 
 def test_unknown_address_lists_the_closest_first():
     model = densenet_bc()
     with pytest.raises(
-        ValueError, match=r"but got '2\.17'\. Valid addresses, closest first: 2\.1[0-9]?, "
+        ValueError, match=r"but got '2\.17'\. Valid addresses, closest first: 2\.16, 2\.15, "
     ) as error:
         resolve(model, layer_groups(model), "2.17")
     assert "layer_names(model)" in str(error.value)
@@ -134,6 +147,32 @@ def test_model_without_parameters():
         layer_names(nn.ReLU())
     with pytest.raises(TypeError, match=r"`model` to be an nn.Module"):
         layer_names("resnet18")
+
+
+def test_fallback_follows_the_forward_pass_not_registration():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.late = nn.Linear(4, 4)  # registered first, runs second
+            self.early = nn.Conv2d(3, 4, 3)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.late(self.early(x).mean((2, 3))))
+
+    assert layer_names(Net()) == ["early", "late", "out"]
+
+
+def test_callable_timm_matchers_get_a_stem_and_module_names():
+    with torch.device("meta"):
+        inception = timm.create_model("inception_v3")
+        cait = timm.create_model("cait_xxs24_224")
+    names = layer_names(inception)
+    assert names[0] == "stem"
+    assert "Mixed_5b" in names
+    assert names.index("Mixed_5b") < names.index("Mixed_7c") < names.index("head")
+    assert layer_names(cait)[:3] == ["stem", "0", "1"]
+    assert len(set(layer_names(cait))) == len(layer_names(cait))
 
 
 def test_fallback_uses_children_and_warns_when_it_finds_one_group():
@@ -171,6 +210,7 @@ def test_cli_prints_the_address_table(capsys):
     assert cli(["layers", "resnet18"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
+    assert lines.pop(0) == "# resnet18 from timm"
     assert lines[0].split() == ["address", "params", "modules"]
     assert lines[1].split() == ["stem", "9,536", "conv1,", "bn1"]
     assert lines[-2].split() == ["head", "513,000", "fc"]
@@ -179,3 +219,12 @@ def test_cli_prints_the_address_table(capsys):
     assert "head" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown model 'resnet_nope'"):
         cli(["layers", "resnet_nope"])
+    # A name both libraries have: timm's by default, torchvision's on request.
+    assert cli(["layers", "densenet121", "--source", "torchvision"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# densenet121 from torchvision")
+    assert "features.denseblock4.denselayer16, features.norm5" in out
+    assert cli(["layers", "cifar_densenet_bc_100"]) == 0
+    assert "3.16" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="expected a torchvision model name"):
+        cli(["layers", "cifar_densenet_bc_100", "--source", "torchvision"])

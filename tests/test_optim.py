@@ -82,12 +82,13 @@ def test_multisteplr_scales_each_group_from_its_own_rate():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"lr": -0.1}, ValueError, r"`lr` to be a float >= 0, but got -0.1"),
-        ({"new_lr": float("nan")}, ValueError, r"`new_lr` to be a float >= 0, but got nan"),
+        ({"lr": -0.1}, ValueError, r"`lr` to be a finite float >= 0, but got -0.1"),
+        ({"new_lr": float("nan")}, ValueError, r"`new_lr` to be a finite float >= 0, but got nan"),
+        ({"lr": float("inf")}, ValueError, r"`lr` to be a finite float >= 0, but got inf"),
         ({"decay": 1.5}, ValueError, r"`decay` to be a float in \(0, 1\] .* but got 1.5"),
         ({"decay": 0.0}, ValueError, r"`decay` to be a float in \(0, 1\]"),
         ({"until": "9.9"}, ValueError, r"`until` to be one of the addresses of ResNet"),
-        ({"weight_decay": -1.0}, ValueError, r"`weight_decay` to be a float >= 0"),
+        ({"weight_decay": -1.0}, ValueError, r"`weight_decay` to be a finite float >= 0"),
     ],
 )
 def test_bad_requests(kwargs, error, match):

@@ -4,19 +4,20 @@ Pre-train with a binary head beside the classifier that learns a random balanced
 partition of the classes, then transfer the features.
 """
 
-from .data import BinaryRelabeled, binary_relabel
+from .data import BinaryRelabeled, ClassSubset, binary_relabel, limit_per_class, subset_classes
 from .freezing import FreezeSummary, ResetSummary, freeze_until, reset_after, unfreeze
 from .heads import AuxOutput, RandomPartitionHead, find_classifier
 from .layers import LayerGroup, layer_groups, layer_names
 from .losses import CombinedLoss, LossTerms, combined_loss, combined_loss_terms
 from .optim import layerwise_lr
-from .partition import class_partition
+from .partition import class_partition, split_classes
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AuxOutput",
     "BinaryRelabeled",
+    "ClassSubset",
     "CombinedLoss",
     "FreezeSummary",
     "LayerGroup",
@@ -33,6 +34,9 @@ __all__ = [
     "layer_groups",
     "layer_names",
     "layerwise_lr",
+    "limit_per_class",
     "reset_after",
+    "split_classes",
+    "subset_classes",
     "unfreeze",
 ]

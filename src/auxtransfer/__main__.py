@@ -14,19 +14,26 @@ from torch import nn
 from .layers import LayerGroup, layer_groups
 
 
-def build(name: str, num_classes: int | None) -> nn.Module:
-    """A timm or torchvision model by name, built on the meta device (no weights, no memory)."""
+def build(name: str, num_classes: int | None, source: str = "auto") -> nn.Module:
+    """A timm or torchvision model by name, built on the meta device (no weights, no memory).
+
+    ``source="auto"`` takes timm's model where both libraries have the name.
+    """
     import timm
     import torchvision
 
+    import auxtransfer.models  # noqa: F401  (registers the CIFAR models with timm)
+
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    in_timm, in_torchvision = timm.is_model(name), name in torchvision.models.list_models()
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if timm.is_model(name):
+        if in_timm and source in ("auto", "timm"):
             return timm.create_model(name, pretrained=False, **kwargs)
-        if name in torchvision.models.list_models():
+        if in_torchvision and source in ("auto", "torchvision"):
             return torchvision.models.get_model(name, weights=None, **kwargs)
-    raise SystemExit(f"unknown model {name!r}: expected a timm or torchvision model name")
+    where = {"auto": "timm or torchvision", "timm": "timm", "torchvision": "torchvision"}[source]
+    raise SystemExit(f"unknown model {name!r}: expected a {where} model name")
 
 
 def _covering_modules(model: nn.Module, group: LayerGroup) -> list[str]:
@@ -78,8 +85,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     layers.add_argument(
         "--num-classes", type=int, default=None, help="classifier size (default: the model's)"
     )
+    layers.add_argument(
+        "--source",
+        choices=["auto", "timm", "torchvision"],
+        default="auto",
+        help="library to take the model from (auto: timm where both have the name)",
+    )
     args = parser.parse_args(argv)
-    model = build(args.model, args.num_classes)
+    model = build(args.model, args.num_classes, args.source)
+    library = (
+        "timm" if type(model).__module__.startswith(("timm.", "auxtransfer.")) else "torchvision"
+    )
+    print(f"# {args.model} from {library}")
     print(format_layers(model))
     return 0
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ._checks import describe
+from ._checks import check_int, check_seed, describe
+from ._rng import SplitMix64
 from .partition import as_partition
 
-__all__ = ["BinaryRelabeled", "binary_relabel"]
+__all__ = ["BinaryRelabeled", "ClassSubset", "binary_relabel", "limit_per_class", "subset_classes"]
+
+# limit_per_class draws from its own SplitMix64 stream (see split_classes).
+_LIMIT_STREAM = 0x11_4175_0002
 
 
 class BinaryRelabeled(Dataset[tuple[Any, Any, Tensor]]):
@@ -136,3 +142,112 @@ def _targets_of(dataset: Any) -> Tensor | None:
     if targets.dim() != 1 or len(targets) != len(dataset) or targets.dtype.is_floating_point:
         return None
     return targets.to("cpu", torch.long)
+
+
+@dataclass(frozen=True)
+class ClassSubset:
+    """The samples of some classes, relabelled ``0 .. k-1``.
+
+    Attributes:
+        indices: Positions of the kept samples in the original labels, ascending.
+        labels: Their new labels: ``labels[i]`` is the position of the sample's class in
+            ``classes``.
+        classes: The mapping back: new label ``j`` is original class ``classes[j]``.
+    """
+
+    indices: Tensor
+    labels: Tensor
+    classes: tuple[int, ...]
+
+
+def subset_classes(labels: Tensor, classes: Sequence[int]) -> ClassSubset:
+    """Keep the samples whose class is in ``classes`` and relabel them ``0 .. k-1``.
+
+    Args:
+        labels: ``[N]`` integer class labels.
+        classes: The classes to keep, in the order that defines the new labels (for example
+            the A classes of :func:`~auxtransfer.split_classes`).
+
+    Returns:
+        A :class:`ClassSubset`.
+
+    Example:
+        >>> import torch
+        >>> subset = subset_classes(torch.tensor([5, 1, 2, 5, 7]), [5, 7])
+        >>> subset.indices, subset.labels, subset.classes
+        (tensor([0, 3, 4]), tensor([0, 0, 1]), (5, 7))
+    """
+    labels = _as_labels(labels)
+    kept = tuple(check_int("classes[i]", c, minimum=0) for c in classes)
+    if not kept:
+        raise ValueError("Expected `classes` to hold at least one class, but it is empty.")
+    if len(set(kept)) != len(kept):
+        raise ValueError(f"Expected `classes` to hold distinct classes, but got {list(kept)}.")
+    top = max(max(kept), int(labels.max()) if labels.numel() else 0)
+    lookup = torch.full((top + 1,), -1)
+    lookup[torch.tensor(kept)] = torch.arange(len(kept))
+    new = lookup[labels]
+    indices = (new >= 0).nonzero().flatten()
+    missing = [c for c in kept if not bool((labels == c).any())]
+    if missing:
+        raise ValueError(
+            f"Expected every class in `classes` to occur in `labels`, but {missing} do not."
+        )
+    return ClassSubset(indices, new[indices], kept)
+
+
+def limit_per_class(labels: Tensor, n: int, *, seed: int) -> Tensor:
+    """Pick ``n`` samples of every class at random, for long-tail experiments.
+
+    Algorithm (fixed, so a seed means the same samples everywhere): classes are visited in
+    ascending order; for each, a Fisher-Yates shuffle of its sample positions (in their
+    original order), driven by one SplitMix64 generator seeded with
+    ``(seed + 0x1141750002) mod 2**64``, gives the first ``n``.
+
+    Args:
+        labels: ``[N]`` integer class labels.
+        n: Samples to keep per class.
+        seed: Any integer in ``[0, 2**64)``.
+
+    Returns:
+        The kept positions, ascending.
+
+    Example:
+        >>> import torch
+        >>> labels = torch.tensor([0, 1, 0, 1, 0, 1])
+        >>> limit_per_class(labels, 2, seed=0).tolist()
+        [1, 2, 3, 4]
+    """
+    labels = _as_labels(labels)
+    n = check_int("n", n, minimum=1)
+    rng = SplitMix64((check_seed("seed", seed) + _LIMIT_STREAM) % 2**64)
+    kept: list[Tensor] = []
+    for c in labels.unique().tolist():
+        positions = (labels == c).nonzero().flatten()
+        if len(positions) < n:
+            raise ValueError(
+                f"Expected `n` to be at most the size of every class, but class {c} has "
+                f"{len(positions)} samples and `n` is {n}."
+            )
+        order = rng.permutation(len(positions))[:n]
+        kept.append(positions[torch.tensor(order)])
+    return torch.cat(kept).sort().values
+
+
+def _as_labels(labels: Any) -> Tensor:
+    if not isinstance(labels, Tensor):
+        try:
+            labels = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"Expected `labels` to be a 1-D tensor of class indices, but got {describe(labels)}."
+            ) from None
+    if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(
+            f"Expected `labels` to be a 1-D tensor of class indices, but got {describe(labels)}."
+        )
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(
+            f"Expected `labels` to be class indices >= 0, but got {int(labels.min())}."
+        )
+    return labels.to("cpu", torch.long)

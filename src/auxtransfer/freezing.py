@@ -86,7 +86,9 @@ def freeze_until(
       loop would do; in train mode the running statistics follow the new data.
 
     ``track_running_stats`` is never touched, and ``state_dict`` keys and values are the
-    same frozen or not. :func:`unfreeze` undoes all of it.
+    same frozen or not. A second call replaces the first (so ``"4"``, then ``"2"``,
+    then ``"1"`` unfreezes gradually); :func:`unfreeze` undoes it. Parameters that were
+    already frozen before the call are left alone by both.
 
     Args:
         model: A timm or torchvision model, or any module :func:`layer_names` maps.
@@ -116,10 +118,14 @@ def freeze_until(
             f"Expected `address` to cover parameters, but {address!r} (up to "
             f"{groups[last].address!r}) holds buffers only."
         )
-    for name in names:
+    # A new call replaces the previous one (gradual unfreezing: "4", then "2", then "1"), so
+    # undo it first; parameters the caller had frozen by hand stay frozen, and unfreeze()
+    # will not touch them either.
+    unfreeze(model)
+    mine = [name for name in names if parameters[name].requires_grad]
+    for name in mine:
         parameters[name].requires_grad_(False)
-    frozen = set(getattr(model, _FROZEN, ())) | set(names)
-    object.__setattr__(model, _FROZEN, sorted(frozen))
+    object.__setattr__(model, _FROZEN, mine)
 
     norms: list[str] = []
     if bn == "freeze":
@@ -163,7 +169,7 @@ class ResetSummary:
         addresses: The re-initialised addresses, ``"head"`` last.
         tensors: Names of the parameters and buffers re-initialised.
         skipped: Parameters after the address that no initialiser covers (left as they were).
-        init: ``"model"`` when the model's own ``init_weights`` was used, else ``"modules"``.
+        init: ``"model"`` when the model's own ``init_weights`` took part, else ``"modules"``.
     """
 
     addresses: tuple[str, ...]
@@ -175,12 +181,13 @@ class ResetSummary:
 def reset_after(model: nn.Module, address: str, *, seed: int = 0) -> ResetSummary:
     """Re-initialise every layer after ``address``, the head included.
 
-    The initialiser is the model's own where it has one (timm's ``init_weights()``), run on
-    a copy from which the reset tensors are taken; otherwise each module's
-    ``reset_parameters()``, and ``reset_running_stats()`` for norm layers. Parameters that
-    neither covers (a bare ``nn.Parameter`` such as a layer-scale or position embedding on a
-    model without ``init_weights``) are left as they were, listed in the result and named
-    in a warning.
+    Every module holding those layers' parameters gets its ``reset_parameters()``, norm
+    layers also ``reset_running_stats()``. Where the model has its own initialiser (timm's
+    ``init_weights()``), it then runs on a copy, and every reset tensor it re-initialised is
+    taken from there: the model's own init wins where it has one. Parameters that neither
+    covers (a bare ``nn.Parameter`` such as a layer scale on a model without
+    ``init_weights``), and modules whose parameters are tied to a kept layer, are left as
+    they were, listed in the result and named in a warning.
 
     The random draws come from the global generator seeded with ``seed`` inside
     ``torch.random.fork_rng``, so the result depends on ``seed`` (and the device) alone and
@@ -203,15 +210,17 @@ def reset_after(model: nn.Module, address: str, *, seed: int = 0) -> ResetSummar
             f"Expected `address` to leave layers after it, but {address!r} is the last one."
         )
     tensors = [t for g in reset_groups for t in g.tensors]
+    kept = {id(t) for t in _tensors(model, [t for g in groups[: last + 1] for t in g.tensors])}
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        if callable(getattr(model, "init_weights", None)):
-            skipped = _reset_from_model_init(model, tensors)
+        skipped = _reset_modules(model, reset_groups, kept)
+        owner, prefix = _init_owner(model)
+        init = "modules"
+        if owner is not None:
+            covered = _reset_from_model_init(owner, prefix, model, tensors, kept)
+            skipped = [name for name in skipped if name not in covered]
             init = "model"
-        else:
-            skipped = _reset_modules(model, reset_groups)
-            init = "modules"
     if skipped:
         import warnings
 
@@ -225,22 +234,50 @@ def reset_after(model: nn.Module, address: str, *, seed: int = 0) -> ResetSummar
     )
 
 
-def _reset_from_model_init(model: nn.Module, tensors: list[str]) -> list[str]:
-    fresh = copy.deepcopy(model)
+def _tensors(model: nn.Module, names: list[str]) -> list[torch.Tensor]:
+    state = model.state_dict(keep_vars=True)
+    own = dict(model.named_parameters()) | dict(model.named_buffers())
+    return [own.get(n, state.get(n)) for n in names if n in own or n in state]  # type: ignore[misc]
+
+
+def _init_owner(model: nn.Module) -> tuple[nn.Module | None, str]:
+    """The module whose own ``init_weights()`` to use, and its name prefix."""
+    from .heads import RandomPartitionHead
+
+    if isinstance(model, RandomPartitionHead):
+        model, prefix = model.backbone, "backbone."
+    else:
+        prefix = ""
+    return (model, prefix) if callable(getattr(model, "init_weights", None)) else (None, prefix)
+
+
+def _reset_from_model_init(
+    owner: nn.Module, prefix: str, model: nn.Module, tensors: list[str], kept: set[int]
+) -> set[str]:
+    """Run ``owner.init_weights()`` on a copy; take the reset tensors it re-initialised.
+
+    Returns the names it covered. Tensors its init leaves alone (timm's ResNet initialises
+    only convolutions) keep the values ``reset_parameters()`` gave them.
+    """
+    fresh = copy.deepcopy(owner)
+    before = {n: t.detach().clone() for n, t in fresh.state_dict().items()}
     fresh.init_weights()  # type: ignore[operator]
-    for module in fresh.modules():
-        if isinstance(module, _NormBase) and module.track_running_stats:
-            module.reset_running_stats()
-    source = fresh.state_dict(keep_vars=True)
+    source = fresh.state_dict()
     target = model.state_dict(keep_vars=True)
+    covered = set()
     with torch.no_grad():
         for name in tensors:
-            if name in source and name in target:
-                target[name].copy_(source[name])
-    return []
+            inner = name[len(prefix) :] if name.startswith(prefix) else None
+            if inner is None or inner not in source or id(target[name]) in kept:
+                continue
+            if not torch.equal(source[inner], before[inner]):
+                target[name].copy_(source[inner])
+                covered.add(name)
+    return covered
 
 
-def _reset_modules(model: nn.Module, groups: list[LayerGroup]) -> list[str]:
+def _reset_modules(model: nn.Module, groups: list[LayerGroup], kept: set[int]) -> list[str]:
+    """reset_parameters() of every module that holds parameters of ``groups`` directly."""
     modules = dict(model.named_modules())
     covered: set[str] = set()
     for group in groups:
@@ -248,13 +285,16 @@ def _reset_modules(model: nn.Module, groups: list[LayerGroup]) -> list[str]:
             module = modules.get(module_name)
             if module is None:
                 continue
+            own = list(module.named_parameters(recurse=False))
+            if any(id(p) in kept for _, p in own):
+                continue  # a parameter tied to a kept layer: resetting would change that layer
             reset = getattr(module, "reset_parameters", None) or getattr(
                 module, "_reset_parameters", None
             )
-            if callable(reset):
+            if own and callable(reset):
                 reset()
                 prefix = f"{module_name}." if module_name else ""
-                covered.update(prefix + n for n, _ in module.named_parameters(recurse=False))
+                covered.update(prefix + n for n, _ in own)
             if isinstance(module, _NormBase) and module.track_running_stats:
                 module.reset_running_stats()
     parameters = dict(model.named_parameters())

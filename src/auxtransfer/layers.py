@@ -6,8 +6,9 @@ in the module names (``features.denseblock2.denselayer9`` is ``"2.9"``, ``layer3
 
 1. timm's ``group_matcher`` (``coarse=False``), where a model has one;
 2. a table for the torchvision families, in the same format;
-3. otherwise, the model's top-level children in registration order (with a warning when
-   that finds a single group).
+3. otherwise, the model's top-level children in the order a forward pass on the meta
+   device calls them (registration order where no such pass runs), with a warning when
+   that finds a single group.
 
 The classifier that :func:`~auxtransfer.find_classifier` finds always belongs to
 ``"head"``, as does anything a matcher leaves unmatched.
@@ -15,6 +16,7 @@ The classifier that :func:`~auxtransfer.find_classifier` finds always belongs to
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import re
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from ._checks import describe
@@ -173,6 +176,9 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
         else:
             merged.append((address, list(groups[key])))
 
+    if callable(matcher) and not isinstance(matcher, dict):
+        merged = _name_callable_groups(merged)
+
     sizes = {name: p.numel() for name, p in model.named_parameters()}
     result = []
     for address, names in merged:
@@ -313,8 +319,11 @@ def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _by_children(model: nn.Module, tensors: list[str]) -> list[tuple[tuple[Any, ...], str, str]]:
-    """Fallback: one group per top-level child (root tensors are the stem), in order."""
-    order = {name: i for i, (name, _) in enumerate(model.named_children())}
+    """Fallback: one group per top-level child (root tensors are the stem), in the order a
+    forward pass calls them, or in registration order where no forward can be run."""
+    order = _forward_child_order(model) or {
+        name: i for i, (name, _) in enumerate(model.named_children())
+    }
     keyed: list[tuple[tuple[Any, ...], str, str]] = []
     for name in tensors:
         child = name.partition(".")[0]
@@ -323,6 +332,61 @@ def _by_children(model: nn.Module, tensors: list[str]) -> list[tuple[tuple[Any, 
         else:
             keyed.append(((1, order[child]), child, name))
     return keyed
+
+
+def _forward_child_order(model: nn.Module) -> dict[str, int] | None:
+    """Top-level children in the order a forward pass on the meta device first calls them.
+
+    The pass runs on a copy whose tensors are meta tensors of the same shapes (no data is
+    copied), with the model's ``pretrained_cfg`` input size or 3x224x224. None when that
+    copy cannot be made or run.
+    """
+    memo: dict[int, Any] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        meta = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = (
+            nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+        )
+    seen: list[str] = []
+    try:
+        twin = copy.deepcopy(model, memo)
+        for name, child in twin.named_children():
+            child.register_forward_pre_hook(lambda module, args, name=name: seen.append(name))
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        size = tuple(cfg.get("input_size") or (3, 224, 224))
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            twin.eval()(torch.empty(1, *size, device="meta"))
+    except Exception:
+        return None
+    names = [name for name, _ in model.named_children()]
+    order = [*dict.fromkeys(seen), *(name for name in names if name not in seen)]
+    return {name: i for i, name in enumerate(order)}
+
+
+def _name_callable_groups(merged: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """Addresses for groups of a callable timm matcher, whose ordinals are positions: the
+    first group is "stem", the others are named after the module they hold."""
+    named: list[tuple[str, list[str]]] = []
+    for index, (address, names) in enumerate(merged):
+        if address != "head":
+            modules = [name.rpartition(".")[0].split(".") for name in names]
+            common: list[str] = []
+            for parts in zip(*modules, strict=False):
+                if len(set(parts)) > 1:
+                    break
+                common.append(parts[0])
+            # A group of several modules (cait's last self- and class-attention blocks) is
+            # named after its first one.
+            prefix = ".".join(common) or ".".join(modules[0][:2])
+            numbered = re.fullmatch(r"[A-Za-z_]+\.(\d+)", prefix)
+            address = "stem" if index == 0 else numbered.group(1) if numbered else prefix
+            if any(address == other for other, _ in named):
+                address = (
+                    prefix if all(prefix != other for other, _ in named) else f"{prefix}#{index}"
+                )
+        named.append((address, names))
+    return named
 
 
 def resolve(

@@ -111,8 +111,8 @@ def _check_rate(name: str, value: Any) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
-        or math.isnan(float(value))
+        or not math.isfinite(float(value))
         or value < 0
     ):
-        raise ValueError(f"Expected `{name}` to be a float >= 0, but got {describe(value)}.")
+        raise ValueError(f"Expected `{name}` to be a finite float >= 0, but got {describe(value)}.")
     return float(value)

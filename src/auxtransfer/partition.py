@@ -11,7 +11,11 @@ from torch import Tensor
 from ._checks import check_int, check_seed, describe
 from ._rng import SplitMix64
 
-__all__ = ["class_partition"]
+__all__ = ["class_partition", "split_classes"]
+
+# split_classes draws from its own stream, so that the same seed given to split_classes
+# and class_partition does not tie A's classes to the binary partition.
+_SPLIT_STREAM = 0x5EED_C1A5_5E5_0001
 
 
 def class_partition(num_classes: int, *, num_partitions: int = 1, seed: int = 0) -> Tensor:
@@ -69,6 +73,41 @@ def class_partition(num_classes: int, *, num_partitions: int = 1, seed: int = 0)
         seen.add(key)
         rows.append(row)
     return torch.tensor(rows, dtype=torch.long)
+
+
+def split_classes(
+    num_classes: int, *, seed: int, num_a: int | None = None
+) -> tuple[list[int], list[int]]:
+    """Split the classes ``0 .. num_classes - 1`` at random into data sets A and B.
+
+    Algorithm (fixed, like :func:`class_partition`): a Fisher-Yates shuffle of
+    ``range(num_classes)`` driven by SplitMix64 seeded with ``(seed + 0x5EEDC1A55E50001)
+    mod 2**64``; the first ``num_a`` shuffled classes form A, the rest B. Both lists are
+    returned sorted.
+
+    Args:
+        num_classes: Number of classes to split, at least 2.
+        seed: Any integer in ``[0, 2**64)``.
+        num_a: Size of A; half the classes (rounded down) by default, as in the paper.
+
+    Returns:
+        ``(a_classes, b_classes)``, two sorted lists that together hold every class once.
+
+    Example:
+        >>> a, b = split_classes(100, seed=0)
+        >>> len(a), len(b), sorted(a + b) == list(range(100))
+        (50, 50, True)
+    """
+    num_classes = check_int("num_classes", num_classes, minimum=2)
+    seed = check_seed("seed", seed)
+    num_a = num_classes // 2 if num_a is None else check_int("num_a", num_a, minimum=1)
+    if num_a >= num_classes:
+        raise ValueError(
+            f"Expected `num_a` to leave at least one class for B (at most {num_classes - 1}), "
+            f"but got {num_a}."
+        )
+    order = SplitMix64((seed + _SPLIT_STREAM) % 2**64).permutation(num_classes)
+    return sorted(order[:num_a]), sorted(order[num_a:])
 
 
 def as_partition(
