@@ -1,0 +1,10 @@
+"""The paper's experiments on top of the core API: data, device-side batches, training.
+
+Optional dependencies of this layer (progress bars, statistics, plots) are imported where
+they are used.
+"""
+
+from .batches import DeviceBatches, crop_flip
+from .cifar import load_cifar100
+
+__all__ = ["DeviceBatches", "crop_flip", "load_cifar100"]

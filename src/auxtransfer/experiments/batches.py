@@ -1,0 +1,187 @@
+"""Batches cut, augmented and normalised on the training device, vectorised over the batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from .._checks import check_int, check_seed, describe
+from ..partition import as_partition
+
+__all__ = ["DeviceBatches", "crop_flip"]
+
+
+def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, *, pad: int) -> Tensor:
+    """Zero-pad every image by ``pad``, cut the original size at ``offsets``, mirror where
+    ``flips``: what torchvision's ``RandomCrop(size, padding=pad)`` followed by
+    ``RandomHorizontalFlip`` does to each image, done for the whole batch in one gather.
+
+    Args:
+        images: ``[B, C, H, W]``, any dtype (pixels are moved, not computed).
+        offsets: ``[B, 2]`` integer (top, left) corners in the padded image, in ``[0, 2 * pad]``.
+        flips: ``[B]`` bool, mirror left-right after the crop.
+        pad: Zero padding on every side.
+
+    Returns:
+        ``[B, C, H, W]``, same dtype and device as ``images``.
+    """
+    batch, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    offsets = offsets.to(images.device)
+    flips = flips.to(images.device)
+    rows = offsets[:, 0:1] + torch.arange(height, device=images.device)  # [B, H]
+    steps = torch.arange(width, device=images.device)
+    steps = torch.where(flips[:, None], width - 1 - steps, steps)  # mirrored read order
+    cols = offsets[:, 1:2] + steps  # [B, W]
+    index = torch.arange(batch, device=images.device)[:, None, None]
+    # Advanced indexing on (batch, row, col) with channels kept: [B, H, W, C] -> [B, C, H, W]
+    return padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+class DeviceBatches:
+    """Iterate over an ``(images, labels)`` tensor pair in batches made on the device.
+
+    The whole data set lives on ``device`` (CIFAR-100's 50,000 uint8 images take 150 MB);
+    each batch is cut by index, augmented (``pad``-pixel zero padding, random crop back to
+    the original size, horizontal flip with probability 0.5) and normalised there, with no
+    per-image Python. Shuffling and augmentation draw from a private generator seeded with
+    ``seed`` and the epoch, so a run is reproducible and the global random state untouched.
+
+    Under DDP give ``rank`` and ``world_size``: each rank gets its share of every epoch's
+    order (padded by wrapping around, as ``DistributedSampler`` does), and the same
+    augmentation draws the data would get on one process.
+
+    Args:
+        images: ``[N, C, H, W]`` uint8 (0-255) or float (0-1) images.
+        labels: ``[N]`` class indices.
+        batch_size: Images per batch (per rank).
+        device: Where batches are made and returned.
+        mean: Per-channel mean, in 0-1 pixel units.
+        std: Per-channel standard deviation, in 0-1 pixel units.
+        train: Shuffle and augment; otherwise keep the order and only normalise.
+        seed: Seeds the order and the augmentation.
+        pad: Padding of the random crop (4 for CIFAR); 0 turns cropping off.
+        flip: Random horizontal flips.
+        drop_last: Drop the last incomplete batch.
+        partition: A ``[n, C]`` partition: batches then also carry the binary labels ``[B, n]``.
+        rank: This process's rank in a DDP job.
+        world_size: Number of processes in the DDP job.
+        channels_last: Return images in channels-last memory format.
+        dtype: Dtype of the returned images.
+
+    Example:
+        >>> import torch
+        >>> images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+        >>> batches = DeviceBatches(images, torch.arange(10), batch_size=4, mean=(0.5,) * 3, std=(0.25,) * 3)
+        >>> for x, y in batches:
+        ...     print(tuple(x.shape), y.tolist()[:2])  # doctest: +ELLIPSIS
+        (4, 3, 32, 32) [...]
+        (4, 3, 32, 32) [...]
+        (2, 3, 32, 32) [...]
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        train: bool = True,
+        seed: int = 0,
+        pad: int = 4,
+        flip: bool = True,
+        drop_last: bool = False,
+        partition: Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not isinstance(images, Tensor) or images.dim() != 4:
+            raise TypeError(
+                f"Expected `images` to be a [N, C, H, W] tensor, but got {describe(images)}."
+            )
+        if not isinstance(labels, Tensor) or labels.shape != (images.shape[0],):
+            raise ValueError(
+                f"Expected `labels` to be a tensor of shape [{images.shape[0]}] (one per image), "
+                f"but got {describe(labels)}."
+            )
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.world_size = check_int("world_size", world_size, minimum=1)
+        if self.world_size > len(labels):
+            raise ValueError(
+                f"Expected `world_size` to be at most the {len(labels)} images of the data, "
+                f"but got {world_size}."
+            )
+        share = -(-len(labels) // self.world_size)
+        if self.batch_size > share:
+            raise ValueError(
+                f"Expected `batch_size` to be at most the {share} images of each of the "
+                f"{self.world_size} process(es), but got {batch_size}."
+            )
+        channels = images.shape[1]
+        if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
+            raise ValueError(
+                f"Expected `mean` and `std` to give {channels} values each (std > 0), "
+                f"but got {tuple(mean)} and {tuple(std)}."
+            )
+        self.rank = check_int("rank", rank, minimum=0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"Expected `rank` to be in [0, {self.world_size}), but got {rank}.")
+        self.seed = check_seed("seed", seed)
+        self.pad = check_int("pad", pad, minimum=0)
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device, torch.long)
+        scale = 255.0 if images.dtype == torch.uint8 else 1.0
+        self._mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * scale
+        self._std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * scale
+        self.partition = None if partition is None else as_partition(partition).to(self.device)
+        self.train, self.flip, self.drop_last = train, flip, drop_last
+        self.channels_last, self.dtype = channels_last, dtype
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration uses."""
+        self.epoch = check_int("epoch", epoch, minimum=0)
+
+    def _order(self, generator: torch.Generator) -> Tensor:
+        total = len(self.labels)
+        order = torch.randperm(total, generator=generator) if self.train else torch.arange(total)
+        per_rank = -(-total // self.world_size)
+        if per_rank * self.world_size > total:  # wrap around so every rank gets the same count
+            order = torch.cat([order, order[: per_rank * self.world_size - total]])
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        per_rank = -(-len(self.labels) // self.world_size)
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+        full = self._order(generator)
+        # Draw every epoch's augmentation for the whole data set in data-set order, then
+        # take this rank's share: the draws do not depend on the number of ranks.
+        total = len(self.labels)
+        offsets = torch.randint(0, 2 * self.pad + 1, (total, 2), generator=generator)
+        flips = torch.rand(total, generator=generator) < 0.5
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = full[start : start + self.batch_size]
+            if len(index) == 0:
+                break
+            images = self.images[index.to(self.device)]
+            if self.train and (self.pad or self.flip):
+                images = crop_flip(images, offsets[index], flips[index] & self.flip, pad=self.pad)
+            x = ((images.float() - self._mean) / self._std).to(self.dtype)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = self.labels[index.to(self.device)]
+            if self.partition is None:
+                yield x, y
+            else:
+                yield x, y, self.partition.t()[y]

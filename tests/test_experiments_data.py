@@ -1,0 +1,260 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import torchvision.transforms.v2.functional as TF
+
+from auxtransfer import class_partition
+from auxtransfer.experiments import DeviceBatches, crop_flip, load_cifar100
+
+MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+def _images(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(
+        n
+    ) % 10
+
+
+def _torchvision_reference(image, top, left, flip):
+    """torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip for given draws."""
+    out = TF.crop(TF.pad(image, [4], fill=0), top, left, 32, 32)
+    return TF.horizontal_flip(out) if flip else out
+
+
+def test_crop_flip_matches_torchvision_image_by_image():
+    images, _ = _images(16)
+    g = torch.Generator().manual_seed(1)
+    offsets = torch.randint(0, 9, (16, 2), generator=g)
+    flips = torch.rand(16, generator=g) < 0.5
+    out = crop_flip(images, offsets, flips, pad=4)
+    for b in range(16):
+        expected = _torchvision_reference(
+            images[b], int(offsets[b, 0]), int(offsets[b, 1]), bool(flips[b])
+        )
+        assert torch.equal(out[b], expected), b
+    # The corners: all-padding rows and columns appear where the offsets put them.
+    corner = crop_flip(images[:1], torch.tensor([[0, 0]]), torch.tensor([False]), pad=4)
+    assert (corner[0, :, :4, :] == 0).all()
+    assert torch.equal(corner[0, :, 4:, 4:], images[0, :, :28, :28])
+
+
+def test_batches_reproduce_the_torchvision_pipeline():
+    images, labels = _images(24)
+    batches = DeviceBatches(images, labels, batch_size=8, mean=MEAN, std=STD, seed=3)
+    batches.set_epoch(2)
+    # The same draws, made by hand in the documented order.
+    g = torch.Generator().manual_seed((3 * 1_000_003 + 2) % 2**63)
+    order = torch.randperm(24, generator=g)
+    offsets = torch.randint(0, 9, (24, 2), generator=g)
+    flips = torch.rand(24, generator=g) < 0.5
+    normalize = torchvision.transforms.Normalize(MEAN, STD)
+    seen = 0
+    for x, y in batches:
+        for row in range(len(y)):
+            k = int(order[seen + row])
+            reference = _torchvision_reference(
+                images[k], int(offsets[k, 0]), int(offsets[k, 1]), bool(flips[k])
+            )
+            expected = normalize(TF.to_dtype(reference, torch.float32, scale=True))
+            torch.testing.assert_close(x[row], expected, rtol=1e-5, atol=1e-5)
+            assert y[row] == labels[k]
+        seen += len(y)
+    assert seen == 24
+
+
+def test_epochs_shuffle_reproducibly_and_cover_everything():
+    images, labels = _images(30)
+    batches = DeviceBatches(images, labels, batch_size=7, mean=MEAN, std=STD, seed=0)
+    assert len(batches) == 5
+
+    def epoch(e):
+        batches.set_epoch(e)
+        return [(x.clone(), y.clone()) for x, y in batches]
+
+    first, again, second = epoch(0), epoch(0), epoch(1)
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(first, again, strict=True)
+    )
+    assert not torch.equal(torch.cat([y for _, y in first]), torch.cat([y for _, y in second]))
+    assert sorted(torch.cat([y for _, y in first]).tolist()) == sorted(labels.tolist())
+    state = torch.random.get_rng_state()
+    epoch(3)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_eval_keeps_order_and_only_normalises():
+    images, labels = _images(10)
+    batches = DeviceBatches(images, labels, batch_size=4, mean=MEAN, std=STD, train=False)
+    x = torch.cat([x for x, _ in batches])
+    expected = torchvision.transforms.Normalize(MEAN, STD)(images.float() / 255)
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6)
+    assert torch.cat([y for _, y in batches]).tolist() == labels.tolist()
+
+
+def test_ddp_shards_are_disjoint_and_augmented_alike():
+    images, _ = _images(21)
+    labels = torch.arange(21)  # label = image index, to find each image again
+    single = DeviceBatches(images, labels, batch_size=4, mean=MEAN, std=STD, seed=5)
+    by_index = {int(y): x_row for x, ys in single for y, x_row in zip(ys, x, strict=True)}
+    shards = [
+        DeviceBatches(
+            images, labels, batch_size=4, mean=MEAN, std=STD, seed=5, rank=r, world_size=2
+        )
+        for r in (0, 1)
+    ]
+    assert len(shards[0]) == len(shards[1]) == 3  # 11 images each, 21 padded to 22
+    seen = []
+    for shard in shards:
+        for x, ys in shard:
+            for y, row in zip(ys.tolist(), x, strict=True):
+                assert torch.equal(row, by_index[y])
+                seen.append(y)
+    assert sorted(set(seen)) == list(range(21))
+    assert len(seen) == 22
+
+
+def test_binary_labels_and_layout():
+    images, labels = _images(12)
+    partition = class_partition(10, num_partitions=2, seed=1)
+    batches = DeviceBatches(
+        images,
+        labels,
+        batch_size=5,
+        mean=MEAN,
+        std=STD,
+        partition=partition,
+        channels_last=True,
+        dtype=torch.bfloat16,
+        drop_last=True,
+    )
+    assert len(batches) == 2
+    for x, y, y_b in batches:
+        assert x.dtype == torch.bfloat16
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(y_b, partition.t()[y])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"batch_size": 41},
+            ValueError,
+            r"`batch_size` to be at most the 40 images of each of the 1 process\(es\), but got 41",
+        ),
+        (
+            {"batch_size": 21, "world_size": 2},
+            ValueError,
+            r"at most the 20 images of each of the 2 process\(es\)",
+        ),
+        ({"world_size": 41}, ValueError, r"`world_size` to be at most the 40 images"),
+        ({"batch_size": 0}, ValueError, r"`batch_size` to be an int >= 1"),
+        ({"mean": (0.5, 0.5)}, ValueError, r"`mean` and `std` to give 3 values each"),
+        ({"std": (0.2, 0.0, 0.2)}, ValueError, r"std > 0"),
+        ({"rank": 2, "world_size": 2}, ValueError, r"`rank` to be in \[0, 2\), but got 2"),
+        ({"labels": torch.zeros(3)}, ValueError, r"`labels` to be a tensor of shape \[40\]"),
+        ({"images": torch.zeros(40, 32, 32)}, TypeError, r"`images` to be a \[N, C, H, W\] tensor"),
+    ],
+)
+def test_bad_input(kwargs, error, match):
+    images, labels = _images(40)
+    arguments = {
+        "images": images,
+        "labels": labels,
+        "batch_size": 8,
+        "mean": MEAN,
+        "std": STD,
+        **kwargs,
+    }
+    with pytest.raises(error, match=match):
+        DeviceBatches(arguments.pop("images"), arguments.pop("labels"), **arguments)
+
+
+def _write_cifar(root, n_train=12, n_test=6):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        entry = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "fine_labels": list(range(n)),
+            "coarse_labels": [0] * n,
+        }
+        with (folder / split).open("wb") as handle:
+            pickle.dump(entry, handle)
+    return rng
+
+
+def test_load_cifar100_from_a_local_folder(tmp_path):
+    _write_cifar(tmp_path)
+    images, labels = load_cifar100(tmp_path, train=True)
+    assert images.shape == (12, 3, 32, 32)
+    assert images.dtype == torch.uint8
+    assert labels.tolist() == list(range(12))
+    raw = pickle.loads((tmp_path / "cifar-100-python" / "train").read_bytes())["data"]
+    assert torch.equal(
+        images[3], torch.from_numpy(raw[3].reshape(3, 32, 32))
+    )  # CHW, row-major as stored
+    assert load_cifar100(tmp_path, train=False)[0].shape == (6, 3, 32, 32)
+
+
+def test_missing_data_says_both_ways_and_writes_nothing(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    with pytest.raises(
+        FileNotFoundError, match=r"download=True .* copy the unpacked 'cifar-100-python' folder"
+    ):
+        load_cifar100(root, train=True)
+    assert not root.exists()
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    with pytest.raises(
+        FileNotFoundError, match=r"downloading it failed \(OSError: network is unreachable\)"
+    ):
+        load_cifar100(root, train=True, download=True)
+    assert not root.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    (folder / "train").write_bytes(pickle.dumps({"data": [1, 2, 3]}))
+    with pytest.raises(ValueError, match=r"CIFAR-100 batch with 'data' and 'fine_labels'"):
+        load_cifar100(tmp_path, train=True)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("ARBITRARY CODE RAN",))
+
+
+def test_a_crafted_pickle_cannot_run_code(tmp_path, capsys):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    (folder / "train").write_bytes(pickle.dumps({"data": _Exploit(), "fine_labels": []}))
+    with pytest.raises(ValueError, match=r"refusing to load builtins\.print"):
+        load_cifar100(tmp_path, train=True)
+    assert "ARBITRARY CODE RAN" not in capsys.readouterr().out
+    (folder / "train").write_bytes(
+        pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "fine_labels": [0, 300]})
+    )
+    with pytest.raises(
+        ValueError, match=r"labels .* to be in \[0, 100\), but they span \[0, 300\]"
+    ):
+        load_cifar100(tmp_path, train=True)
+    (folder / "train").write_bytes(
+        pickle.dumps({"data": np.zeros((2, 3072), np.int64), "fine_labels": [0, 1]})
+    )
+    with pytest.raises(ValueError, match=r"\[N, 3072\] uint8 images"):
+        load_cifar100(tmp_path, train=True)
+    (folder / "train").write_bytes(b"\x80\x04truncated")
+    with pytest.raises(ValueError, match=r"reading it failed"):
+        load_cifar100(tmp_path, train=True)
