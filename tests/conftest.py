@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,3 +37,24 @@ def regnet_on_meta(monkeypatch: pytest.MonkeyPatch) -> None:
             return build(cls, *args, **kwargs)
 
     monkeypatch.setattr(regnet.BlockParams, "from_init_params", classmethod(on_cpu))
+
+
+@pytest.fixture
+def torchrun():
+    """Run a worker script of tests/ under torchrun with two CPU processes (gloo)."""
+
+    def run(worker: str, out: Path) -> None:
+        script = Path(__file__).with_name(worker)
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(out),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return run

@@ -1,26 +1,11 @@
-import subprocess
-import sys
-from pathlib import Path
-
 import torch
 import torchvision
 
 from auxtransfer import RandomPartitionHead
 
 
-def test_ddp_two_ranks_on_cpu(tmp_path):
-    worker = Path(__file__).with_name("ddp_worker.py")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(worker),
-        str(tmp_path),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_ddp_two_ranks_on_cpu(tmp_path, torchrun):
+    torchrun("ddp_worker.py", tmp_path)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     torch.manual_seed(0)

@@ -1,7 +1,4 @@
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -150,19 +147,8 @@ def test_unknown_model_and_oversized_batch(tmp_path):
     assert list(tmp_path.iterdir()) == []  # bad input writes nothing
 
 
-def test_torchrun_two_ranks_end_with_identical_weights(tmp_path):
-    worker = Path(__file__).with_name("train_worker.py")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(worker),
-        str(tmp_path),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_torchrun_two_ranks_end_with_identical_weights(tmp_path, torchrun):
+    torchrun("train_worker.py", tmp_path)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     params = [

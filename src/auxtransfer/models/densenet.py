@@ -8,10 +8,12 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from ._head import PooledLinearHead
+
 __all__ = ["CifarDenseNet"]
 
 
-class CifarDenseNet(torchvision.models.DenseNet):
+class CifarDenseNet(PooledLinearHead, torchvision.models.DenseNet):
     """DenseNet-BC with the CIFAR stem (Huang et al., 2017).
 
     torchvision's ``DenseNet`` with its ImageNet stem (7x7 conv, BatchNorm, ReLU, max-pool)
@@ -33,6 +35,7 @@ class CifarDenseNet(torchvision.models.DenseNet):
     """
 
     classifier: nn.Module
+    _classifier_name = "classifier"
 
     def __init__(
         self,
@@ -73,31 +76,6 @@ class CifarDenseNet(torchvision.models.DenseNet):
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map, after the final BatchNorm and ReLU."""
         return torch.relu(self.features(x))
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Global average pooling, then the classifier (skipped with ``pre_logits``)."""
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh classifier for ``num_classes`` (an ``Identity`` for 0), on the same device."""
-        old = self.classifier
-        weight = old.weight if isinstance(old, nn.Linear) else None
-        self.num_classes = num_classes
-        if num_classes <= 0:
-            self.classifier = nn.Identity()
-            return
-        new = nn.Linear(self.num_features, num_classes)
-        nn.init.zeros_(new.bias)
-        if weight is not None:
-            new.to(weight.device, weight.dtype)
-        self.classifier = new
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Layer groups in timm's format: ``"stem"``, then ``block.layer``; transitions and

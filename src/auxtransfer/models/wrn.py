@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._head import PooledLinearHead
+
 __all__ = ["WideResNet"]
 
 
@@ -53,7 +55,7 @@ class _Stage(nn.Module):
         return self.layer(x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(PooledLinearHead, nn.Module):
     """WRN-d-k: a 3x3 stem to 16 channels, three stages of pre-activation basic blocks
     (widths ``16k``, ``32k``, ``64k``; strides 1, 2, 2), BatchNorm-ReLU, global average
     pooling and a linear classifier. ``depth=28, widen_factor=10, drop_rate=0.3`` is the
@@ -69,6 +71,8 @@ class WideResNet(nn.Module):
         num_classes: Size of the classifier.
         in_chans: Input channels.
     """
+
+    _classifier_name = "fc"
 
     def __init__(
         self,
@@ -114,28 +118,6 @@ class WideResNet(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
         return torch.relu(self.bn1(x))
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh classifier for ``num_classes`` (an ``Identity`` for 0), on the same device."""
-        weight = self.fc.weight if isinstance(self.fc, nn.Linear) else None
-        self.num_classes = num_classes
-        if num_classes <= 0:
-            self.fc = nn.Identity()  # type: ignore[assignment]
-            return
-        self.fc = nn.Linear(self.num_features, num_classes)
-        nn.init.zeros_(self.fc.bias)
-        if weight is not None:
-            self.fc.to(weight.device, weight.dtype)
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Layer groups in timm's format: ``"stem"``, then ``stage.block``; the final
