@@ -108,14 +108,21 @@ def test_ddp_shards_are_disjoint_and_augmented_alike():
         for r in (0, 1)
     ]
     assert len(shards[0]) == len(shards[1]) == 3  # 11 images each, 21 padded to 22
-    seen = []
+    seen, originals = [], []
     for shard in shards:
         for x, ys in shard:
+            originals += [
+                y
+                for y, kept in zip(ys.tolist(), shard.last_batch_original.tolist(), strict=True)
+                if kept
+            ]
             for y, row in zip(ys.tolist(), x, strict=True):
                 assert torch.equal(row, by_index[y])
                 seen.append(y)
     assert sorted(set(seen)) == list(range(21))
     assert len(seen) == 22
+    # Without the one wrap-around repeat, every image exactly once.
+    assert sorted(originals) == list(range(21))
 
 
 def test_binary_labels_and_layout():

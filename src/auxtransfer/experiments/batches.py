@@ -145,18 +145,24 @@ class DeviceBatches:
         self.train, self.flip, self.drop_last = train, flip, drop_last
         self.channels_last, self.dtype = channels_last, dtype
         self.epoch = 0
+        #: For the batch last yielded: True where a sample is no wrap-around repeat (DDP).
+        self.last_batch_original = torch.ones(0, dtype=torch.bool)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation the next iteration uses."""
         self.epoch = check_int("epoch", epoch, minimum=0)
 
-    def _order(self, generator: torch.Generator) -> Tensor:
+    def _order(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """This rank's share of the epoch's order, and which of its entries are originals
+        (False for the wrap-around repeats that even out the ranks)."""
         total = len(self.labels)
         order = torch.randperm(total, generator=generator) if self.train else torch.arange(total)
         per_rank = -(-total // self.world_size)
+        original = torch.ones(per_rank * self.world_size, dtype=torch.bool)
         if per_rank * self.world_size > total:  # wrap around so every rank gets the same count
             order = torch.cat([order, order[: per_rank * self.world_size - total]])
-        return order[self.rank :: self.world_size]
+            original[total:] = False
+        return order[self.rank :: self.world_size], original[self.rank :: self.world_size]
 
     def __len__(self) -> int:
         per_rank = -(-len(self.labels) // self.world_size)
@@ -164,7 +170,7 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
-        full = self._order(generator)
+        full, original = self._order(generator)
         # Draw every epoch's augmentation for the whole data set in data-set order, then
         # take this rank's share: the draws do not depend on the number of ranks.
         total = len(self.labels)
@@ -174,6 +180,7 @@ class DeviceBatches:
             index = full[start : start + self.batch_size]
             if len(index) == 0:
                 break
+            self.last_batch_original = original[start : start + self.batch_size].to(self.device)
             images = self.images[index.to(self.device)]
             if self.train and (self.pad or self.flip):
                 images = crop_flip(images, offsets[index], flips[index] & self.flip, pad=self.pad)

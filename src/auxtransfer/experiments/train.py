@@ -209,22 +209,36 @@ def train_run(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = trainer(x)
             # The loss in float32, whatever precision the forward ran in.
+            # Metrics count each image once: the wrap-around repeats that even out the DDP
+            # ranks take part in the step but not in the logged averages.
+            kept = batches.last_batch_original
             if partition is not None:
                 logits, aux_logits = out[0].float(), out[1].float()
                 terms = combined_loss_terms((logits, aux_logits), y, batch[2], config.binary_weight)
                 loss = terms.total
-                binary_errors = (aux_logits.argmax(-1) != batch[2]).double().mean(1).sum()
-                sums[2] += terms.binary.detach().double() * len(y)
-                sums[3] += binary_errors.detach()
+                with torch.no_grad():
+                    binary = F.cross_entropy(
+                        aux_logits.transpose(1, 2), batch[2], reduction="none"
+                    ).mean(1)
+                    binary_wrong = (aux_logits.argmax(-1) != batch[2]).double().mean(1)
+                    sums[2] += binary[kept].double().sum()
+                    sums[3] += binary_wrong[kept].sum()
             else:
                 logits = out.float()
                 loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums[0] += loss.detach().double() * len(y)
-            sums[1] += (logits.argmax(1) != y).double().sum().detach()
-            sums[4] += len(y)
+            with torch.no_grad():
+                main = F.cross_entropy(logits, y, reduction="none")
+                combined = (
+                    main
+                    if partition is None
+                    else (1 - config.binary_weight) * main + config.binary_weight * binary
+                )
+                sums[0] += combined[kept].double().sum()
+                sums[1] += (logits.argmax(1) != y)[kept].double().sum()
+                sums[4] += kept.sum()
         scheduler.step()
         if world > 1:
             dist.all_reduce(sums)
