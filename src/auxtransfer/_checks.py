@@ -25,6 +25,16 @@ def describe(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
+def as_tensor(name: str, value: Any, expected: str) -> Tensor:
+    """``value`` as a tensor, or a ``TypeError`` saying ``expected`` and what came."""
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"Expected `{name}` to be {expected}, but got {describe(value)}.") from None
+
+
 def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     """Return ``value`` as an ``int``, or raise if it is not an integer at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

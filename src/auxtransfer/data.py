@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ._checks import check_int, check_seed, describe
+from ._checks import as_tensor, check_int, check_seed, describe
 from ._rng import SplitMix64
 from .partition import as_partition
 
@@ -235,13 +235,7 @@ def limit_per_class(labels: Tensor, n: int, *, seed: int) -> Tensor:
 
 
 def _as_labels(labels: Any) -> Tensor:
-    if not isinstance(labels, Tensor):
-        try:
-            labels = torch.as_tensor(labels)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(
-                f"Expected `labels` to be a 1-D tensor of class indices, but got {describe(labels)}."
-            ) from None
+    labels = as_tensor("labels", labels, "a 1-D tensor of class indices")
     if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise TypeError(
             f"Expected `labels` to be a 1-D tensor of class indices, but got {describe(labels)}."

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ._checks import check_seed, describe
+from .heads import RandomPartitionHead
 from .layers import LayerGroup, layer_groups, resolve
 
 __all__ = ["FreezeSummary", "ResetSummary", "freeze_until", "reset_after", "unfreeze"]
@@ -235,15 +236,12 @@ def reset_after(model: nn.Module, address: str, *, seed: int = 0) -> ResetSummar
 
 
 def _tensors(model: nn.Module, names: list[str]) -> list[torch.Tensor]:
-    state = model.state_dict(keep_vars=True)
-    own = dict(model.named_parameters()) | dict(model.named_buffers())
-    return [own.get(n, state.get(n)) for n in names if n in own or n in state]  # type: ignore[misc]
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return [own[name] for name in names if name in own]
 
 
 def _init_owner(model: nn.Module) -> tuple[nn.Module | None, str]:
     """The module whose own ``init_weights()`` to use, and its name prefix."""
-    from .heads import RandomPartitionHead
-
     if isinstance(model, RandomPartitionHead):
         model, prefix = model.backbone, "backbone."
     else:

@@ -95,7 +95,7 @@ def find_classifier(model: nn.Module) -> str:
 
 
 def _raise_not_found(model: nn.Module, tried: list[str]) -> NoReturn:
-    candidates = [n for n, m in model.named_modules() if isinstance(m, _CLASSIFIER_TYPES)][-3:]
+    candidates = _classifier_layers(model)[-3:]
     detail = f" ({'; '.join(tried)})" if tried else ""
     hint = f", e.g. one of {candidates[::-1]}" if candidates else ""
     raise ValueError(
@@ -106,15 +106,14 @@ def _raise_not_found(model: nn.Module, tried: list[str]) -> NoReturn:
     )
 
 
+def _classifier_layers(module: nn.Module, prefix: str = "") -> list[str]:
+    """Names of the Linear/Conv layers in ``module`` (itself included), in order."""
+    return [n for n, m in module.named_modules(prefix=prefix) if isinstance(m, _CLASSIFIER_TYPES)]
+
+
 def _last_classifier_layer(model: nn.Module, name: str) -> str | None:
-    module = model.get_submodule(name)
-    if isinstance(module, _CLASSIFIER_TYPES):
-        return name
-    found = None
-    for sub_name, sub in module.named_modules(prefix=name):
-        if isinstance(sub, _CLASSIFIER_TYPES):
-            found = sub_name
-    return found
+    layers = _classifier_layers(model.get_submodule(name), prefix=name)
+    return layers[-1] if layers else None
 
 
 def _layer_widths(module: nn.Module, name: str) -> tuple[int, int]:
@@ -222,7 +221,7 @@ class RandomPartitionHead(nn.Module):
             raise ValueError(
                 f"Expected `classifier` to name a module of {type(backbone).__name__}, but got "
                 f"{classifier!r}; the last Linear/Conv modules are "
-                f"{[n for n, m in backbone.named_modules() if isinstance(m, _CLASSIFIER_TYPES)][-3:]}."
+                f"{_classifier_layers(backbone)[-3:]}."
             ) from None
         in_features, num_classes = _layer_widths(layer, classifier)
         if num_classes < 2:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_seed, describe
+from ._checks import as_tensor, check_int, check_seed, describe
 from ._rng import SplitMix64
 
 __all__ = ["class_partition", "split_classes"]
@@ -117,14 +117,7 @@ def as_partition(
 
     A 1-D partition is taken as one row. Every row must hold only 0 and 1 and use both.
     """
-    if not isinstance(partition, Tensor):
-        try:
-            partition = torch.as_tensor(partition)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(
-                f"Expected `{name}` to be a tensor of 0/1 labels of shape [C] or [n, C], "
-                f"but got {describe(partition)}."
-            ) from None
+    partition = as_tensor(name, partition, "a tensor of 0/1 labels of shape [C] or [n, C]")
     if partition.dtype.is_floating_point or partition.dtype.is_complex:
         raise TypeError(
             f"Expected `{name}` to be an integer or bool tensor of 0/1 labels, "

@@ -181,13 +181,14 @@ class DeviceBatches:
             if len(index) == 0:
                 break
             self.last_batch_original = original[start : start + self.batch_size].to(self.device)
-            images = self.images[index.to(self.device)]
+            on_device = index.to(self.device)
+            images = self.images[on_device]
             if self.train and (self.pad or self.flip):
                 images = crop_flip(images, offsets[index], flips[index] & self.flip, pad=self.pad)
             x = ((images.float() - self._mean) / self._std).to(self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = self.labels[index.to(self.device)]
+            y = self.labels[on_device]
             if self.partition is None:
                 yield x, y
             else:

@@ -74,16 +74,19 @@ class RunConfig:
         return data
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def _replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write through ``write`` to a temporary file beside ``path``, then rename it over."""
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    _replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _atomic_write(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def _distributed() -> tuple[int, int]:
@@ -208,37 +211,30 @@ def train_run(
             x, y = batch[0], batch[1]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = trainer(x)
-            # The loss in float32, whatever precision the forward ran in.
-            # Metrics count each image once: the wrap-around repeats that even out the DDP
-            # ranks take part in the step but not in the logged averages.
-            kept = batches.last_batch_original
+            # One per-sample loss serves the step and the metrics, in float32 whatever
+            # precision the forward ran in. Metrics count each image once: the wrap-around
+            # repeats that even out the DDP ranks take part in the step, not in the averages
+            # (a 0/1 weight, not a boolean index, so the step never waits for the device).
+            kept = batches.last_batch_original.double()
             if partition is not None:
                 logits, aux_logits = out[0].float(), out[1].float()
-                terms = combined_loss_terms((logits, aux_logits), y, batch[2], config.binary_weight)
-                loss = terms.total
-                with torch.no_grad():
-                    binary = F.cross_entropy(
-                        aux_logits.transpose(1, 2), batch[2], reduction="none"
-                    ).mean(1)
-                    binary_wrong = (aux_logits.argmax(-1) != batch[2]).double().mean(1)
-                    sums[2] += binary[kept].double().sum()
-                    sums[3] += binary_wrong[kept].sum()
+                terms = combined_loss_terms(
+                    (logits, aux_logits), y, batch[2], config.binary_weight, reduction="none"
+                )
+                per_sample = terms.total
+                binary_wrong = (aux_logits.argmax(-1) != batch[2]).double().mean(1)
+                sums[2] += (terms.binary.detach().double() * kept).sum()
+                sums[3] += (binary_wrong * kept).sum()
             else:
                 logits = out.float()
-                loss = F.cross_entropy(logits, y)
+                per_sample = F.cross_entropy(logits, y, reduction="none")
+            loss = per_sample.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            with torch.no_grad():
-                main = F.cross_entropy(logits, y, reduction="none")
-                combined = (
-                    main
-                    if partition is None
-                    else (1 - config.binary_weight) * main + config.binary_weight * binary
-                )
-                sums[0] += combined[kept].double().sum()
-                sums[1] += (logits.argmax(1) != y)[kept].double().sum()
-                sums[4] += kept.sum()
+            sums[0] += (per_sample.detach().double() * kept).sum()
+            sums[1] += ((logits.argmax(1) != y).double() * kept).sum()
+            sums[4] += kept.sum()
         scheduler.step()
         if world > 1:
             dist.all_reduce(sums)
@@ -421,12 +417,14 @@ def _truncate_metrics(path: Path, *, before: int) -> None:
     if not path.exists():
         return
     rows = [row for row in _read_metrics(path) if int(row["epoch"]) < before]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    _replace_atomically(path, write)
 
 
 @torch.no_grad()
@@ -434,14 +432,16 @@ def _evaluate(
     model: nn.Module, batches: DeviceBatches, amp: bool, device: torch.device
 ) -> tuple[float, float]:
     model.eval()
-    loss, wrong, count = 0.0, 0, 0
+    sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss, errors: read once at the end
+    count = 0
     for x, y in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-        wrong += int((logits.argmax(1) != y).sum())
+        logits = (out[0] if isinstance(out, tuple) else out).float()
+        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        sums[1] += (logits.argmax(1) != y).sum()
         count += len(y)
+    loss, wrong = sums.tolist()
     return loss / count, 100.0 * wrong / count
 
 
