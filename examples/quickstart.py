@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from auxtransfer import CombinedLoss, RandomPartitionHead
+from auxtransfer import CombinedLoss, RandomPartitionHead, reset_classifier
 
 
 def synthetic_images(num_classes: int, per_class: int, *, seed: int) -> tuple[Tensor, Tensor]:
@@ -94,7 +94,7 @@ def main() -> None:
 
     # 2. Transfer: the plain backbone, a fresh classifier for B's classes, fine-tune all layers.
     backbone = net.unwrap()
-    backbone.reset_classifier(num_classes=10)
+    reset_classifier(backbone, 10, seed=args.seed)
     opt = torch.optim.SGD(backbone.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     for epoch in range(1, args.epochs + 1):
         backbone.train()

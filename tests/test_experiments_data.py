@@ -164,8 +164,75 @@ def test_binary_labels_and_layout():
         ({"mean": (0.5, 0.5)}, ValueError, r"`mean` and `std` to give 3 values each"),
         ({"std": (0.2, 0.0, 0.2)}, ValueError, r"std > 0"),
         ({"rank": 2, "world_size": 2}, ValueError, r"`rank` to be in \[0, 2\), but got 2"),
-        ({"labels": torch.zeros(3)}, ValueError, r"`labels` to be a tensor of shape \[40\]"),
-        ({"images": torch.zeros(40, 32, 32)}, TypeError, r"`images` to be a \[N, C, H, W\] tensor"),
+        (
+            {"labels": torch.zeros(3, dtype=torch.long)},
+            ValueError,
+            r"`labels` to be a tensor of shape \[40\] \(one per image\), but got a torch.int64 tensor of shape \(3,\)",
+        ),
+        (
+            {"images": torch.zeros(40, 32, 32)},
+            ValueError,
+            r"`images` to be a \[N, C, H, W\] tensor, but got a torch.float32 tensor of shape \(40, 32, 32\)",
+        ),
+        (
+            {"dtype": torch.int64},
+            ValueError,
+            r"`dtype` to be a floating-point dtype, but got torch.int64",
+        ),
+        # Arguments of the wrong type.
+        (
+            {"images": np.zeros((40, 3, 32, 32), np.uint8)},
+            TypeError,
+            r"(?s)`images` to be a \[N, C, H, W\] tensor, but got array\(.*\(ndarray\)",
+        ),
+        (
+            {"images": torch.zeros(40, 3, 32, 32, dtype=torch.int64)},
+            TypeError,
+            r"`images` to be uint8 \(0-255\) or floating point \(0-1\), but got a torch.int64 tensor",
+        ),
+        (
+            {"labels": list(range(40))},
+            TypeError,
+            r"`labels` to be an integer tensor of class indices, but got \[0, 1, .* \(list\)",
+        ),
+        (
+            {"labels": torch.zeros(40)},
+            TypeError,
+            r"`labels` to be an integer tensor of class indices, but got a torch.float32 tensor",
+        ),
+        ({"batch_size": 8.0}, TypeError, r"`batch_size` to be an int >= 1, but got 8.0 \(float\)"),
+        ({"batch_size": True}, TypeError, r"`batch_size` to be an int >= 1, but got True \(bool\)"),
+        ({"world_size": "2"}, TypeError, r"`world_size` to be an int >= 1, but got '2' \(str\)"),
+        ({"rank": 0.0}, TypeError, r"`rank` to be an int >= 0, but got 0.0 \(float\)"),
+        ({"seed": 1.5}, TypeError, r"`seed` to be an int >= 0, but got 1.5 \(float\)"),
+        ({"pad": None}, TypeError, r"`pad` to be an int >= 0, but got None \(NoneType\)"),
+        (
+            {"mean": 0.5},
+            TypeError,
+            r"`mean` to be a sequence of 3 floats \(one per channel\), but got 0.5 \(float\)",
+        ),
+        ({"std": "abc"}, TypeError, r"`std` to be a sequence of 3 floats .* but got 'abc' \(str\)"),
+        ({"mean": (0.5, "0.5", 0.5)}, TypeError, r"`mean` to be a sequence of 3 floats"),
+        ({"std": torch.ones(1, 3)}, TypeError, r"`std` to be a sequence of 3 floats"),
+        ({"train": "yes"}, TypeError, r"`train` to be a bool, but got 'yes' \(str\)"),
+        ({"flip": 1}, TypeError, r"`flip` to be a bool, but got 1 \(int\)"),
+        ({"drop_last": None}, TypeError, r"`drop_last` to be a bool, but got None"),
+        ({"channels_last": 0}, TypeError, r"`channels_last` to be a bool, but got 0 \(int\)"),
+        (
+            {"dtype": "float32"},
+            TypeError,
+            r"`dtype` to be a torch.dtype, but got 'float32' \(str\)",
+        ),
+        (
+            {"device": 1.5},
+            TypeError,
+            r"`device` to be a torch.device or a string, but got 1.5 \(float\)",
+        ),
+        (
+            {"partition": torch.ones(2, 10) / 2},
+            TypeError,
+            r"`partition` to be an integer or bool tensor of 0/1 labels",
+        ),
     ],
 )
 def test_bad_input(kwargs, error, match):
@@ -180,6 +247,74 @@ def test_bad_input(kwargs, error, match):
     }
     with pytest.raises(error, match=match):
         DeviceBatches(arguments.pop("images"), arguments.pop("labels"), **arguments)
+
+
+def test_set_epoch_checks_its_argument():
+    images, labels = _images(8)
+    batches = DeviceBatches(images, labels, batch_size=4, mean=MEAN, std=STD)
+    with pytest.raises(TypeError, match=r"`epoch` to be an int >= 0, but got '1' \(str\)"):
+        batches.set_epoch("1")
+    with pytest.raises(ValueError, match=r"`epoch` to be an int >= 0, but got -1"):
+        batches.set_epoch(-1)
+
+
+def test_mean_and_std_as_tensors_or_arrays_normalise_alike():
+    images, labels = _images(8)
+    reference = torch.cat(
+        [x for x, _ in DeviceBatches(images, labels, batch_size=4, mean=MEAN, std=STD, train=False)]
+    )
+    for mean, std in ((torch.tensor(MEAN), torch.tensor(STD)), (np.array(MEAN), list(STD))):
+        batches = DeviceBatches(images, labels, batch_size=4, mean=mean, std=std, train=False)
+        assert torch.equal(torch.cat([x for x, _ in batches]), reference)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"images": [[0]]},
+            TypeError,
+            r"`images` to be a \[B, C, H, W\] tensor, but got \[\[0\]\] \(list\)",
+        ),
+        ({"images": torch.zeros(2, 32, 32)}, ValueError, r"`images` to be a \[B, C, H, W\] tensor"),
+        (
+            {"offsets": torch.zeros(2, 2)},
+            TypeError,
+            r"`offsets` to be an integer tensor, but got a torch.float32 tensor of shape \(2, 2\)",
+        ),
+        ({"offsets": [[0, 0], [0, 0]]}, TypeError, r"`offsets` to be an integer tensor"),
+        (
+            {"offsets": torch.zeros(2, 3, dtype=torch.long)},
+            ValueError,
+            r"`offsets` to have shape \[2, 2\], but got a torch.int64 tensor of shape \(2, 3\)",
+        ),
+        (
+            {"flips": torch.zeros(2, dtype=torch.long)},
+            TypeError,
+            r"`flips` to be a bool tensor, but got a torch.int64 tensor",
+        ),
+        ({"flips": [True, False]}, TypeError, r"`flips` to be a bool tensor"),
+        (
+            {"flips": torch.zeros(3, dtype=torch.bool)},
+            ValueError,
+            r"`flips` to have shape \[2\], but got a torch.bool tensor of shape \(3,\)",
+        ),
+        ({"pad": 4.0}, TypeError, r"`pad` to be an int >= 0, but got 4.0 \(float\)"),
+        ({"pad": -1}, ValueError, r"`pad` to be an int >= 0, but got -1"),
+    ],
+)
+def test_crop_flip_bad_input(kwargs, error, match):
+    arguments = {
+        "images": _images(2)[0],
+        "offsets": torch.zeros(2, 2, dtype=torch.long),
+        "flips": torch.zeros(2, dtype=torch.bool),
+        "pad": 4,
+        **kwargs,
+    }
+    with pytest.raises(error, match=match):
+        crop_flip(
+            arguments.pop("images"), arguments.pop("offsets"), arguments.pop("flips"), **arguments
+        )
 
 
 def _write_cifar(root, n_train=12, n_test=6):

@@ -169,6 +169,17 @@ def test_bad_freeze_requests():
     with pytest.raises(ValueError, match=r"but got '4'\. Valid addresses, closest first: 3\."):
         freeze_until(model, "4")
     assert all(p.requires_grad for p in model.parameters())  # nothing half-done
+    buffers_only = nn.Sequential(nn.BatchNorm1d(3, affine=False), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"`address` to cover parameters, but '0' .* buffers only"):
+        freeze_until(buffers_only, "0")
+    with pytest.raises(TypeError, match=r"`model` to be an nn.Module, but got 'resnet18'"):
+        freeze_until("resnet18", "2")
+    with pytest.raises(TypeError, match=r"`model` to be an nn.Module, but got None"):
+        unfreeze(None)
+    with pytest.raises(TypeError, match=r"`address` to be an address string such as '2.9'"):
+        reset_after(model, 2)
+    with pytest.raises(TypeError, match=r"`seed` to be an int >= 0, but got 1.5"):
+        reset_after(model, "2", seed=1.5)
 
 
 def test_reset_after_changes_only_what_follows_and_is_seeded():
@@ -206,35 +217,147 @@ def test_reset_after_changes_only_what_follows_and_is_seeded():
     assert not torch.equal(other.state_dict()["classifier.weight"], after["classifier.weight"])
 
 
-def test_reset_after_uses_timms_own_init():
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32)
+def _perturbed(model):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    summary = reset_after(model, "5", seed=0)
-    assert summary.init == "model"
+    return model
+
+
+def _timm(name, **kwargs):
+    def build():
+        import auxtransfer.models  # noqa: F401  (registers the CIFAR models)
+
+        return timm.create_model(name, **kwargs)
+
+    return build
+
+
+@pytest.mark.parametrize(
+    ("build", "address", "init"),
+    [
+        (lambda: torchvision.models.resnet18(num_classes=10), "3.0", "torchvision"),
+        (lambda: torchvision.models.vgg11(num_classes=10), "8", "torchvision"),
+        (_timm("resnet18", num_classes=10), "3", "timm"),
+        (_timm("vit_tiny_patch16_224", num_classes=10), "5", "timm"),
+        (_timm("cifar_densenet_bc_100", num_classes=10), "2.9", "timm"),
+    ],
+)
+def test_reset_after_gives_what_a_fresh_model_gets(build, address, init):
+    torch.manual_seed(0)
+    model = _perturbed(build())
+    before = _snapshot(model)
+    summary = reset_after(model, address, seed=3)
+    assert summary.init == init
     assert summary.skipped == ()
-    # timm's ViT initialises its classifier bias to zero; reset_parameters() would not.
-    assert torch.equal(model.head.bias, torch.zeros_like(model.head.bias))
-    assert not torch.equal(model.blocks[6].attn.qkv.weight, model.blocks[5].attn.qkv.weight)
-    assert (model.blocks[5].attn.qkv.bias == 1.0).all()  # kept (all were +1 from zero)
+    torch.manual_seed(3)
+    fresh = build().state_dict()
+    after = model.state_dict()
+    reset = set(summary.tensors)
+    assert reset
+    for name, value in after.items():
+        expected = fresh[name] if name in reset else before[name]
+        assert torch.equal(value, expected), name
+
+
+def _assert_same_distribution(ours, theirs, name):
+    """A constant init (norm weights, zero biases) exactly; a random one by its spread."""
+    ours, theirs = ours.double(), theirs.double()
+    if torch.equal(theirs, torch.full_like(theirs, theirs.flatten()[0].item())):
+        assert torch.equal(ours, theirs), name
+    elif theirs.numel() >= 64:
+        assert ours.mean().item() == pytest.approx(
+            theirs.mean().item(), abs=0.2 * theirs.std().item()
+        ), name
+        assert ours.std().item() == pytest.approx(theirs.std().item(), rel=0.25), name
+
+
+@pytest.mark.parametrize(
+    ("build", "address"),
+    [
+        (lambda: torchvision.models.resnet18(num_classes=10), "3.0"),
+        (_timm("resnet18", num_classes=10), "3"),
+        (_timm("cifar_wrn_28_10", num_classes=10, depth=10, widen_factor=2), "1.0"),
+        (_timm("cifar_densenet_bc_100", num_classes=10, depth=40), "2.5"),
+    ],
+)
+def test_reset_after_matches_a_fresh_models_statistics_layer_by_layer(build, address):
+    torch.manual_seed(0)
+    model = build()
+    _train(_perturbed(model), steps=1)
+    summary = reset_after(model, address, seed=1)
+    torch.manual_seed(2)  # another draw: the same distribution, not the same values
+    fresh = build().state_dict()
+    after = model.state_dict()
+    checked = 0
+    for name in summary.tensors:
+        if after[name].is_floating_point():
+            _assert_same_distribution(after[name], fresh[name], name)
+            checked += 1
+    assert checked > 10
+
+
+def test_reset_after_with_an_init_factory_and_other_models():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4, 3)
+            nn.init.zeros_(self.fc.weight)  # the model's own init, which no default gives
+            nn.init.constant_(self.fc.bias, 0.5)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    model = _perturbed(Net())
+    summary = reset_after(model, "conv", seed=0, init=Net)
+    assert summary.init == "init"
+    assert torch.equal(model.fc.weight, torch.zeros(3, 4))
+    assert torch.equal(model.fc.bias, torch.full((3,), 0.5))
+    with pytest.warns(UserWarning, match=r"PyTorch's default initialisation for Net.*`init=`"):
+        summary = reset_after(model, "conv", seed=0)
+    assert summary.init == "modules"
+    with pytest.raises(
+        ValueError,
+        match=r"`init` to build a model with the layers of Net, but its model lacks or reshapes fc\.weight",
+    ):
+        reset_after(model, "conv", init=lambda: nn.Sequential(nn.Linear(4, 4)))
+    with pytest.raises(TypeError, match=r"`init` to return a fresh nn.Module, but it returned 3"):
+        reset_after(model, "conv", init=lambda: 3)
+    with pytest.raises(
+        TypeError, match=r"`init` to be a callable returning a fresh model, but got 'Net'"
+    ):
+        reset_after(model, "conv", init="Net")
 
 
 def test_reset_after_covers_attention_and_names_what_it_cannot_reset():
-    with torch.device("meta"):
-        vit = torchvision.models.vit_b_16()
-        convnext = torchvision.models.convnext_tiny()
-    # nn.MultiheadAttention resets through its own _reset_parameters().
-    summary = reset_after(vit.to_empty(device="cpu"), "10", seed=0)
+    # A ViT built from its class (no builder matches): module defaults, with
+    # nn.MultiheadAttention resetting through its own _reset_parameters().
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=3, num_heads=2, hidden_dim=8, mlp_dim=16
+    )
+    with pytest.warns(UserWarning, match="default initialisation"):
+        summary = reset_after(vit, "1", seed=0)
     assert summary.init == "modules"
     assert summary.skipped == ()
-    # ConvNeXt's layer scale is a bare parameter of its block: nothing can reset it.
+
+    class Scaled(nn.Module):
+        # A bare parameter, as a layer scale is: no reset_parameters() covers it.
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 4)
+            self.scale = nn.Parameter(torch.full((4,), 1e-5))
+
+        def forward(self, x):
+            return self.linear(x) * self.scale
+
+    model = nn.Sequential(nn.Linear(4, 4), Scaled(), nn.Linear(4, 2))
     with pytest.warns(
-        UserWarning, match=r"left 2 parameters as they were: .*features\.7\.1\.layer_scale"
+        UserWarning, match=r"left 1 parameters as they were: no initialiser covers 1\.scale"
     ):
-        summary = reset_after(convnext.to_empty(device="cpu"), "7.0", seed=0)
-    assert summary.skipped == ("features.7.1.layer_scale", "features.7.2.layer_scale")
+        summary = reset_after(model, "0", seed=0)
+    assert summary.skipped == ("1.scale",)
+    assert torch.equal(model[1].scale, torch.full((4,), 1e-5))
 
 
 def test_reset_after_the_last_address_is_an_error():
@@ -272,26 +395,6 @@ def test_parameters_frozen_by_hand_stay_frozen():
     assert model.features.norm0.weight.requires_grad
 
 
-def test_reset_after_completes_timms_partial_init():
-    # timm's ResNet.init_weights() initialises convolutions only: the classifier and the
-    # BatchNorm layers after the address must still be reset, by reset_parameters().
-    torch.manual_seed(0)
-    model = timm.create_model("resnet18", num_classes=10)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    trained_fc = model.fc.weight.detach().clone()
-    summary = reset_after(model, "3", seed=0)
-    assert summary.init == "model"
-    assert summary.skipped == ()
-    assert (model.layer4[0].bn1.weight == 1.0).all()
-    assert (model.layer4[0].bn1.bias == 0.0).all()
-    bound = 1 / model.fc.in_features**0.5  # nn.Linear's default init range
-    assert model.fc.weight.abs().max() <= bound
-    assert not torch.equal(model.fc.weight, trained_fc)
-    assert (model.layer3[0].bn1.weight == 2.0).all()  # kept: trained (1) + 1
-
-
 def test_reset_after_never_touches_a_tied_kept_parameter():
     class Tied(nn.Module):
         def __init__(self):
@@ -317,12 +420,51 @@ def test_reset_after_on_a_wrapped_model_follows_the_seed():
 
     def run(seed):
         torch.manual_seed(0)
-        net = RandomPartitionHead(timm.create_model("resnet18", num_classes=10), seed=5)
-        reset_after(net, "3", seed=seed)
-        return net
+        net = RandomPartitionHead(_perturbed(timm.create_model("resnet18", num_classes=10)), seed=5)
+        summary = reset_after(net, "3", seed=seed)
+        return net, summary
 
-    a, b, c = run(1), run(1), run(2)
+    (a, summary), (b, _), (c, _) = run(1), run(1), run(2)
+    assert summary.init == "timm+modules"  # the backbone as timm builds it; the binary head
     assert torch.equal(a.aux_head.weight, b.aux_head.weight)
     assert not torch.equal(a.aux_head.weight, c.aux_head.weight)
-    assert not torch.equal(a.backbone.fc.weight, c.backbone.fc.weight)
+    torch.manual_seed(1)
+    fresh = timm.create_model("resnet18", num_classes=10)
+    assert torch.equal(a.backbone.fc.weight, fresh.fc.weight)
+    assert torch.equal(a.backbone.layer4[1].conv2.weight, fresh.layer4[1].conv2.weight)
     assert torch.equal(a.partition, c.partition)
+
+
+def test_freeze_state_is_shared_by_the_backbone_and_its_wrapper():
+    from auxtransfer import RandomPartitionHead
+
+    backbone = torchvision.models.resnet18(num_classes=10)
+    freeze_until(backbone, "3")
+    net = RandomPartitionHead(backbone)
+    summary = freeze_until(net, "1")  # replaces the freeze made through the backbone
+    assert summary.addresses[-1] == "1.1"
+    frozen = {n for n, p in backbone.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("conv1.", "bn1.", "layer1.")) for n in frozen)
+    net.train()
+    assert backbone.layer3[0].bn1.training  # the first freeze's eval hold is gone
+    assert not backbone.layer1[0].bn1.training
+    unfreeze(backbone)  # undoes the freeze made through the wrapper
+    assert all(p.requires_grad for p in net.parameters())
+    net.train()
+    assert backbone.layer1[0].bn1.training
+
+
+def test_reset_after_makes_the_layers_it_reinitialises_trainable():
+    model = torchvision.models.resnet18(num_classes=10)
+    freeze_until(model, "4")
+    summary = reset_after(model, "3.1", seed=0)
+    assert set(summary.unfrozen) == {
+        n for n, _ in model.named_parameters() if n.startswith("layer4.")
+    }
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("layer4."))
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("layer3."))
+    model.train()
+    assert model.layer4[0].bn1.training
+    assert not model.layer3[0].bn1.training
+    unfreeze(model)
+    assert all(p.requires_grad for p in model.parameters())

@@ -1,4 +1,5 @@
 import copy
+import gc
 import io
 import pickle
 
@@ -126,6 +127,9 @@ def test_pickle_and_deepcopy():
         assert torch.equal(out.aux_logits, expected.aux_logits)
     buffer = io.BytesIO()
     torch.save(net, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded(x).aux_logits, expected.aux_logits)
 
 
 def test_keeps_device_and_dtype_of_the_classifier():
@@ -158,9 +162,100 @@ def test_two_wrappers_and_copies_do_not_mix():
     x = _x()
     assert torch.equal(first(x).logits, second(x).logits)
     assert not torch.equal(first(x).aux_logits, second(x).aux_logits)
+    # Each wrapper's binary head against its own weights applied to the pooled features.
+    features = torch.flatten(backbone.avgpool(_features(backbone, x)), 1)
+    for net in (first, second):
+        expected = F.linear(features, net.aux_head.weight, net.aux_head.bias).view(4, 1, 2)
+        torch.testing.assert_close(net(x).aux_logits, expected)
     # A copy of a wrapped backbone carries a stale hook; wrapping the copy still works.
     again = RandomPartitionHead(copy.deepcopy(first.backbone), seed=1).eval()
     assert torch.equal(again(x).aux_logits, first(x).aux_logits)
+
+
+def _features(resnet, x):
+    for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+        x = getattr(resnet, name)(x)
+    return x
+
+
+def test_a_dropped_wrapper_leaves_no_hook_behind():
+    backbone = _resnet().eval()
+    x = _x()
+    for seed in range(20):  # Python reuses the ids of dropped objects
+        net = RandomPartitionHead(backbone, seed=seed).eval()
+        assert net(x).aux_logits.shape == (4, 1, 2)
+        del net
+        gc.collect()
+        assert len(backbone.fc._forward_pre_hooks) == 0
+    kept = RandomPartitionHead(backbone, seed=1)
+    copied = copy.deepcopy(kept)
+    assert len(copied.backbone.fc._forward_pre_hooks) == 1
+    del copied
+    gc.collect()
+    assert len(backbone.fc._forward_pre_hooks) == 1  # the original's hook stays
+
+
+def test_the_wrapped_layer_must_produce_the_logits():
+    class HiddenFc(nn.Module):
+        # `fc` is found first, but `classifier` makes the logits.
+        def __init__(self, hidden):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.fc = nn.Linear(8, hidden)
+            self.classifier = nn.Linear(hidden, 10)
+
+        def forward(self, x):
+            return self.classifier(torch.relu(self.fc(self.body(x))))
+
+    for hidden in (32, 10):  # another width, and by chance the same width as the logits
+        net = RandomPartitionHead(HiddenFc(hidden))
+        assert net.classifier_name == "fc"
+        with pytest.raises(RuntimeError, match=r"classifier `fc` to output the model's logits"):
+            net(_x())
+    net = RandomPartitionHead(HiddenFc(32), classifier="classifier")
+    assert net(_x()).aux_logits.shape == (4, 1, 2)
+
+
+def test_a_classifier_reading_tokens_is_refused():
+    class TokenClassifier(nn.Module):
+        # Classifies every token, then averages: the classifier's input is [B, N, D].
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(3, 8)
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(self.embed(x)).mean(1)
+
+    net = RandomPartitionHead(TokenClassifier())
+    with pytest.raises(RuntimeError, match=r"reads \(4, 8, 8\), one vector per token"):
+        net(torch.randn(4, 8, 3))  # N == D == 8: pooling either way would fit the shape
+
+
+def test_reset_parameters_keeps_a_loaded_partition():
+    net = RandomPartitionHead(_resnet(), num_partitions=2, seed=1)
+    other = RandomPartitionHead(_resnet(), num_partitions=2, seed=2)
+    other.load_state_dict(net.state_dict())
+    other.reset_parameters()
+    assert torch.equal(other.partition, net.partition)
+    assert not torch.equal(other.partition, class_partition(10, num_partitions=2, seed=2))
+
+
+def test_relabel_soft_targets_is_the_mass_of_each_side():
+    net = RandomPartitionHead(_resnet(), num_partitions=3, seed=4)
+    g = torch.Generator().manual_seed(0)
+    soft = torch.rand(5, 10, generator=g).softmax(1)
+    binary = net.relabel(soft)
+    assert binary.shape == (5, 3, 2)
+    for b in range(5):
+        for i in range(3):
+            ones = sum(float(soft[b, c]) for c in range(10) if net.partition[i, c] == 1)
+            zeros = sum(float(soft[b, c]) for c in range(10) if net.partition[i, c] == 0)
+            assert binary[b, i].tolist() == pytest.approx([zeros, ones], abs=1e-6)
+    # A one-hot soft target gives the hard binary label as a one-hot pair.
+    labels = torch.tensor([0, 3, 9, 4, 7])
+    hard = net.relabel(labels)
+    assert torch.equal(net.relabel(F.one_hot(labels, 10).float()), F.one_hot(hard, 2).float())
 
 
 def test_replaced_classifier_is_reported():
@@ -229,6 +324,15 @@ def test_torch_compile(fullgraph):
     y = torch.tensor([0, 3, 7, 9])
     CombinedLoss(0.4)(compiled(x), y, net.relabel(y)).backward()
     assert net.aux_head.weight.grad is not None
+
+
+def test_compiled_first_call_skips_the_check_and_matches_eager():
+    net = RandomPartitionHead(_resnet(), num_partitions=2).eval()
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    out = compiled(_x())  # no eager call before: the one-time check stays out of the graph
+    expected = net(_x())  # eager: runs the check
+    torch.testing.assert_close(out.aux_logits, expected.aux_logits)
+    assert net._verified
 
 
 def test_explicit_classifier_for_a_custom_model():
@@ -358,9 +462,15 @@ def test_bad_relabel_input():
         net.relabel(torch.tensor([0, 10]))
     with pytest.raises(ValueError, match=r"but got -1"):
         net.relabel(torch.tensor([-1]))
-    with pytest.raises(TypeError, match=r"`target` to be an integer tensor"):
-        net.relabel(torch.tensor([0.0]))
     with pytest.raises(
-        TypeError, match=r"`target` to be a tensor of class indices, but got \[0, 1\]"
+        ValueError,
+        match=r"`target` of class probabilities to have shape \[\.\.\., 10\], but got shape \(1,\)",
+    ):
+        net.relabel(torch.tensor([0.0]))
+    with pytest.raises(TypeError, match=r"`target` to be an integer tensor"):
+        net.relabel(torch.tensor([True]))
+    with pytest.raises(
+        TypeError,
+        match=r"`target` to be a tensor of class indices or class probabilities, but got \[0, 1\]",
     ):
         net.relabel([0, 1])

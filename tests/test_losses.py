@@ -1,10 +1,21 @@
 import math
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from auxtransfer import AuxOutput, CombinedLoss, LossTerms, combined_loss, combined_loss_terms
+from auxtransfer import (
+    AuxOutput,
+    CombinedLoss,
+    LossTerms,
+    class_partition,
+    combined_loss,
+    combined_loss_terms,
+)
 
 
 def _batch(batch=8, classes=10, heads=1, seed=0):
@@ -172,7 +183,7 @@ def test_bad_labels():
         ValueError, match=r"`aux_target` to hold class indices in \[0, 2\), but got 2"
     ):
         combined_loss((logits, aux_logits), y, torch.full_like(y_b, 2), 0.4)
-    with pytest.raises(TypeError, match=r"`target` to be an integer tensor"):
+    with pytest.raises(TypeError, match=r"`target` of shape \[8\] to be an integer tensor"):
         combined_loss((logits, aux_logits), y.float(), y_b, 0.4)
 
 
@@ -182,7 +193,9 @@ def test_bad_shapes():
         ValueError, match=r"`aux_target` to have shape \[8, 2\] .* but got shape \(8,\)"
     ):
         combined_loss((logits, aux_logits), y, y_b[:, 0], 0.4)
-    with pytest.raises(ValueError, match=r"`target` to be a tensor of shape \[8\]"):
+    with pytest.raises(
+        ValueError, match=r"`target` to have shape \[8\] \(class indices\) or \[8, 10\] .* \(4,\)"
+    ):
         combined_loss((logits, aux_logits), y[:4], y_b, 0.4)
     with pytest.raises(ValueError, match=r"`aux_logits` of shape \[8, n, 2\]"):
         combined_loss((logits, aux_logits[..., :1]), y, y_b, 0.4)
@@ -194,3 +207,514 @@ def test_bad_shapes():
         combined_loss(logits, y, y_b, 0.4)
     with pytest.raises(ValueError, match=r"`reduction` to be one of"):
         CombinedLoss(0.4, reduction="avg")
+
+
+# Soft targets: class probabilities [B, C] and binary probabilities [B, n, 2].
+
+
+def _soft(batch=8, classes=10, heads=1, seed=0):
+    """Random soft targets whose rows sum to 1, and the partition tables they go with."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    probs = torch.rand(batch, classes, generator=g, dtype=torch.float64)
+    probs = probs / probs.sum(1, keepdim=True)
+    partition = torch.randint(0, 2, (heads, classes), generator=g)
+    aux_probs = torch.einsum("bc,nck->bnk", probs, F.one_hot(partition, 2).double())
+    return probs, aux_probs, partition
+
+
+def _hand_soft_ce(logits, probs):
+    # sum_c p_c * (logsumexp(logits) - logits_c), written out for one sample.
+    values, weights = logits.tolist(), probs.tolist()
+    lse = math.log(sum(math.exp(v) for v in values))
+    return sum(p * (lse - v) for p, v in zip(weights, values, strict=True))
+
+
+def _hand_soft_loss(logits, aux_logits, probs, aux_probs, label_smoothing=0.0):
+    """Per-sample (main, binary) from class and binary probabilities."""
+    classes = logits.shape[1]
+    probs = probs * (1 - label_smoothing) + label_smoothing / classes
+    heads = aux_logits.shape[1]
+    per_sample = []
+    for i in range(len(probs)):
+        main = _hand_soft_ce(logits[i], probs[i])
+        binary = sum(_hand_soft_ce(aux_logits[i, j], aux_probs[i, j]) for j in range(heads))
+        per_sample.append((main, binary / heads))
+    return per_sample
+
+
+def _reduce(values, reduction):
+    values = torch.tensor(values, dtype=torch.float64)
+    return {"mean": values.mean(), "sum": values.sum(), "none": values}[reduction]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weight", [0.0, 0.4, 1.0])
+@pytest.mark.parametrize("heads", [1, 3])
+@pytest.mark.parametrize(
+    ("soft_target", "soft_aux_target"), [(True, True), (True, False), (False, True)]
+)
+def test_soft_targets_match_hand_formula(soft_target, soft_aux_target, heads, weight, reduction):
+    logits, aux_logits, y, y_b = _batch(heads=heads, seed=11)
+    probs, aux_probs, _ = _soft(heads=heads, seed=11)
+    # The reference sees every target as probabilities; a hard one as its one-hot rows.
+    ref_probs = probs if soft_target else F.one_hot(y, 10).double()
+    ref_aux = aux_probs if soft_aux_target else F.one_hot(y_b, 2).double()
+    parts = _hand_soft_loss(logits, aux_logits, ref_probs, ref_aux, label_smoothing=0.1)
+    terms = combined_loss_terms(
+        (logits, aux_logits),
+        probs if soft_target else y,
+        aux_probs if soft_aux_target else y_b,
+        weight,
+        label_smoothing=0.1,
+        reduction=reduction,
+    )
+    main = _reduce([m for m, _ in parts], reduction)
+    binary = _reduce([b for _, b in parts], reduction)
+    torch.testing.assert_close(terms.main, main, rtol=1e-12, atol=0)
+    torch.testing.assert_close(terms.binary, binary, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        terms.total, (1 - weight) * main + weight * binary, rtol=1e-12, atol=1e-15
+    )
+
+
+def _mix(a, b, lam):
+    """lam * a + (1 - lam) * b, lam a float or one value per sample (broadcast from the left)."""
+    if isinstance(lam, Tensor):
+        lam = lam.reshape(-1, *([1] * (a.dim() - 1)))
+    return lam * a + (1 - lam) * b
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("per_sample_lam", [False, True])
+def test_mixup_is_the_mix_of_the_two_hard_losses(per_sample_lam, reduction, label_smoothing):
+    logits, aux_logits, y, _ = _batch(heads=3, seed=12)
+    partition = class_partition(10, num_partitions=3, seed=4)
+    y2 = y.flip(0)  # mixup pairs each sample with one of another
+    g = torch.Generator().manual_seed(12)
+    lam = torch.rand(8, generator=g, dtype=torch.float64) if per_sample_lam else 0.7
+    probs = _mix(F.one_hot(y, 10).double(), F.one_hot(y2, 10).double(), lam)
+    aux_probs = torch.einsum("bc,nck->bnk", probs, F.one_hot(partition, 2).double())
+    # The binary target of the mix is the mix of the two binary targets.
+    hard_b, hard_b2 = partition.t()[y], partition.t()[y2]
+    torch.testing.assert_close(
+        aux_probs, _mix(F.one_hot(hard_b, 2).double(), F.one_hot(hard_b2, 2).double(), lam)
+    )
+
+    def loss(target, aux_target, reduction):
+        return combined_loss_terms(
+            (logits, aux_logits),
+            target,
+            aux_target,
+            0.4,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+        )
+
+    mixed = loss(probs, aux_probs, reduction)
+    # Cross entropy is linear in the target: mix the per-sample hard losses, then reduce.
+    first, second = loss(y, hard_b, "none"), loss(y2, hard_b2, "none")
+    for name in LossTerms._fields:
+        per_sample = _mix(getattr(first, name), getattr(second, name), lam)
+        expected = {"mean": per_sample.mean(), "sum": per_sample.sum(), "none": per_sample}
+        torch.testing.assert_close(getattr(mixed, name), expected[reduction], rtol=1e-12, atol=0)
+
+
+def test_timm_mixup_targets():
+    mixup_target = pytest.importorskip("timm.data.mixup").mixup_target
+    logits, aux_logits, y, _ = _batch(heads=2, seed=13)
+    logits, aux_logits = logits.float(), aux_logits.float()
+    partition = class_partition(10, num_partitions=2, seed=1)
+    probs = mixup_target(y, 10, lam=0.6, smoothing=0.1)  # [B, C], rows of y and y.flip(0)
+    assert probs.shape == (8, 10)
+    aux_probs = torch.einsum("bc,nck->bnk", probs, F.one_hot(partition, 2).float())
+    terms = combined_loss_terms((logits, aux_logits), probs, aux_probs, 0.4)
+    # timm smooths before mixing, exactly as cross_entropy's own label smoothing does.
+    expected = 0.6 * F.cross_entropy(logits, y, label_smoothing=0.1) + 0.4 * F.cross_entropy(
+        logits, y.flip(0), label_smoothing=0.1
+    )
+    torch.testing.assert_close(terms.main, expected)
+    parts = _hand_soft_loss(logits.double(), aux_logits.double(), probs.double(), aux_probs)
+    torch.testing.assert_close(terms.binary.double(), _reduce([b for _, b in parts], "mean"))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_weight_zero_with_soft_targets_is_plain_cross_entropy_bitwise(label_smoothing, reduction):
+    logits, aux_logits, _, _ = _batch(heads=2, seed=14)
+    probs, aux_probs, _ = _soft(heads=2, seed=14)
+    logits, aux_logits = logits.float().requires_grad_(), aux_logits.float().requires_grad_()
+    probs, aux_probs = probs.float(), aux_probs.float()
+    loss = combined_loss(
+        (logits, aux_logits),
+        probs,
+        aux_probs,
+        0.0,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+    )
+    expected = F.cross_entropy(logits, probs, label_smoothing=label_smoothing, reduction=reduction)
+    assert torch.equal(loss, expected)
+    loss.sum().backward()
+    assert torch.equal(aux_logits.grad, torch.zeros_like(aux_logits))
+
+
+def test_weight_one_with_soft_binary_targets_is_binary_only():
+    logits, aux_logits, y, _ = _batch(seed=15)
+    _, aux_probs, _ = _soft(seed=15)
+    loss = combined_loss((logits, aux_logits), y, aux_probs, 1.0)
+    assert torch.equal(loss, F.cross_entropy(aux_logits[:, 0], aux_probs[:, 0]))
+
+
+def test_one_head_accepts_flat_soft_binary_targets():
+    logits, aux_logits, _, _ = _batch(seed=16)
+    probs, aux_probs, _ = _soft(seed=16)
+    for reduction in ("mean", "sum", "none"):
+        expected = combined_loss((logits, aux_logits), probs, aux_probs, 0.4, reduction=reduction)
+        for pair in ((logits, aux_logits), (logits, aux_logits[:, 0])):
+            flat = combined_loss(pair, probs, aux_probs[:, 0], 0.4, reduction=reduction)
+            assert torch.equal(flat, expected)
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_soft_target_gradients_match_hand_formula(heads):
+    # d/dz of -sum_c p_c log softmax(z)_c is softmax(z) - p (with the smoothing folded in p).
+    logits, aux_logits, _, _ = _batch(heads=heads, seed=17)
+    probs, aux_probs, _ = _soft(heads=heads, seed=17)
+    logits.requires_grad_()
+    aux_logits.requires_grad_()
+    weight, smoothing = 0.3, 0.1
+    CombinedLoss(weight, label_smoothing=smoothing)(
+        (logits, aux_logits), probs, aux_probs
+    ).backward()
+    smoothed = probs * (1 - smoothing) + smoothing / 10
+    expected = (1 - weight) * (logits.detach().softmax(1) - smoothed) / 8
+    torch.testing.assert_close(logits.grad, expected, rtol=1e-12, atol=1e-15)
+    expected_aux = weight * (aux_logits.detach().softmax(2) - aux_probs) / (8 * heads)
+    torch.testing.assert_close(aux_logits.grad, expected_aux, rtol=1e-12, atol=1e-15)
+
+
+def test_soft_targets_under_autocast():
+    logits, aux_logits, _, _ = _batch(seed=18)
+    probs, aux_probs, _ = _soft(seed=18)
+    probs, aux_probs = probs.float(), aux_probs.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = combined_loss((logits.bfloat16(), aux_logits.bfloat16()), probs, aux_probs, 0.4)
+    assert loss.dtype == torch.float32
+    reference = combined_loss(
+        (logits.bfloat16().float(), aux_logits.bfloat16().float()), probs, aux_probs, 0.4
+    )
+    torch.testing.assert_close(loss, reference)
+
+
+def test_module_form_takes_soft_targets():
+    logits, aux_logits, _, _ = _batch(heads=2, seed=19)
+    probs, aux_probs, _ = _soft(heads=2, seed=19)
+    loss_fn = CombinedLoss(0.4, reduction="none")
+    loss = loss_fn(AuxOutput(logits, aux_logits), probs, aux_probs)
+    expected = combined_loss_terms((logits, aux_logits), probs, aux_probs, 0.4, reduction="none")
+    assert torch.equal(loss, expected.total)
+    assert torch.equal(loss_fn.last_terms.binary, expected.binary)
+
+
+def test_values_are_not_read_back_off_the_cpu():
+    # On the meta device any read of a value raises, as a host synchronisation would cost
+    # on an accelerator: the checks must stay on the device.
+    with torch.device("meta"):
+        logits, aux_logits = torch.empty(8, 10), torch.empty(8, 3, 2)
+        probs, aux_probs = torch.empty(8, 10), torch.empty(8, 3, 2)
+        y, y_b = torch.empty(8, dtype=torch.long), torch.empty(8, 3, dtype=torch.long)
+    for target, aux_target in ((probs, aux_probs), (y, aux_probs), (probs, y_b)):
+        for reduction, shape in (("mean", ()), ("none", (8,))):
+            loss = combined_loss((logits, aux_logits), target, aux_target, 0.4, reduction=reduction)
+            assert loss.is_meta and loss.shape == shape
+
+
+@pytest.mark.parametrize("bad", [-0.25, float("nan"), float("inf"), -float("inf")])
+def test_bad_soft_values(bad):
+    logits, aux_logits, y, _ = _batch(heads=2, seed=20)
+    probs, aux_probs, _ = _soft(heads=2, seed=20)
+    shown = re.escape(str(bad))
+    bad_probs = probs.clone()
+    bad_probs[3, 7] = bad
+    with pytest.raises(
+        ValueError,
+        match=rf"Expected `target` to hold class probabilities that are finite and >= 0, but got {shown}\.",
+    ):
+        combined_loss((logits, aux_logits), bad_probs, aux_probs, 0.4)
+    bad_aux = aux_probs.clone()
+    bad_aux[5, 1, 0] = bad
+    with pytest.raises(
+        ValueError,
+        match=rf"Expected `aux_target` to hold binary probabilities that are finite and >= 0, but got {shown}\.",
+    ):
+        combined_loss((logits, aux_logits), y, bad_aux, 0.4)
+    with pytest.raises(ValueError, match=r"`aux_target` to hold binary probabilities"):
+        CombinedLoss(0.0)((logits, aux_logits), probs, bad_aux)
+
+
+def test_zero_and_one_are_valid_probabilities():
+    # The bounds themselves (one-hot rows, an empty side of a partition) are fine.
+    logits, aux_logits, y, y_b = _batch(heads=2, seed=21)
+    one_hot, aux_one_hot = F.one_hot(y, 10).double(), F.one_hot(y_b, 2).double()
+    terms = combined_loss_terms((logits, aux_logits), one_hot, aux_one_hot, 0.4)
+    torch.testing.assert_close(terms.main, F.cross_entropy(logits, y), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        terms.binary,
+        F.cross_entropy(aux_logits.reshape(-1, 2), y_b.reshape(-1)),
+        rtol=1e-12,
+        atol=0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("heads", "target", "aux_target", "match"),
+    [
+        # Not a tensor at all.
+        (
+            2,
+            [0] * 8,
+            None,
+            r"`target` to be a tensor of class indices \[8\] or class probabilities \[8, 10\], but got \[0, 0, .*\(list\)",
+        ),
+        (
+            2,
+            None,
+            "labels",
+            r"`aux_target` to be a tensor of binary labels \[8, 2\] or binary probabilities \[8, 2, 2\], but got 'labels' \(str\)",
+        ),
+        (
+            1,
+            None,
+            0.5,
+            r"`aux_target` to be a tensor of binary labels \[8, 1\] or \[8\] or binary probabilities \[8, 1, 2\] or \[8, 2\], but got 0.5 \(float\)",
+        ),
+        # The shape says which form is meant; the dtype must agree.
+        (
+            2,
+            torch.zeros(8),
+            None,
+            r"`target` of shape \[8\] to be an integer tensor of class indices \(class probabilities are floating point, of shape \[8, 10\]\), but got a torch.float32 tensor of shape \(8,\)",
+        ),
+        (
+            2,
+            torch.zeros(8, dtype=torch.bool),
+            None,
+            r"`target` of shape \[8\] to be an integer tensor .* but got a torch.bool tensor",
+        ),
+        (
+            2,
+            torch.zeros(8, 10, dtype=torch.long),
+            None,
+            r"`target` of shape \[8, 10\] to be a floating-point tensor of class probabilities \(class indices are integers, of shape \[8\]\), but got a torch.int64 tensor of shape \(8, 10\)",
+        ),
+        (
+            2,
+            torch.zeros(8, 10, dtype=torch.complex64),
+            None,
+            r"`target` of shape \[8, 10\] to be a floating-point tensor .* but got a torch.complex64 tensor",
+        ),
+        (
+            2,
+            None,
+            torch.zeros(8, 2),
+            r"`aux_target` of shape \[8, 2\] to be an integer tensor of binary labels \(binary probabilities are floating point, of shape \[8, 2, 2\]\), but got a torch.float32 tensor",
+        ),
+        (
+            2,
+            None,
+            torch.zeros(8, 2, 2, dtype=torch.long),
+            r"`aux_target` of shape \[8, 2, 2\] to be a floating-point tensor of binary probabilities \(binary labels are integers, of shape \[8, 2\]\), but got a torch.int64 tensor",
+        ),
+        (
+            1,
+            None,
+            torch.zeros(8, 2, dtype=torch.long),
+            r"`aux_target` of shape \[8, 2\] to be a floating-point tensor of binary probabilities \(binary labels are integers, of shape \[8, 1\] or \[8\]\)",
+        ),
+        (
+            1,
+            None,
+            torch.zeros(8),
+            r"`aux_target` of shape \[8\] to be an integer tensor of binary labels \(binary probabilities are floating point, of shape \[8, 1, 2\] or \[8, 2\]\)",
+        ),
+    ],
+)
+def test_bad_target_types(heads, target, aux_target, match):
+    logits, aux_logits, y, y_b = _batch(heads=heads)
+    target = y if target is None else target
+    aux_target = y_b if aux_target is None else aux_target
+    with pytest.raises(TypeError, match=match):
+        combined_loss((logits, aux_logits), target, aux_target, 0.4)
+
+
+@pytest.mark.parametrize(
+    ("heads", "target", "aux_target", "match"),
+    [
+        (
+            2,
+            torch.zeros(8, 11),
+            None,
+            r"`target` to have shape \[8\] \(class indices\) or \[8, 10\] \(class probabilities\) to match `logits` \(8, 10\), but got shape \(8, 11\)\.",
+        ),
+        (2, torch.zeros(4, 10), None, r"`target` to have shape .* but got shape \(4, 10\)"),
+        (2, torch.zeros(8, 10, 1), None, r"`target` to have shape .* but got shape \(8, 10, 1\)"),
+        (
+            2,
+            torch.zeros((), dtype=torch.long),
+            None,
+            r"`target` to have shape .* but got shape \(\)",
+        ),
+        (
+            2,
+            None,
+            torch.zeros(8, 2, 3),
+            r"`aux_target` to have shape \[8, 2\] \(binary labels\) or \[8, 2, 2\] \(binary probabilities\) to match `aux_logits` \(8, 2, 2\), but got shape \(8, 2, 3\)\.",
+        ),
+        (2, None, torch.zeros(8, 3, 2), r"`aux_target` .* but got shape \(8, 3, 2\)"),
+        (
+            3,
+            None,
+            torch.zeros(8, 2),
+            r"`aux_target` to have shape \[8, 3\] \(binary labels\) or \[8, 3, 2\] \(binary probabilities\) .* but got shape \(8, 2\)",
+        ),
+        (
+            1,
+            None,
+            torch.zeros(8, 1, 1, 2),
+            r"`aux_target` to have shape \[8, 1\] or \[8\] \(binary labels\) or \[8, 1, 2\] or \[8, 2\] \(binary probabilities\) to match `aux_logits` \(8, 1, 2\), but got shape \(8, 1, 1, 2\)",
+        ),
+    ],
+)
+def test_bad_target_shapes(heads, target, aux_target, match):
+    logits, aux_logits, y, y_b = _batch(heads=heads)
+    target = y if target is None else target
+    aux_target = y_b if aux_target is None else aux_target
+    with pytest.raises(ValueError, match=match):
+        combined_loss((logits, aux_logits), target, aux_target, 0.4)
+
+
+@pytest.mark.parametrize(
+    ("label_smoothing", "error", "match"),
+    [
+        (1.5, ValueError, r"Expected `label_smoothing` to be a float in \[0, 1\], but got 1.5\."),
+        (-0.1, ValueError, r"`label_smoothing` .* but got -0.1\."),
+        (float("nan"), ValueError, r"`label_smoothing` .* but got nan\."),
+        (False, TypeError, r"`label_smoothing` to be a float in \[0, 1\], but got False \(bool\)"),
+        (None, TypeError, r"`label_smoothing` .* but got None \(NoneType\)"),
+        (torch.tensor(0.1), TypeError, r"`label_smoothing` .* but got a torch.float32 tensor"),
+    ],
+)
+def test_bad_label_smoothing(label_smoothing, error, match):
+    with pytest.raises(error, match=match):
+        CombinedLoss(0.4, label_smoothing=label_smoothing)
+    logits, aux_logits, y, y_b = _batch()
+    with pytest.raises(error, match=match):
+        combined_loss((logits, aux_logits), y, y_b, 0.4, label_smoothing=label_smoothing)
+
+
+@pytest.mark.parametrize("weight", [None, torch.tensor(0.4), [0.4], 1 + 0j])
+def test_bad_weight_types(weight):
+    logits, aux_logits, y, y_b = _batch()
+    with pytest.raises(TypeError, match=r"Expected `weight` to be a float in \[0, 1\], but got"):
+        CombinedLoss(weight)
+    with pytest.raises(TypeError, match=r"Expected `weight` to be a float in \[0, 1\], but got"):
+        combined_loss((logits, aux_logits), y, y_b, weight)
+
+
+@pytest.mark.parametrize("reduction", ["avg", "MEAN", "", None, 0])
+def test_bad_reduction(reduction):
+    match = r"Expected `reduction` to be one of \('mean', 'sum', 'none'\), but got " + re.escape(
+        repr(reduction)
+    )
+    with pytest.raises(ValueError, match=match):
+        CombinedLoss(0.4, reduction=reduction)
+    logits, aux_logits, y, y_b = _batch()
+    with pytest.raises(ValueError, match=match):
+        combined_loss((logits, aux_logits), y, y_b, 0.4, reduction=reduction)
+    with pytest.raises(ValueError, match=match):
+        combined_loss_terms((logits, aux_logits), y, y_b, 0.4, reduction=reduction)
+
+
+def _output(kind):
+    logits, aux_logits, _, _ = _batch(heads=2)
+    return {
+        "tensor": logits,
+        "triple": (logits, aux_logits, aux_logits),
+        "single": (logits,),
+        "pair with an array": (logits, aux_logits.numpy()),
+        "dict": {"logits": logits, "aux_logits": aux_logits},
+        "none": None,
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    "kind", ["tensor", "triple", "single", "pair with an array", "dict", "none"]
+)
+def test_bad_output_types(kind):
+    _, _, y, y_b = _batch(heads=2)
+    with pytest.raises(
+        TypeError,
+        match=r"Expected `output` to be an AuxOutput or a \(logits, aux_logits\) pair of tensors, but got ",
+    ):
+        combined_loss(_output(kind), y, y_b, 0.4)
+
+
+@pytest.mark.parametrize(
+    ("logits_shape", "aux_shape", "match"),
+    [
+        ((8,), (8, 2, 2), r"Expected `logits` of shape \[B, C\], but got shape \(8,\)\."),
+        (
+            (8, 10, 1),
+            (8, 2, 2),
+            r"Expected `logits` of shape \[B, C\], but got shape \(8, 10, 1\)\.",
+        ),
+        (
+            (8, 10),
+            (8, 2, 3),
+            r"Expected `aux_logits` of shape \[8, n, 2\] \(or \[8, 2\]\), but got shape \(8, 2, 3\)\.",
+        ),
+        ((8, 10), (4, 2, 2), r"`aux_logits` of shape \[8, n, 2\] .* but got shape \(4, 2, 2\)\."),
+        (
+            (8, 10),
+            (8, 1, 2, 2),
+            r"`aux_logits` of shape \[8, n, 2\] .* but got shape \(8, 1, 2, 2\)\.",
+        ),
+        ((8, 10), (8,), r"`aux_logits` of shape \[8, n, 2\] .* but got shape \(8,\)\."),
+    ],
+)
+def test_bad_output_shapes(logits_shape, aux_shape, match):
+    _, _, y, y_b = _batch(heads=2)
+    output = (torch.zeros(logits_shape), torch.zeros(aux_shape))
+    with pytest.raises(ValueError, match=match):
+        combined_loss(output, y, y_b, 0.4)
+
+
+@pytest.mark.cuda
+def test_soft_targets_on_the_device():
+    logits, aux_logits, y, _ = _batch(heads=2, seed=22)
+    probs, aux_probs, _ = _soft(heads=2, seed=22)
+    cpu = combined_loss((logits, aux_logits), probs, aux_probs, 0.4, reduction="none")
+    on_device = [t.cuda() for t in (logits, aux_logits, probs, aux_probs)]
+    cuda = combined_loss(tuple(on_device[:2]), *on_device[2:], 0.4, reduction="none")
+    torch.testing.assert_close(cuda.cpu(), cpu)
+    mixed = combined_loss(tuple(on_device[:2]), y.cuda(), on_device[3], 0.4)
+    torch.testing.assert_close(mixed.cpu(), combined_loss((logits, aux_logits), y, aux_probs, 0.4))
+
+
+@pytest.mark.cuda
+def test_bad_soft_values_on_the_device_stop_with_the_arguments_name():
+    # Checked on the device, without a host synchronisation; the device-side assert is
+    # fatal to the process, so it runs in a child.
+    code = (
+        "import torch; from auxtransfer import combined_loss; "
+        "out = (torch.randn(2, 3, device='cuda'), torch.randn(2, 1, 2, device='cuda')); "
+        "probs = torch.tensor([[1.5, -0.5, 0.0], [0.0, 1.0, 0.0]], device='cuda'); "
+        "combined_loss(out, probs, torch.tensor([0, 1], device='cuda'), 0.4); "
+        "torch.cuda.synchronize()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "`target` holds class probabilities that are negative or not finite" in result.stderr

@@ -135,7 +135,7 @@ def test_timm_protocol(cls):
     [
         (
             lambda: CifarDenseNet(depth=101),
-            r"`depth` to be an int L >= 10 with \(L - 4\) % 6 == 0, but got 101",
+            r"`depth` to be an int >= 10 with \(depth - 4\) % 6 == 0, but got 101",
         ),
         (lambda: CifarDenseNet(growth_rate=0), r"`growth_rate` to be an int >= 1, but got 0"),
         (
@@ -149,3 +149,67 @@ def test_timm_protocol(cls):
 def test_bad_arguments(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: CifarDenseNet(depth=40.0), r"`depth` to be an int >= 10, but got 40.0 \(float\)"),
+        (lambda: CifarDenseNet(growth_rate="12"), r"`growth_rate` to be an int >= 1, but got '12'"),
+        (lambda: WideResNet(widen_factor=2.5), r"`widen_factor` to be an int >= 1, but got 2.5"),
+        (
+            lambda: WideResNet(drop_rate="0.3"),
+            r"`drop_rate` to be a float in \[0, 1\), but got '0.3'",
+        ),
+    ],
+)
+def test_arguments_of_the_wrong_type(build, match):
+    with pytest.raises(TypeError, match=match):
+        build()
+
+
+def _assert_reference_init(model):
+    """The reference CIFAR code's initialisation, layer by layer."""
+    import math
+
+    convs = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            expected = math.sqrt(2.0 / (k * module.out_channels))
+            if module.weight.numel() >= 1000:
+                assert module.weight.std().item() == pytest.approx(expected, rel=0.1), name
+                assert abs(module.weight.mean().item()) < 0.1 * expected, name
+                convs += 1
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            assert torch.equal(module.weight, torch.ones_like(module.weight)), name
+            assert torch.equal(module.bias, torch.zeros_like(module.bias)), name
+            assert torch.equal(module.running_var, torch.ones_like(module.running_var)), name
+        elif isinstance(module, torch.nn.Linear):
+            assert torch.equal(module.bias, torch.zeros_like(module.bias)), name
+            bound = 1 / math.sqrt(module.in_features)  # PyTorch's default for the weight
+            assert module.weight.abs().max() <= bound, name
+    assert convs > 10
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: timm.create_model("cifar_densenet_bc_100", num_classes=10),
+        lambda: timm.create_model("cifar_wrn_28_10", num_classes=10, depth=16, widen_factor=2),
+    ],
+)
+def test_reference_initialisation_and_init_weights(build):
+    torch.manual_seed(0)
+    model = build()
+    _assert_reference_init(model)
+    stem = model.features.conv0 if isinstance(model, CifarDenseNet) else model.conv1
+    assert stem.weight.std().item() == pytest.approx((2 / (9 * stem.out_channels)) ** 0.5, rel=0.1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0).add_(1.0)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.fill_(5.0)
+    model.init_weights()
+    _assert_reference_init(model)

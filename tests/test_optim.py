@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from auxtransfer import freeze_until, layer_groups, layerwise_lr
+from auxtransfer import freeze_until, layer_groups, layer_names, layerwise_lr
 
 
 def densenet_bc():
@@ -53,6 +53,30 @@ def test_decay_gives_each_address_its_own_rate():
     assert rates[("4.0", "head")] == 0.1
 
 
+def test_groups_are_contiguous_even_where_rates_coincide():
+    # 0.04 * 0.5 ** 2 == 0.01 == new_lr: address 2.1 shares the head's rate, but 3.x lie
+    # between them, so it is a group of its own.
+    model = torchvision.models.resnet18()
+    groups = layerwise_lr(model, until="3.1", lr=0.04, decay=0.5, new_lr=0.01)
+    order = layer_names(model)
+    address_of = {
+        id(model.get_parameter(t)): g.address
+        for g in layer_groups(model)
+        for t in g.tensors
+        if t in dict(model.named_parameters())
+    }
+    for group in groups:
+        first, last = group["addresses"]
+        span = order[order.index(first) : order.index(last) + 1]
+        assert {address_of[id(p)] for p in group["params"]} == set(span), group["addresses"]
+    rates = {g["addresses"]: g["lr"] for g in groups}
+    assert rates[("2.1", "2.1")] == pytest.approx(0.01)
+    assert rates[("3.1", "3.1")] == pytest.approx(0.04)
+    assert rates[("4.0", "head")] == pytest.approx(0.01)
+    starts = [order.index(g["addresses"][0]) for g in groups]
+    assert starts == sorted(starts)
+
+
 def test_weight_decay_exclusion():
     model = torchvision.models.resnet18()
     groups = layerwise_lr(
@@ -83,6 +107,10 @@ def test_multisteplr_scales_each_group_from_its_own_rate():
     ("kwargs", "error", "match"),
     [
         ({"lr": -0.1}, ValueError, r"`lr` to be a finite float >= 0, but got -0.1"),
+        ({"lr": "0.1"}, TypeError, r"`lr` to be a finite float >= 0, but got '0.1' \(str\)"),
+        ({"new_lr": True}, TypeError, r"`new_lr` to be a finite float >= 0, but got True"),
+        ({"decay": "half"}, TypeError, r"`decay` to be a float in \(0, 1\] .* but got 'half'"),
+        ({"until": 3}, TypeError, r"`until` to be an address string such as '2.9', but got 3"),
         ({"new_lr": float("nan")}, ValueError, r"`new_lr` to be a finite float >= 0, but got nan"),
         ({"lr": float("inf")}, ValueError, r"`lr` to be a finite float >= 0, but got inf"),
         ({"decay": 1.5}, ValueError, r"`decay` to be a float in \(0, 1\] .* but got 1.5"),

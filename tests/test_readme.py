@@ -1,13 +1,21 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_example_runs():
+TIMM = 'timm.create_model("resnet18", num_classes=50)'
+
+
+@pytest.mark.parametrize("build", [TIMM, "torchvision.models.resnet18(num_classes=50)"])
+def test_readme_example_runs(build):
     code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    assert TIMM in code and "# or any torchvision model" in code
+    code = "import torchvision\n" + code.replace(TIMM, build)
     g = torch.Generator().manual_seed(0)
     loader = [
         (torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 50, (4,), generator=g))
@@ -15,9 +23,16 @@ def test_readme_example_runs():
     ]
     namespace = {"loader": loader}
     exec(compile(code, str(README), "exec"), namespace)
-    backbone = namespace["backbone"]
+    backbone, net = namespace["backbone"], namespace["net"]
     assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, 50)
-    assert namespace["loss_fn"].last_terms.binary.item() > 0
+    assert not backbone.fc._forward_pre_hooks  # unwrapped: the plain model
+    # The logged terms are those of the last batch, against plain cross entropy.
+    out, labels, terms = namespace["out"], namespace["labels"], namespace["loss_fn"].last_terms
+    main = F.cross_entropy(out.logits, labels)
+    binary = F.cross_entropy(out.aux_logits[:, 0], net.relabel(labels)[:, 0])
+    torch.testing.assert_close(terms.main, main)
+    torch.testing.assert_close(terms.binary, binary)
+    torch.testing.assert_close(terms.total, 0.6 * main + 0.4 * binary)
 
 
 def test_readme_has_exactly_two_setup_commands():

@@ -1,4 +1,7 @@
-"""Run by test_train.py under torchrun: a two-epoch DDP run on the CPU with gloo."""
+"""Run by test_train.py under torchrun: two-epoch DDP runs on the CPU with gloo.
+
+``run`` trains straight through; ``resumed`` stops after epoch 1 and is resumed.
+"""
 
 import sys
 from pathlib import Path
@@ -28,8 +31,11 @@ def main(out: str) -> None:
         return built[-1]
 
     data = (images, labels), (images[:16], labels[:16])
-    train_run(config, Path(out) / "run", *data, mean=(0.5,) * 3, std=(0.25,) * 3, build_model=build)
+    kwargs = {"mean": (0.5,) * 3, "std": (0.25,) * 3, "build_model": build}
+    train_run(config, Path(out) / "run", *data, **kwargs)
     torch.save(built[0].state_dict(), Path(out) / f"rank{dist.get_rank()}.pt")
+    assert train_run(config, Path(out) / "resumed", *data, stop_after=1, **kwargs) is None
+    train_run(config, Path(out) / "resumed", *data, resume=True, **kwargs)
     dist.destroy_process_group()
 
 

@@ -4,13 +4,21 @@ Pre-train with a binary head beside the classifier that learns a random balanced
 partition of the classes, then transfer the features.
 """
 
-from .data import BinaryRelabeled, ClassSubset, binary_relabel, limit_per_class, subset_classes
+from .classifier import find_classifier, reset_classifier
+from .data import (
+    BinaryRelabeled,
+    ClassSubset,
+    binary_relabel,
+    limit_per_class,
+    split_classes,
+    subset_classes,
+)
 from .freezing import FreezeSummary, ResetSummary, freeze_until, reset_after, unfreeze
-from .heads import AuxOutput, RandomPartitionHead, find_classifier
+from .heads import AuxOutput, RandomPartitionHead
 from .layers import LayerGroup, layer_groups, layer_names
 from .losses import CombinedLoss, LossTerms, combined_loss, combined_loss_terms
 from .optim import layerwise_lr
-from .partition import class_partition, split_classes
+from .partition import class_partition
 
 __version__ = "0.1.0.dev0"
 
@@ -36,6 +44,7 @@ __all__ = [
     "layerwise_lr",
     "limit_per_class",
     "reset_after",
+    "reset_classifier",
     "split_classes",
     "subset_classes",
     "unfreeze",

@@ -14,14 +14,24 @@ from ._checks import as_tensor, check_int, check_seed, describe
 from ._rng import SplitMix64
 from .partition import as_partition
 
-__all__ = ["BinaryRelabeled", "ClassSubset", "binary_relabel", "limit_per_class", "subset_classes"]
+__all__ = [
+    "BinaryRelabeled",
+    "ClassSubset",
+    "binary_relabel",
+    "limit_per_class",
+    "split_classes",
+    "subset_classes",
+]
 
-# limit_per_class draws from its own SplitMix64 stream (see split_classes).
+# split_classes and limit_per_class draw from SplitMix64 streams of their own, so that the
+# same seed given to them and to class_partition does not tie A's classes, the kept images
+# and the binary partition together.
+_SPLIT_STREAM = 0x5EED_C1A5_5E5_0001
 _LIMIT_STREAM = 0x11_4175_0002
 
 
 class BinaryRelabeled(Dataset[tuple[Any, Any, Tensor]]):
-    """A map-style dataset yielding ``(x, y, y_b)``; see :func:`binary_relabel`.
+    """A map-style dataset yielding ``(x, y, y_b)``; see [`binary_relabel`][auxtransfer.binary_relabel].
 
     Attributes:
         dataset: The wrapped dataset.
@@ -81,7 +91,7 @@ def binary_relabel(dataset: Any, partition: Any) -> BinaryRelabeled:
     (a ``targets`` attribute, as torchvision's datasets have), they are all checked at
     once. The wrapper pickles, so DataLoader workers can use it.
 
-    ``y_b`` is ``partition[:, y]``, exactly what :meth:`RandomPartitionHead.relabel` gives
+    ``y_b`` is ``partition[:, y]``, exactly what [`RandomPartitionHead.relabel`][auxtransfer.RandomPartitionHead.relabel] gives
     for the same partition; batched by a DataLoader it has shape ``[B, n]``.
 
     Args:
@@ -160,16 +170,51 @@ class ClassSubset:
     classes: tuple[int, ...]
 
 
+def split_classes(
+    num_classes: int, *, seed: int, num_a: int | None = None
+) -> tuple[list[int], list[int]]:
+    """Split the classes ``0 .. num_classes - 1`` at random into data sets A and B.
+
+    Algorithm (fixed, like [`class_partition`][auxtransfer.class_partition]): a Fisher-Yates shuffle of
+    ``range(num_classes)`` driven by SplitMix64 seeded with ``(seed + 0x5EEDC1A55E50001)
+    mod 2**64``; the first ``num_a`` shuffled classes form A, the rest B. Both lists are
+    returned sorted.
+
+    Args:
+        num_classes: Number of classes to split, at least 2.
+        seed: Any integer in ``[0, 2**64)``.
+        num_a: Size of A; half the classes (rounded down) by default, as in the paper.
+
+    Returns:
+        ``(a_classes, b_classes)``, two sorted lists that together hold every class once.
+
+    Example:
+        >>> a, b = split_classes(100, seed=0)
+        >>> len(a), len(b), sorted(a + b) == list(range(100))
+        (50, 50, True)
+    """
+    num_classes = check_int("num_classes", num_classes, minimum=2)
+    seed = check_seed("seed", seed)
+    num_a = num_classes // 2 if num_a is None else check_int("num_a", num_a, minimum=1)
+    if num_a >= num_classes:
+        raise ValueError(
+            f"Expected `num_a` to leave at least one class for B (at most {num_classes - 1}), "
+            f"but got {num_a}."
+        )
+    order = SplitMix64((seed + _SPLIT_STREAM) % 2**64).permutation(num_classes)
+    return sorted(order[:num_a]), sorted(order[num_a:])
+
+
 def subset_classes(labels: Tensor, classes: Sequence[int]) -> ClassSubset:
     """Keep the samples whose class is in ``classes`` and relabel them ``0 .. k-1``.
 
     Args:
         labels: ``[N]`` integer class labels.
         classes: The classes to keep, in the order that defines the new labels (for example
-            the A classes of :func:`~auxtransfer.split_classes`).
+            the A classes of [`split_classes`][auxtransfer.split_classes]).
 
     Returns:
-        A :class:`ClassSubset`.
+        A [`ClassSubset`][auxtransfer.ClassSubset].
 
     Example:
         >>> import torch

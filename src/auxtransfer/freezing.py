@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,13 +13,16 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ._checks import check_seed, describe
-from .heads import RandomPartitionHead
-from .layers import LayerGroup, layer_groups, resolve
+from ._twin import build_twin, torchvision_model_class
+from .classifier import classifier_widths, find_classifier
+from .layers import layer_groups, resolve
 
 __all__ = ["FreezeSummary", "ResetSummary", "freeze_until", "reset_after", "unfreeze"]
 
 BatchNormPolicy = Literal["freeze", "update"]
-# Attribute on the model listing the parameters freeze_until froze, for unfreeze.
+# Attribute on each module that holds parameters freeze_until froze: the names of those
+# parameters in the module. Kept on the modules themselves, so that every view of a model
+# (the backbone, a wrapper around it, a deep copy, a pickle) sees the same state.
 _FROZEN = "_auxtransfer_frozen"
 
 
@@ -37,7 +42,7 @@ class _StayInEval:
 
 @dataclass(frozen=True)
 class FreezeSummary:
-    """What :func:`freeze_until` did.
+    """What [`freeze_until`][auxtransfer.freeze_until] did.
 
     Attributes:
         addresses: The frozen addresses, stem first.
@@ -87,18 +92,25 @@ def freeze_until(
       loop would do; in train mode the running statistics follow the new data.
 
     ``track_running_stats`` is never touched, and ``state_dict`` keys and values are the
-    same frozen or not. A second call replaces the first (so ``"4"``, then ``"2"``,
-    then ``"1"`` unfreezes gradually); :func:`unfreeze` undoes it. Parameters that were
-    already frozen before the call are left alone by both.
+    same frozen or not. What was frozen is recorded on the layers themselves, so the
+    backbone and a wrapper around it (a
+    [`RandomPartitionHead`][auxtransfer.RandomPartitionHead], DDP) see one state: a second
+    call, on either, replaces the first (so ``"4"``, then ``"2"``, then ``"1"`` unfreezes
+    gradually), and [`unfreeze`][auxtransfer.unfreeze] on either undoes it. Parameters that
+    were already frozen before the call are left alone by both.
+
+    Call ``nn.SyncBatchNorm.convert_sync_batchnorm`` before ``freeze_until``, not after:
+    the conversion builds new norm layers, which do not keep the eval hold.
 
     Args:
-        model: A timm or torchvision model, or any module :func:`layer_names` maps.
+        model: A timm or torchvision model, or any module
+            [`layer_names`][auxtransfer.layer_names] maps.
         address: The last address to freeze: ``"2.9"``, a whole block ``"2"``, ``"stem"``,
             ``"head"`` or a full module name.
         bn: ``"freeze"`` or ``"update"``, see above.
 
     Returns:
-        A :class:`FreezeSummary`; ``print`` it for a readable line.
+        A [`FreezeSummary`][auxtransfer.FreezeSummary]; ``print`` it for a readable line.
 
     Example:
         >>> import torchvision
@@ -123,14 +135,16 @@ def freeze_until(
     # undo it first; parameters the caller had frozen by hand stay frozen, and unfreeze()
     # will not touch them either.
     unfreeze(model)
-    mine = [name for name in names if parameters[name].requires_grad]
-    for name in mine:
-        parameters[name].requires_grad_(False)
-    object.__setattr__(model, _FROZEN, mine)
+    modules = dict(model.named_modules())
+    for name in names:
+        if parameters[name].requires_grad:
+            parameters[name].requires_grad_(False)
+            module_name, _, attribute = name.rpartition(".")
+            module = modules[module_name]
+            module.__dict__[_FROZEN] = (*module.__dict__.get(_FROZEN, ()), attribute)
 
     norms: list[str] = []
     if bn == "freeze":
-        modules = dict(model.named_modules())
         for group in frozen_groups:
             for module_name in group.modules:
                 module = modules.get(module_name)
@@ -146,63 +160,117 @@ def freeze_until(
 
 
 def unfreeze(model: nn.Module) -> None:
-    """Undo :func:`freeze_until`: parameters it froze train again, norm layers follow
-    ``model.train()``/``eval()`` again (and take the model's current mode)."""
+    """Undo [`freeze_until`][auxtransfer.freeze_until], on the model or on any view of it.
+
+    Parameters it froze train again, norm layers follow ``model.train()``/``eval()`` again
+    (and take the model's current mode).
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be an nn.Module, but got {describe(model)}.")
-    parameters = dict(model.named_parameters())
-    for name in getattr(model, _FROZEN, ()):
-        if name in parameters:
-            parameters[name].requires_grad_(True)
-    if _FROZEN in model.__dict__:
-        delattr(model, _FROZEN)
-    for module in model.modules():
-        if isinstance(module.__dict__.get("train"), _StayInEval):
+    _release(model.modules(), model.training)
+
+
+def _release(modules: Iterable[nn.Module], training: bool) -> list[nn.Module]:
+    """Undo freeze_until's marks and eval holds on ``modules``; the modules it changed."""
+    released = []
+    for module in modules:
+        frozen = module.__dict__.pop(_FROZEN, ())
+        for attribute in frozen:
+            parameter = module._parameters.get(attribute)
+            if parameter is not None:
+                parameter.requires_grad_(True)
+        held = isinstance(module.__dict__.get("train"), _StayInEval)
+        if held:
             del module.__dict__["train"]
-            module.train(model.training)
+            module.train(training)
+        if frozen or held:
+            released.append(module)
+    return released
 
 
 @dataclass(frozen=True)
 class ResetSummary:
-    """What :func:`reset_after` did.
+    """What [`reset_after`][auxtransfer.reset_after] did.
 
     Attributes:
         addresses: The re-initialised addresses, ``"head"`` last.
         tensors: Names of the parameters and buffers re-initialised.
         skipped: Parameters after the address that no initialiser covers (left as they were).
-        init: ``"model"`` when the model's own ``init_weights`` took part, else ``"modules"``.
+        init: How they were initialised, ``"+"``-joined where several parts of the model
+            needed different ways: ``"init"`` (the ``init`` factory), ``"timm"`` or
+            ``"torchvision"`` (a freshly built model of the same architecture),
+            ``"init_weights"`` (the model's own ``init_weights()``), ``"modules"`` (each
+            module's ``reset_parameters()``, PyTorch's defaults).
+        unfrozen: Parameters [`freeze_until`][auxtransfer.freeze_until] had frozen that
+            trainable again because they were re-initialised.
     """
 
     addresses: tuple[str, ...]
     tensors: tuple[str, ...]
     skipped: tuple[str, ...]
     init: str
+    unfrozen: tuple[str, ...] = ()
 
 
-def reset_after(model: nn.Module, address: str, *, seed: int = 0) -> ResetSummary:
-    """Re-initialise every layer after ``address``, the head included.
+def reset_after(
+    model: nn.Module,
+    address: str,
+    *,
+    seed: int = 0,
+    init: Callable[[], nn.Module] | None = None,
+) -> ResetSummary:
+    """Re-initialise every layer after ``address``, the head included, as a new model would be.
 
-    Every module holding those layers' parameters gets its ``reset_parameters()``, norm
-    layers also ``reset_running_stats()``. Where the model has its own initialiser (timm's
-    ``init_weights()``), it then runs on a copy, and every reset tensor it re-initialised is
-    taken from there: the model's own init wins where it has one. Parameters that neither
-    covers (a bare ``nn.Parameter`` such as a layer scale on a model without
-    ``init_weights``), and modules whose parameters are tied to a kept layer, are left as
-    they were, listed in the result and named in a warning.
+    The new values are those of a model built afresh: for a timm model,
+    ``timm.create_model`` of its architecture; for a torchvision classification model, the
+    torchvision builder whose model has its layers; either with its current number of
+    classes, on the CPU, after ``torch.manual_seed(seed)``. So the layers after ``address``
+    get exactly what the model's own constructor gives them, whatever initialisation scheme
+    that is (fan-out Kaiming, truncated normal, zero biases, ...). A model wrapped in another
+    (a [`RandomPartitionHead`][auxtransfer.RandomPartitionHead], any container) is found
+    inside it. For any other model pass ``init``, a callable returning a fresh model of the
+    same architecture; without it, a model with an ``init_weights()`` method is
+    re-initialised by that method on a copy, and the rest by each module's
+    ``reset_parameters()``, PyTorch's defaults, with a warning.
 
-    The random draws come from the global generator seeded with ``seed`` inside
-    ``torch.random.fork_rng``, so the result depends on ``seed`` (and the device) alone and
-    the caller's random state is unchanged afterwards.
+    Parameters that no initialiser covers (a bare ``nn.Parameter`` such as a layer scale,
+    where only module defaults apply), and modules whose parameters are tied to a kept
+    layer, are left as they were, listed in the result and named in a warning. Layers that
+    [`freeze_until`][auxtransfer.freeze_until] had frozen become trainable again (their
+    norm layers follow ``model.train()`` again): a re-initialised layer has nothing to keep.
+
+    The random draws depend on ``seed`` alone, not on the device; the caller's random state
+    is unchanged afterwards.
 
     Args:
-        model: A timm or torchvision model, or any module :func:`layer_names` maps.
+        model: A timm or torchvision model, or any module
+            [`layer_names`][auxtransfer.layer_names] maps.
         address: The last address to keep; everything after it is re-initialised.
         seed: Seeds the new weights.
+        init: Builds a fresh model of the same architecture (it must hold every tensor
+            that is reset, with the same shape), for models that are neither timm's nor
+            torchvision's.
 
     Returns:
-        A :class:`ResetSummary`.
+        A [`ResetSummary`][auxtransfer.ResetSummary].
+
+    Example:
+        >>> import torch, torchvision
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> summary = reset_after(model, "4.0", seed=0)
+        >>> summary.addresses, summary.init
+        (('4.1', 'head'), 'torchvision')
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> fresh = torchvision.models.resnet18(num_classes=10)
+        >>> torch.equal(model.fc.weight, fresh.fc.weight)
+        True
     """
     seed = check_seed("seed", seed)
+    if init is not None and not callable(init):
+        raise TypeError(
+            f"Expected `init` to be a callable returning a fresh model, but got {describe(init)}."
+        )
     groups = layer_groups(model)
     last = resolve(model, groups, address)
     reset_groups = groups[last + 1 :]
@@ -211,89 +279,153 @@ def reset_after(model: nn.Module, address: str, *, seed: int = 0) -> ResetSummar
             f"Expected `address` to leave layers after it, but {address!r} is the last one."
         )
     tensors = [t for g in reset_groups for t in g.tensors]
-    kept = {id(t) for t in _tensors(model, [t for g in groups[: last + 1] for t in g.tensors])}
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        skipped = _reset_modules(model, reset_groups, kept)
-        owner, prefix = _init_owner(model)
-        init = "modules"
-        if owner is not None:
-            covered = _reset_from_model_init(owner, prefix, model, tensors, kept)
-            skipped = [name for name in skipped if name not in covered]
-            init = "model"
-    if skipped:
-        import warnings
+    state = model.state_dict(keep_vars=True)
+    kept = {id(state[t]) for g in groups[: last + 1] for t in g.tensors if t in state}
+    parameters = dict(model.named_parameters())
+    tied = [t for t in tensors if t in state and id(state[t]) in kept]
 
+    sources: list[str] = []
+    owned: set[str] = set()  # names a twin answers for, whether it covers them or not
+    done: set[str] = set()  # names given fresh values
+    with torch.no_grad():
+        for prefix, twin, covers, source in _twins(model, tensors, seed, init):
+            fresh = twin.state_dict()
+            for name in tensors:
+                if name in owned or not name.startswith(prefix):
+                    continue
+                owned.add(name)
+                inner = name[len(prefix) :]
+                if name not in tied and inner in covers:
+                    state[name].copy_(fresh[inner])
+                    done.add(name)
+            sources.append(source)
+        rest = {t for t in tensors if t not in owned and t not in tied}
+        if rest:
+            devices = sorted(
+                {p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"}
+            )
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                done.update(_reset_modules(model, rest, kept))
+            sources.append("modules")
+    skipped = [t for t in tensors if t in parameters and t not in done]
+    init_used = "+".join(dict.fromkeys(sources)) or "modules"
+    if init_used == "modules":
+        warnings.warn(
+            f"reset_after used PyTorch's default initialisation for {type(model).__name__}: it "
+            f"is neither a timm nor a torchvision model and has no init_weights(); pass "
+            f"`init=` (a callable returning a fresh model) to use the model's own.",
+            stacklevel=2,
+        )
+    if skipped:
         warnings.warn(
             f"reset_after left {len(skipped)} parameters as they were: no initialiser covers "
             f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}.",
             stacklevel=2,
         )
+    modules = dict(model.named_modules())
+    owners = list(dict.fromkeys(m for g in reset_groups for m in g.modules if m in modules))
+    unfrozen = [
+        f"{name}.{attribute}" if name else attribute
+        for name in owners
+        for attribute in modules[name].__dict__.get(_FROZEN, ())
+    ]
+    _release([modules[name] for name in owners], model.training)
     return ResetSummary(
-        tuple(g.address for g in reset_groups), tuple(tensors), tuple(skipped), init
+        tuple(g.address for g in reset_groups),
+        tuple(tensors),
+        tuple(skipped),
+        init_used,
+        tuple(unfrozen),
     )
 
 
-def _tensors(model: nn.Module, names: list[str]) -> list[torch.Tensor]:
-    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    return [own[name] for name in names if name in own]
+_Source = tuple[str, nn.Module, set[str], str]
 
 
-def _init_owner(model: nn.Module) -> tuple[nn.Module | None, str]:
-    """The module whose own ``init_weights()`` to use, and its name prefix."""
-    if isinstance(model, RandomPartitionHead):
-        model, prefix = model.backbone, "backbone."
-    else:
-        prefix = ""
-    return (model, prefix) if callable(getattr(model, "init_weights", None)) else (None, prefix)
+def _twins(
+    model: nn.Module, tensors: list[str], seed: int, init: Callable[[], nn.Module] | None
+) -> Iterator[_Source]:
+    """(name prefix, fresh model, the names it initialises, how) for each part of ``model``
+    that has an initialisation of its own: the outermost timm or torchvision model (or
+    model with ``init_weights()``) found walking down from the root."""
+    if init is not None:
+        twin = build_twin(model, num_classes=None, seed=seed, init=init, names=tensors)
+        assert twin is not None  # build_twin raises when `init` does not fit
+        yield "", twin.module, set(twin.module.state_dict()), "init"
+        return
+    taken: list[str] = []
+    for name, module in model.named_modules():
+        if "" in taken or any(name.startswith(t + ".") for t in taken):
+            continue
+        prefix = f"{name}." if name else ""
+        inner = [t[len(prefix) :] for t in tensors if t.startswith(prefix)]
+        if not inner:
+            continue
+        twin = None
+        if "pretrained_cfg" in module.__dict__ or torchvision_model_class(module):
+            twin = build_twin(module, num_classes=_num_classes(module), seed=seed, names=inner)
+        if twin is not None:
+            taken.append(name)
+            yield prefix, twin.module, set(twin.module.state_dict()), twin.source
+        elif callable(getattr(module, "init_weights", None)):
+            taken.append(name)
+            yield (prefix, *_init_weights_twin(module, seed), "init_weights")
 
 
-def _reset_from_model_init(
-    owner: nn.Module, prefix: str, model: nn.Module, tensors: list[str], kept: set[int]
-) -> set[str]:
-    """Run ``owner.init_weights()`` on a copy; take the reset tensors it re-initialised.
-
-    Returns the names it covered. Tensors its init leaves alone (timm's ResNet initialises
-    only convolutions) keep the values ``reset_parameters()`` gave them.
-    """
-    fresh = copy.deepcopy(owner)
-    before = {n: t.detach().clone() for n, t in fresh.state_dict().items()}
-    fresh.init_weights()  # type: ignore[operator]
-    source = fresh.state_dict()
-    target = model.state_dict(keep_vars=True)
-    covered = set()
-    with torch.no_grad():
-        for name in tensors:
-            inner = name[len(prefix) :] if name.startswith(prefix) else None
-            if inner is None or inner not in source or id(target[name]) in kept:
-                continue
-            if not torch.equal(source[inner], before[inner]):
-                target[name].copy_(source[inner])
-                covered.add(name)
-    return covered
+def _num_classes(model: nn.Module) -> int | None:
+    count = getattr(model, "num_classes", None)
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count
+    try:
+        name = find_classifier(model)
+    except ValueError:
+        return None
+    return classifier_widths(model.get_submodule(name), name)[1]
 
 
-def _reset_modules(model: nn.Module, groups: list[LayerGroup], kept: set[int]) -> list[str]:
-    """reset_parameters() of every module that holds parameters of ``groups`` directly."""
-    modules = dict(model.named_modules())
+def _init_weights_twin(module: nn.Module, seed: int) -> tuple[nn.Module, set[str]]:
+    """A CPU copy of ``module`` re-initialised as its constructor would: every module's
+    ``reset_parameters()``, then its ``init_weights()``; and the names those cover."""
+    memo: dict[int, object] = {}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        copied = tensor.detach().to("cpu", copy=True)
+        memo[id(tensor)] = (
+            nn.Parameter(copied, tensor.requires_grad)
+            if isinstance(tensor, nn.Parameter)
+            else copied
+        )
+    twin = copy.deepcopy(module, memo)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        covers = _reset_modules(twin, set(twin.state_dict()), set())
+        before = {n: t.clone() for n, t in twin.state_dict().items()}
+        twin.init_weights()  # type: ignore[operator]
+    after = twin.state_dict()
+    covers |= {n for n, t in after.items() if not torch.equal(t, before[n])}
+    return twin, covers
+
+
+def _reset_modules(model: nn.Module, names: set[str], kept: set[int]) -> set[str]:
+    """``reset_parameters()`` of every module that directly holds one of ``names`` (norm
+    layers also ``reset_running_stats()``); the names that covered."""
     covered: set[str] = set()
-    for group in groups:
-        for module_name in group.modules:
-            module = modules.get(module_name)
-            if module is None:
-                continue
-            own = list(module.named_parameters(recurse=False))
-            if any(id(p) in kept for _, p in own):
-                continue  # a parameter tied to a kept layer: resetting would change that layer
-            reset = getattr(module, "reset_parameters", None) or getattr(
-                module, "_reset_parameters", None
-            )
-            if own and callable(reset):
-                reset()
-                prefix = f"{module_name}." if module_name else ""
-                covered.update(prefix + n for n, _ in own)
-            if isinstance(module, _NormBase) and module.track_running_stats:
-                module.reset_running_stats()
-    parameters = dict(model.named_parameters())
-    return [t for g in groups for t in g.tensors if t in parameters and t not in covered]
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        own = [(prefix + n, p) for n, p in module.named_parameters(recurse=False)]
+        if not any(n in names for n, _ in own) and not any(
+            prefix + n in names for n, _ in module.named_buffers(recurse=False)
+        ):
+            continue
+        if any(id(p) in kept for _, p in own):
+            continue  # a parameter tied to a kept layer: resetting would change that layer
+        reset = getattr(module, "reset_parameters", None) or getattr(
+            module, "_reset_parameters", None
+        )
+        if own and callable(reset):
+            reset()
+            covered.update(n for n, _ in own)
+        if isinstance(module, _NormBase) and module.track_running_stats:
+            module.reset_running_stats()
+            covered.update(prefix + n for n, _ in module.named_buffers(recurse=False))
+    return covered & names

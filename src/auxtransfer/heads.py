@@ -5,28 +5,31 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import uuid
+import weakref
 from collections.abc import Sequence
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ._checks import check_int, check_labels, check_seed, describe
+from .classifier import classifier_layers, classifier_widths, find_classifier
+from .layers import SubmoduleMatcher, layer_groups
 from .partition import as_partition, class_partition
 
-__all__ = ["AuxOutput", "RandomPartitionHead", "find_classifier"]
+__all__ = ["AuxOutput", "RandomPartitionHead"]
 
-# Where torchvision keeps its classifiers, in the order they are tried.
-_HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
-# Module types that can be a final classifier layer.
-_CLASSIFIER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
 # Prefix of the attribute through which the classifier's pre-hook hands its input back.
 _STORE = "_auxtransfer_inputs"
 
 
 class AuxOutput(NamedTuple):
-    """What :class:`RandomPartitionHead` returns.
+    """What [`RandomPartitionHead`][auxtransfer.RandomPartitionHead] returns.
 
     Attributes:
         logits: The backbone's own class logits, ``[B, C]``.
@@ -35,99 +38,6 @@ class AuxOutput(NamedTuple):
 
     logits: Tensor
     aux_logits: Tensor
-
-
-def find_classifier(model: nn.Module) -> str:
-    """Name the module that produces a model's class logits.
-
-    The search, in order: a timm model's ``get_classifier()`` (the first one when it
-    returns several, as distilled models do); then the torchvision attributes ``fc``,
-    ``classifier``, ``heads`` and ``head``. Where that is a container (VGG's
-    ``classifier``, ViT's ``heads``), the last ``Linear`` or ``Conv`` inside it is the
-    classifier.
-
-    Args:
-        model: Any ``nn.Module``.
-
-    Returns:
-        The classifier's name in ``model.named_modules()``.
-
-    Raises:
-        ValueError: if no classifier is found; pass its name as ``classifier=`` to
-            :class:`RandomPartitionHead` instead.
-
-    Example:
-        >>> import torchvision
-        >>> find_classifier(torchvision.models.vgg11(num_classes=10))
-        'classifier.6'
-    """
-    names = {id(module): name for name, module in model.named_modules() if name}
-    tried: list[str] = []
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        # A timm model says itself where its classifier is; when it has none (num_classes=0,
-        # or an encoder), the layers inside its head are pre-logits, not a classifier.
-        try:
-            head = get_classifier()
-        except Exception as error:  # timm raises AttributeError for some headless models
-            head = None
-            tried.append(f"get_classifier() raised {type(error).__name__}")
-        if isinstance(head, (tuple, list)):
-            head = head[0] if head else None
-        if getattr(model, "num_classes", None) == 0:
-            tried.append("num_classes=0")
-        elif isinstance(head, nn.Module) and id(head) in names:
-            found = _last_classifier_layer(model, names[id(head)])
-            if found is not None:
-                return found
-            tried.append(f"get_classifier() returned {type(head).__name__}")
-        elif head is not None:
-            tried.append(f"get_classifier() returned {type(head).__name__}")
-        if tried:
-            _raise_not_found(model, tried)
-    for attribute in _HEAD_ATTRIBUTES:
-        if isinstance(getattr(model, attribute, None), nn.Module):
-            found = _last_classifier_layer(model, attribute)
-            if found is not None:
-                return found
-            tried.append(f"`{attribute}` has no Linear or Conv layer")
-    _raise_not_found(model, tried)
-
-
-def _raise_not_found(model: nn.Module, tried: list[str]) -> NoReturn:
-    candidates = _classifier_layers(model)[-3:]
-    detail = f" ({'; '.join(tried)})" if tried else ""
-    hint = f", e.g. one of {candidates[::-1]}" if candidates else ""
-    raise ValueError(
-        f"Could not find the classifier of {type(model).__name__}{detail}. Expected a timm "
-        f"model with get_classifier() and num_classes > 0, or a module named "
-        f"{' / '.join(_HEAD_ATTRIBUTES)}. Pass the name of the layer that outputs the class "
-        f"logits as `classifier=`{hint}."
-    )
-
-
-def _classifier_layers(module: nn.Module, prefix: str = "") -> list[str]:
-    """Names of the Linear/Conv layers in ``module`` (itself included), in order."""
-    return [n for n, m in module.named_modules(prefix=prefix) if isinstance(m, _CLASSIFIER_TYPES)]
-
-
-def _last_classifier_layer(model: nn.Module, name: str) -> str | None:
-    layers = _classifier_layers(model.get_submodule(name), prefix=name)
-    return layers[-1] if layers else None
-
-
-def _layer_widths(module: nn.Module, name: str) -> tuple[int, int]:
-    """(input features, output classes) of a classifier layer or a container of them."""
-    layers = [m for m in module.modules() if isinstance(m, _CLASSIFIER_TYPES)]
-    if not layers:
-        raise TypeError(
-            f"Expected `classifier` to name a Linear or Conv layer, or a container of them, "
-            f"but `{name}` is a {type(module).__name__} with none inside."
-        )
-    first, last = layers[0], layers[-1]
-    width = first.in_features if isinstance(first, nn.Linear) else first.in_channels
-    classes = last.out_features if isinstance(last, nn.Linear) else last.out_channels
-    return width, classes
 
 
 def _pooling_head(model: nn.Module, classifier: str) -> str | None:
@@ -144,14 +54,20 @@ def _pooling_head(model: nn.Module, classifier: str) -> str | None:
     return None
 
 
-def _capture_input(key: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+def _capture(key: str, module: nn.Module, args: tuple[Any, ...]) -> None:
     # A forward pre-hook on the classifier: while RandomPartitionHead.forward runs, it
     # hands the classifier's input back through a list set on the module under the
-    # wrapper's own key, so two wrappers (or a copy's stale hook) never mix. A partial of a
-    # module-level function keeps models picklable and deep-copyable.
+    # wrapper's own key (unique to that wrapper, so two wrappers, or a copy's stale hook,
+    # never mix). A partial of a module-level function keeps models picklable and
+    # deep-copyable.
     store = getattr(module, key, None)
     if store is not None:
         store.append(args[0])
+
+
+def _remove_hooks(hooks: list[RemovableHandle]) -> None:
+    for hook in hooks:
+        hook.remove()
 
 
 class RandomPartitionHead(nn.Module):
@@ -162,25 +78,32 @@ class RandomPartitionHead(nn.Module):
     each of ``n`` partitions, which of two groups the image's class belongs to. The
     backbone is not modified: its classifier gets a forward pre-hook that hands its input
     to the binary head, nothing more, so ``net(x).logits`` is exactly what ``backbone(x)``
-    returns, and ``net.backbone`` (or :meth:`unwrap`) is the plain model for the transfer
-    step.
+    returns, and ``net.backbone`` (or [`unwrap`][auxtransfer.RandomPartitionHead.unwrap])
+    is the plain model for the transfer step. The hook lives as long as the wrapper: it is
+    removed by ``unwrap()`` or when the wrapper is garbage-collected.
+
+    The first forward pass checks that the classifier found produces the model's logits (its
+    output has the logits' shape and, outside timm's own ``get_classifier``, is the logits
+    tensor) and fails with a clear message otherwise.
 
     Args:
         backbone: Any classification model: a timm model, a torchvision model, or any module
             whose classifier ``classifier=`` names.
         num_partitions: Number of binary heads ``n``, each with its own partition.
             Defaults to 1, or to the number of rows of ``partition``.
-        seed: Seeds both the partition (:func:`class_partition`) and the binary head's
+        seed: Seeds both the partition
+            ([`class_partition`][auxtransfer.class_partition]) and the binary head's
             initial weights; no global random state is used.
         partition: A fixed ``[n, C]`` (or ``[C]``) 0/1 tensor instead of a drawn one.
         classifier: Name of the module that outputs the class logits, for models where
-            :func:`find_classifier` does not find it. A container names its layers: the
-            input width comes from its first Linear/Conv, the class count from its last.
+            [`find_classifier`][auxtransfer.find_classifier] does not find it. A container
+            names its layers: the input width comes from its first Linear/Conv, the class
+            count from its last.
 
     Shape:
         - Input: whatever the backbone takes.
-        - Output: :class:`AuxOutput` with ``logits`` ``[B, C]`` and ``aux_logits``
-          ``[B, n, 2]``.
+        - Output: [`AuxOutput`][auxtransfer.AuxOutput] with ``logits`` ``[B, C]`` and
+          ``aux_logits`` ``[B, n, 2]``.
 
     Example:
         >>> import torch, torchvision
@@ -221,9 +144,9 @@ class RandomPartitionHead(nn.Module):
             raise ValueError(
                 f"Expected `classifier` to name a module of {type(backbone).__name__}, but got "
                 f"{classifier!r}; the last Linear/Conv modules are "
-                f"{_classifier_layers(backbone)[-3:]}."
+                f"{classifier_layers(backbone)[-3:]}."
             ) from None
-        in_features, num_classes = _layer_widths(layer, classifier)
+        in_features, num_classes = classifier_widths(layer, classifier)
         if num_classes < 2:
             raise ValueError(
                 f"Expected the classifier `{classifier}` to output at least 2 classes, "
@@ -253,25 +176,52 @@ class RandomPartitionHead(nn.Module):
         )
         self.register_buffer("partition", torch.empty_like(table, device=device))
         self.seed = seed
-        self._table = table  # the CPU original, so reset_parameters can restore the buffer
+        # The partition on the CPU, so reset_parameters can fill the buffer after
+        # to_empty(); a loaded state dict replaces it (see _load_from_state_dict).
+        self._table = table
         self.reset_parameters()
+        # A Conv classifier (SqueezeNet, timm's use_conv heads) reads a feature map, pooled
+        # for the binary head; a Linear one reads pooled features.
+        first = next(m for m in layer.modules() if isinstance(m, (nn.Linear, *_CONV)))
+        self._reads_map = isinstance(first, _CONV)
         # A timm head that classifies every token before pooling them (the CLIP ResNets'
         # attention pool) never computes pooled pre-logits; for such heads the input of the
         # enclosing module with a `pre_logits` switch is kept to compute them.
         self.pooling_head_name = _pooling_head(backbone, classifier)
-        self._store = f"{_STORE}_{id(self):x}"
-        hook = functools.partial(_capture_input, self._store)
-        self._hooks: list[RemovableHandle] | None = [
-            backbone.get_submodule(name).register_forward_pre_hook(hook)
-            for name in (classifier, self.pooling_head_name)
+        self._verified = False
+        self._attach_hooks()
+
+    def _attach_hooks(self) -> None:
+        self._store = f"{_STORE}_{uuid.uuid4().hex}"
+        hook = functools.partial(_capture, self._store)
+        hooks = [
+            self.backbone.get_submodule(name).register_forward_pre_hook(hook)
+            for name in (self.classifier_name, self.pooling_head_name)
             if name is not None
         ]
+        self._hooks: list[RemovableHandle] | None = hooks
+        weakref.finalize(self, _remove_hooks, hooks)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A copy (deepcopy, pickle) gets hooks on its own backbone with the original's key:
+        # give it a key and a lifetime of its own.
+        super().__setstate__(state)
+        if self._hooks is not None:
+            _remove_hooks(self._hooks)
+            self._attach_hooks()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if prefix + "partition" in state_dict and not self.partition.is_meta:
+            # The loaded partition is the one reset_parameters() restores from now on.
+            self._table = as_partition(self.partition, num_classes=self.num_classes)
 
     def reset_parameters(self) -> None:
         """Restore the partition buffer and the binary head's initial weights.
 
-        Both depend on ``seed`` alone. Call it after building on the ``meta`` device and
-        ``to_empty()``; the backbone is not touched.
+        The weights depend on ``seed`` alone; the partition is the one drawn or given at
+        construction, or the last one loaded with ``load_state_dict``. Call it after
+        building on the ``meta`` device and ``to_empty()``; the backbone is not touched.
         """
         # nn.Linear's default initialisation, drawn from a private generator on the CPU so
         # the weights depend on the seed alone, not on the device or the global RNG.
@@ -314,11 +264,20 @@ class RandomPartitionHead(nn.Module):
         stores: list[list[Tensor]] = [[] for _ in layers]
         for layer, store in zip(layers, stores, strict=True):
             setattr(layer, self._store, store)
+        verify = not self._verified and not torch.compiler.is_compiling()
+        outputs: list[Any] = []
+        watch = (
+            layers[0].register_forward_hook(lambda m, a, out: outputs.append(out))
+            if verify
+            else None
+        )
         try:
             output = self.backbone(*args, **kwargs)
         finally:
             for layer in layers:
                 setattr(layer, self._store, None)
+            if watch is not None:
+                watch.remove()
         logits = _main_logits(output)
         if not stores[0]:
             raise RuntimeError(
@@ -333,20 +292,60 @@ class RandomPartitionHead(nn.Module):
                 f"`classifier=`."
             )
         features = stores[0][0]
+        if verify:
+            self._verify(features, outputs[0], logits)
         if features.dim() == 3 and len(layers) == 2 and len(stores[1]) == 1:
             features = layers[1](stores[1][0], pre_logits=True)
-        elif features.dim() > 2:
-            # Conv classifiers (SqueezeNet, timm's use_conv heads) read a feature map: pool it.
+        elif features.dim() > 2 and self._reads_map:
             features = features.mean(dim=tuple(range(2, features.dim())))
         if features.dim() != 2 or features.shape[1] != self.aux_head.in_features:
             raise RuntimeError(
                 f"Expected the classifier `{self.classifier_name}` to read pooled features of "
-                f"shape [B, {self.aux_head.in_features}] or a feature map "
-                f"[B, {self.aux_head.in_features}, H, W], but it read {tuple(stores[0][0].shape)}; "
-                f"pass the layer that reads pooled features as `classifier=`."
+                f"shape [B, {self.aux_head.in_features}]"
+                f"{f' or a feature map [B, {self.aux_head.in_features}, ...]' if self._reads_map else ''}"
+                f", but it read {tuple(stores[0][0].shape)}; pass the layer that reads pooled "
+                f"features as `classifier=`."
             )
         aux_logits = self.aux_head(features).unflatten(-1, (self.num_partitions, 2))
         return AuxOutput(logits, aux_logits)
+
+    def _verify(self, features: Tensor, produced: Any, logits: Tensor) -> None:
+        """Check, once, that the wrapped classifier is the layer that makes the logits."""
+        name = self.classifier_name
+        hint = "pass the layer that outputs the final logits as `classifier=`"
+        if not isinstance(produced, Tensor):
+            raise RuntimeError(
+                f"Expected the classifier `{name}` to output a logits tensor, but it output "
+                f"{describe(produced)}; {hint}."
+            )
+        batch, classes = logits.shape
+        class_dim = 1 if self._reads_map else -1
+        if produced.dim() < 2 or produced.shape[0] != batch or produced.shape[class_dim] != classes:
+            raise RuntimeError(
+                f"Expected the classifier `{name}` to output the model's logits, of shape "
+                f"[{batch}, {classes}], but it output shape {tuple(produced.shape)}; {hint}."
+            )
+        if features.dim() > 2 and not self._reads_map and self.pooling_head_name is None:
+            raise RuntimeError(
+                f"Expected the classifier `{name}` to read pooled features [B, D], but it "
+                f"reads {tuple(features.shape)}, one vector per token or position: the binary "
+                f"head cannot tell which dimension to pool. {hint[0].upper()}{hint[1:]} after "
+                f"the pooling, or wrap a model whose classifier reads pooled features."
+            )
+        # timm's own get_classifier() is trusted (distilled models average two heads);
+        # elsewhere a 2-D classifier output must be the logits themselves.
+        trusted = callable(getattr(self.backbone, "get_classifier", None))
+        if (
+            produced.dim() == 2
+            and not trusted
+            and produced is not logits
+            and not torch.equal(produced, logits)
+        ):
+            raise RuntimeError(
+                f"Expected the classifier `{name}` to output the model's logits, but the model "
+                f"returns other values: `{name}` is not its last layer; {hint}."
+            )
+        self._verified = True
 
     # timm's model protocol, passed through so timm's helpers see the backbone's settings.
     @property
@@ -356,8 +355,21 @@ class RandomPartitionHead(nn.Module):
 
     @property
     def default_cfg(self) -> dict[str, Any]:
-        """Alias of :attr:`pretrained_cfg`, as timm keeps one."""
+        """Alias of [`pretrained_cfg`][auxtransfer.RandomPartitionHead.pretrained_cfg], as timm keeps one."""
         return self.pretrained_cfg
+
+    def get_classifier(self) -> nn.Module:
+        """The backbone's classifier layer (the one the binary head sits beside)."""
+        return self.backbone.get_submodule(self.classifier_name)
+
+    def group_matcher(self, coarse: bool = False) -> SubmoduleMatcher:
+        """The backbone's layer map under ``backbone.``; the binary head goes with ``"head"``.
+
+        A timm-style callable matcher: a parameter name maps to the index of its address in
+        [`layer_names`][auxtransfer.layer_names] of the backbone. ``coarse`` is accepted
+        for timm's signature; the map is always the fine one.
+        """
+        return SubmoduleMatcher("backbone", layer_groups(self.backbone))
 
     def no_weight_decay(self) -> set[str]:
         """The backbone's ``no_weight_decay()`` names, prefixed with ``backbone.``."""
@@ -368,22 +380,51 @@ class RandomPartitionHead(nn.Module):
         """Forward timm's gradient checkpointing switch to the backbone."""
         switch = getattr(self.backbone, "set_grad_checkpointing", None)
         if not callable(switch):
-            raise AttributeError(f"{type(self.backbone).__name__} has no set_grad_checkpointing()")
+            raise AttributeError(
+                f"Expected the backbone to have set_grad_checkpointing(), as timm models do, but "
+                f"{type(self.backbone).__name__} has none."
+            )
         switch(enable)
 
     def relabel(self, target: Tensor) -> Tensor:
         """Map class labels to the binary labels of every partition.
 
+        Hard labels (class indices, any integer shape ``S``) give binary labels of shape
+        ``S + (n,)``. Soft labels (class probabilities ``[..., C]``, floating point, as mixup,
+        cutmix or label smoothing make them) give binary probabilities ``[..., n, 2]``: the
+        probability mass of each side of every partition, ``target @ one_hot(partition)``.
+        Both go straight into [`CombinedLoss`][auxtransfer.CombinedLoss].
+
         Args:
-            target: Class indices in ``[0, C)``, any shape ``S``.
+            target: Class indices in ``[0, C)``, or class probabilities ``[..., C]``.
 
         Returns:
-            Binary labels of shape ``S + (n,)``, on ``target``'s device.
+            Binary labels ``S + (n,)`` (long), or binary probabilities ``[..., n, 2]`` in
+            ``target``'s dtype; on ``target``'s device.
+
+        Example:
+            >>> import torch, torchvision
+            >>> net = RandomPartitionHead(torchvision.models.resnet18(num_classes=4),
+            ...                           partition=torch.tensor([0, 0, 1, 1]))
+            >>> net.relabel(torch.tensor([0, 3]))
+            tensor([[0],
+                    [1]])
+            >>> net.relabel(torch.tensor([[0.5, 0.0, 0.3, 0.2]]))
+            tensor([[[0.5000, 0.5000]]])
         """
         if not isinstance(target, Tensor):
             raise TypeError(
-                f"Expected `target` to be a tensor of class indices, but got {describe(target)}."
+                f"Expected `target` to be a tensor of class indices or class probabilities, "
+                f"but got {describe(target)}."
             )
+        if target.dtype.is_floating_point:
+            if target.dim() < 1 or target.shape[-1] != self.num_classes:
+                raise ValueError(
+                    f"Expected `target` of class probabilities to have shape [..., "
+                    f"{self.num_classes}], but got shape {tuple(target.shape)}."
+                )
+            sides = F.one_hot(self.partition.to(target.device), 2).to(target.dtype)
+            return torch.einsum("...c,nck->...nk", target, sides)
         check_labels("target", target, self.num_classes)
         return self.partition.to(target.device).t()[target]
 
@@ -393,8 +434,7 @@ class RandomPartitionHead(nn.Module):
         The backbone keeps its own classifier and every weight it learned; this wrapper
         can no longer be called afterwards.
         """
-        for hook in self._hooks or ():
-            hook.remove()
+        _remove_hooks(self._hooks or [])
         self._hooks = None
         return self.backbone
 

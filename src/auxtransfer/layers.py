@@ -10,8 +10,11 @@ in the module names (``features.denseblock2.denselayer9`` is ``"2.9"``, ``layer3
    device calls them (registration order where no such pass runs), with a warning when
    that finds a single group.
 
-The classifier that :func:`~auxtransfer.find_classifier` finds always belongs to
-``"head"``, as does anything a matcher leaves unmatched.
+The classifier that [`find_classifier`][auxtransfer.find_classifier] finds always belongs
+to ``"head"``, as does anything a matcher leaves unmatched. A wrapper (such as
+[`RandomPartitionHead`][auxtransfer.RandomPartitionHead]) hands its layer map down to the
+model it wraps by returning a [`SubmoduleMatcher`][auxtransfer.layers.SubmoduleMatcher]
+from its ``group_matcher``.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ import torch
 from torch import nn
 
 from ._checks import describe
-from .heads import RandomPartitionHead, find_classifier
+from .classifier import find_classifier
 
-__all__ = ["LayerGroup", "layer_groups", "layer_names"]
+__all__ = ["LayerGroup", "SubmoduleMatcher", "layer_groups", "layer_names"]
 
 # timm's marker for "merge into the group before this one".
 _MATCH_PREVIOUS = (99999,)
@@ -39,7 +42,8 @@ _Spec = str | list[tuple[str, Any]] | None
 
 # torchvision families, keyed by class name, in timm's group_matcher format: "stem" and
 # "blocks" (and other named groups) map to a regex or a list of (regex, suffix).
-_DENSENET: dict[str, _Spec] = {
+# torchvision's DenseNet and the CIFAR DenseNet-BC (whose stem has no norm0) share it.
+DENSENET_MATCHER: dict[str, _Spec] = {
     "stem": r"^features\.(?:conv0|norm0)\.",
     "blocks": [
         (r"^features\.denseblock(\d+)\.denselayer(\d+)\.", None),
@@ -50,7 +54,7 @@ _DENSENET: dict[str, _Spec] = {
     ],
 }
 _TORCHVISION: dict[str, dict[str, _Spec]] = {
-    "DenseNet": _DENSENET,
+    "DenseNet": DENSENET_MATCHER,
     "ResNet": {"stem": r"^(?:conv1|bn1)\.", "blocks": r"^layer(\d+)\.(\d+)\."},
     "VGG": {"blocks": r"^features\.(\d+)\.", "fc": r"^classifier\.([03])\."},
     "AlexNet": {"blocks": r"^features\.(\d+)\.", "fc": r"^classifier\.([14])\."},
@@ -138,19 +142,46 @@ def layer_names(model: nn.Module) -> list[str]:
     return [group.address for group in layer_groups(model)]
 
 
+class SubmoduleMatcher:
+    """A ``group_matcher`` that hands a wrapper's layer map down to the model it wraps.
+
+    The wrapper's layer map is the inner model's, its names prefixed with ``module_name``;
+    the wrapper's own tensors go with ``"head"``. Called with a parameter name, it returns
+    timm's ordinal for it (the index of its address in the inner model's map), so timm's
+    own helpers can use it too.
+
+    Args:
+        module_name: Name of the wrapped model inside the wrapper, e.g. ``"backbone"``.
+        groups: The wrapped model's [`layer_groups`][auxtransfer.layer_groups].
+    """
+
+    def __init__(self, module_name: str, groups: list[LayerGroup]) -> None:
+        self.module_name = module_name
+        self.groups = groups
+        self._index = {
+            f"{module_name}.{tensor}": (float(i),)
+            for i, group in enumerate(groups)
+            for tensor in group.tensors
+        }
+
+    def __call__(self, name: str) -> tuple[float, ...]:
+        return self._index.get(name, (math.inf,))
+
+
 def layer_groups(model: nn.Module) -> list[LayerGroup]:
-    """The layer map of a model: its :class:`LayerGroup` objects, ordered from stem to head."""
+    """The layer map of a model: its [`LayerGroup`][auxtransfer.LayerGroup] objects,
+    ordered from stem to head."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be an nn.Module, but got {describe(model)}.")
-    if isinstance(model, RandomPartitionHead):
-        return _wrapped_groups(model)
+    matcher = _matcher_of(model)
+    if isinstance(matcher, SubmoduleMatcher):
+        return _delegated_groups(model, matcher)
     tensors = _tensor_names(model)
     if not tensors:
         raise ValueError(
             f"Expected `model` to have parameters, but {type(model).__name__} has none."
         )
     head = _classifier_prefix(model)
-    matcher = _matcher_of(model)
     if matcher is None:
         keyed = _by_children(model, tensors)
     else:
@@ -210,28 +241,31 @@ def _tensor_names(model: nn.Module) -> list[str]:
     return names
 
 
-def _wrapped_groups(net: RandomPartitionHead) -> list[LayerGroup]:
-    """The backbone's map, names prefixed, with the binary head and partition in "head"."""
+def _delegated_groups(model: nn.Module, matcher: SubmoduleMatcher) -> list[LayerGroup]:
+    """The inner model's map, names prefixed, with the wrapper's own tensors in "head"."""
+    prefix = matcher.module_name
     groups = [
         LayerGroup(
             g.address,
-            tuple(f"backbone.{m}" if m else "backbone" for m in g.modules),
-            tuple(f"backbone.{t}" for t in g.tensors),
+            tuple(f"{prefix}.{m}" if m else prefix for m in g.modules),
+            tuple(f"{prefix}.{t}" for t in g.tensors),
             g.num_params,
         )
-        for g in layer_groups(net.backbone)
+        for g in matcher.groups
     ]
-    own = [(n, p.numel()) for n, p in net.named_parameters() if not n.startswith("backbone.")]
-    own += [(n, 0) for n, _ in net.named_buffers() if not n.startswith("backbone.")]
-    head = groups[-1] if groups[-1].address == "head" else LayerGroup("head", (), (), 0)
-    modules = tuple(dict.fromkeys([*head.modules, *(n.rpartition(".")[0] for n, _ in own)]))
+    sizes = {name: p.numel() for name, p in model.named_parameters()}
+    own = [n for n in _tensor_names(model) if not n.startswith(prefix + ".")]
+    if not own:
+        return groups
+    has_head = bool(groups) and groups[-1].address == "head"
+    head = groups[-1] if has_head else LayerGroup("head", (), (), 0)
     head = LayerGroup(
         "head",
-        modules,
-        (*head.tensors, *(n for n, _ in own)),
-        head.num_params + sum(k for _, k in own),
+        tuple(dict.fromkeys([*head.modules, *(n.rpartition(".")[0] for n in own)])),
+        (*head.tensors, *own),
+        head.num_params + sum(sizes.get(n, 0) for n in own),
     )
-    return [*groups[:-1], head] if groups[-1].address == "head" else [*groups, head]
+    return [*groups[:-1], head] if has_head else [*groups, head]
 
 
 def _classifier_prefix(model: nn.Module) -> str | None:
@@ -241,7 +275,9 @@ def _classifier_prefix(model: nn.Module) -> str | None:
         return None
 
 
-def _matcher_of(model: nn.Module) -> dict[str, _Spec] | Callable[[str], Any] | None:
+def _matcher_of(
+    model: nn.Module,
+) -> dict[str, _Spec] | Callable[[str], Any] | SubmoduleMatcher | None:
     group_matcher = getattr(model, "group_matcher", None)
     if callable(group_matcher):
         try:

@@ -34,10 +34,12 @@ def layerwise_lr(
     Every group carries a real ``"lr"``, so any torch scheduler works group by group:
     ``MultiStepLR`` scales each from its own starting value. Frozen parameters
     (``requires_grad=False``) are left out; every trainable parameter appears exactly once.
-    Groups also carry ``"addresses"`` (first and last address they hold) for logging.
+    There is one group per contiguous run of addresses that share a rate (two with
+    ``no_weight_decay_1d``), stem first, and each carries ``"addresses"``, the first and
+    last address it holds, for logging.
 
     Args:
-        model: A timm or torchvision model, or any module :func:`layer_names` maps.
+        model: A timm or torchvision model, or any module [`layer_names`][auxtransfer.layer_names] maps.
         until: The last transferred address (``"2.9"``, ``"2"``, ``"stem"``, a module name).
         lr: Learning rate of the transferred layers.
         new_lr: Learning rate of the layers after ``until`` and the head.
@@ -61,24 +63,22 @@ def layerwise_lr(
     """
     lr = _check_rate("lr", lr)
     new_lr = _check_rate("new_lr", new_lr)
-    if decay is not None and (
-        isinstance(decay, bool)
-        or not isinstance(decay, numbers.Real)
-        or not 0.0 < float(decay) <= 1.0
-    ):
-        raise ValueError(
-            f"Expected `decay` to be a float in (0, 1] (smaller learning rates towards the "
-            f"stem), but got {describe(decay)}."
-        )
+    if decay is not None:
+        expected = "a float in (0, 1] (smaller learning rates towards the stem)"
+        if isinstance(decay, bool) or not isinstance(decay, numbers.Real):
+            raise TypeError(f"Expected `decay` to be {expected}, but got {describe(decay)}.")
+        if not 0.0 < float(decay) <= 1.0:
+            raise ValueError(f"Expected `decay` to be {expected}, but got {decay}.")
     if weight_decay is not None:
         weight_decay = _check_rate("weight_decay", weight_decay)
     groups = layer_groups(model)
     last = resolve(model, groups, until, name="until")
     parameters = dict(model.named_parameters())
 
-    # Rates only change at `until` (or at every address with `decay`), so the addresses that
-    # share a rate and weight decay are neighbours: one group each.
-    result: dict[tuple[float, float | None], dict[str, Any]] = {}
+    # One group per contiguous run of addresses that share a rate (and per weight decay
+    # within it), so that a group's "addresses" span exactly what it holds.
+    result: dict[tuple[int, float | None], dict[str, Any]] = {}
+    run, previous = -1, None
     for index, group in enumerate(groups):
         if index <= last:
             rate = lr * float(decay) ** (last - index) if decay is not None else lr
@@ -88,10 +88,12 @@ def layerwise_lr(
             param = parameters.get(name)
             if param is None or not param.requires_grad:
                 continue
+            if rate != previous:
+                run, previous = run + 1, rate
             wd = 0.0 if no_weight_decay_1d and param.ndim <= 1 else weight_decay
-            entry = result.get((rate, wd))
+            entry = result.get((run, wd))
             if entry is None:
-                entry = result[(rate, wd)] = {
+                entry = result[(run, wd)] = {
                     "params": [],
                     "lr": rate,
                     "addresses": (group.address, group.address),
@@ -108,11 +110,8 @@ def layerwise_lr(
 
 
 def _check_rate(name: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(float(value))
-        or value < 0
-    ):
-        raise ValueError(f"Expected `{name}` to be a finite float >= 0, but got {describe(value)}.")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Expected `{name}` to be a finite float >= 0, but got {describe(value)}.")
+    if not math.isfinite(float(value)) or value < 0:
+        raise ValueError(f"Expected `{name}` to be a finite float >= 0, but got {value}.")
     return float(value)

@@ -11,11 +11,7 @@ from torch import Tensor
 from ._checks import as_tensor, check_int, check_seed, describe
 from ._rng import SplitMix64
 
-__all__ = ["class_partition", "split_classes"]
-
-# split_classes draws from its own stream, so that the same seed given to split_classes
-# and class_partition does not tie A's classes to the binary partition.
-_SPLIT_STREAM = 0x5EED_C1A5_5E5_0001
+__all__ = ["class_partition"]
 
 
 def class_partition(num_classes: int, *, num_partitions: int = 1, seed: int = 0) -> Tensor:
@@ -24,7 +20,9 @@ def class_partition(num_classes: int, *, num_partitions: int = 1, seed: int = 0)
     Row ``i`` maps every class to a binary label: ``partition[i, c]`` is the label that the
     ``i``-th binary head learns for an image of class ``c``. Each row puts
     ``num_classes // 2`` classes in group 1 and the rest in group 0, so group sizes differ by
-    at most one.
+    at most one. With an odd number of classes, group 1 is therefore always the smaller one;
+    which classes fall in it is random, and the binary task is the same either way round
+    (``1 - partition`` poses it with the labels swapped).
 
     Algorithm (fixed, so a seed means the same tensor on every machine and torch release):
     a SplitMix64 generator seeded with ``seed`` drives a Fisher-Yates shuffle of
@@ -73,41 +71,6 @@ def class_partition(num_classes: int, *, num_partitions: int = 1, seed: int = 0)
         seen.add(key)
         rows.append(row)
     return torch.tensor(rows, dtype=torch.long)
-
-
-def split_classes(
-    num_classes: int, *, seed: int, num_a: int | None = None
-) -> tuple[list[int], list[int]]:
-    """Split the classes ``0 .. num_classes - 1`` at random into data sets A and B.
-
-    Algorithm (fixed, like :func:`class_partition`): a Fisher-Yates shuffle of
-    ``range(num_classes)`` driven by SplitMix64 seeded with ``(seed + 0x5EEDC1A55E50001)
-    mod 2**64``; the first ``num_a`` shuffled classes form A, the rest B. Both lists are
-    returned sorted.
-
-    Args:
-        num_classes: Number of classes to split, at least 2.
-        seed: Any integer in ``[0, 2**64)``.
-        num_a: Size of A; half the classes (rounded down) by default, as in the paper.
-
-    Returns:
-        ``(a_classes, b_classes)``, two sorted lists that together hold every class once.
-
-    Example:
-        >>> a, b = split_classes(100, seed=0)
-        >>> len(a), len(b), sorted(a + b) == list(range(100))
-        (50, 50, True)
-    """
-    num_classes = check_int("num_classes", num_classes, minimum=2)
-    seed = check_seed("seed", seed)
-    num_a = num_classes // 2 if num_a is None else check_int("num_a", num_a, minimum=1)
-    if num_a >= num_classes:
-        raise ValueError(
-            f"Expected `num_a` to leave at least one class for B (at most {num_classes - 1}), "
-            f"but got {num_a}."
-        )
-    order = SplitMix64((seed + _SPLIT_STREAM) % 2**64).permutation(num_classes)
-    return sorted(order[:num_a]), sorted(order[num_a:])
 
 
 def as_partition(

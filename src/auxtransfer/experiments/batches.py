@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,6 +29,30 @@ def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, *, pad: int) -> Te
     Returns:
         ``[B, C, H, W]``, same dtype and device as ``images``.
     """
+    if not isinstance(images, Tensor):
+        raise TypeError(
+            f"Expected `images` to be a [B, C, H, W] tensor, but got {describe(images)}."
+        )
+    if images.dim() != 4:
+        raise ValueError(
+            f"Expected `images` to be a [B, C, H, W] tensor, but got {describe(images)}."
+        )
+    batch = images.shape[0]
+    if not _is_integer_tensor(offsets):
+        raise TypeError(f"Expected `offsets` to be an integer tensor, but got {describe(offsets)}.")
+    if offsets.shape != (batch, 2):
+        raise ValueError(
+            f"Expected `offsets` to have shape [{batch}, 2], but got {describe(offsets)}."
+        )
+    if not isinstance(flips, Tensor) or flips.dtype != torch.bool:
+        raise TypeError(f"Expected `flips` to be a bool tensor, but got {describe(flips)}.")
+    if flips.shape != (batch,):
+        raise ValueError(f"Expected `flips` to have shape [{batch}], but got {describe(flips)}.")
+    return _crop_flip(images, offsets, flips, pad=check_int("pad", pad, minimum=0))
+
+
+def _crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, *, pad: int) -> Tensor:
+    """``crop_flip`` without the argument checks (the batches' hot loop)."""
     batch, _, height, width = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     offsets = offsets.to(images.device)
@@ -102,11 +128,23 @@ class DeviceBatches:
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if not isinstance(images, Tensor) or images.dim() != 4:
+        if not isinstance(images, Tensor):
             raise TypeError(
                 f"Expected `images` to be a [N, C, H, W] tensor, but got {describe(images)}."
             )
-        if not isinstance(labels, Tensor) or labels.shape != (images.shape[0],):
+        if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
+            raise TypeError(
+                f"Expected `images` to be uint8 (0-255) or floating point (0-1), but got {describe(images)}."
+            )
+        if images.dim() != 4:
+            raise ValueError(
+                f"Expected `images` to be a [N, C, H, W] tensor, but got {describe(images)}."
+            )
+        if not _is_integer_tensor(labels):
+            raise TypeError(
+                f"Expected `labels` to be an integer tensor of class indices, but got {describe(labels)}."
+            )
+        if labels.shape != (images.shape[0],):
             raise ValueError(
                 f"Expected `labels` to be a tensor of shape [{images.shape[0]}] (one per image), "
                 f"but got {describe(labels)}."
@@ -125,7 +163,9 @@ class DeviceBatches:
                 f"{self.world_size} process(es), but got {batch_size}."
             )
         channels = images.shape[1]
-        if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
+        mean = _check_floats("mean", mean, channels)
+        std = _check_floats("std", std, channels)
+        if any(not s > 0 for s in std):
             raise ValueError(
                 f"Expected `mean` and `std` to give {channels} values each (std > 0), "
                 f"but got {tuple(mean)} and {tuple(std)}."
@@ -135,6 +175,17 @@ class DeviceBatches:
             raise ValueError(f"Expected `rank` to be in [0, {self.world_size}), but got {rank}.")
         self.seed = check_seed("seed", seed)
         self.pad = check_int("pad", pad, minimum=0)
+        train, flip = _check_bool("train", train), _check_bool("flip", flip)
+        drop_last = _check_bool("drop_last", drop_last)
+        channels_last = _check_bool("channels_last", channels_last)
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"Expected `dtype` to be a torch.dtype, but got {describe(dtype)}.")
+        if not dtype.is_floating_point:
+            raise ValueError(f"Expected `dtype` to be a floating-point dtype, but got {dtype}.")
+        if not isinstance(device, str | torch.device):
+            raise TypeError(
+                f"Expected `device` to be a torch.device or a string, but got {describe(device)}."
+            )
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device, torch.long)
@@ -184,7 +235,7 @@ class DeviceBatches:
             on_device = index.to(self.device)
             images = self.images[on_device]
             if self.train and (self.pad or self.flip):
-                images = crop_flip(images, offsets[index], flips[index] & self.flip, pad=self.pad)
+                images = _crop_flip(images, offsets[index], flips[index] & self.flip, pad=self.pad)
             x = ((images.float() - self._mean) / self._std).to(self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -193,3 +244,37 @@ class DeviceBatches:
                 yield x, y
             else:
                 yield x, y, self.partition.t()[y]
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"Expected `{name}` to be a bool, but got {describe(value)}.")
+    return value
+
+
+def _is_integer_tensor(value: Any) -> bool:
+    return isinstance(value, Tensor) and not (
+        value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool
+    )
+
+
+def _check_floats(name: str, value: Any, count: int) -> tuple[float, ...]:
+    """``count`` real numbers (a sequence, or a 1-D tensor or array), as floats."""
+    if isinstance(value, Tensor) and value.dim() == 1:
+        value = value.tolist()
+    try:
+        values = None if isinstance(value, str | bytes | Tensor) else list(value)
+    except TypeError:  # not iterable
+        values = None
+    if values is None or any(
+        isinstance(v, bool) or not isinstance(v, numbers.Real) for v in values
+    ):
+        raise TypeError(
+            f"Expected `{name}` to be a sequence of {count} floats (one per channel), but got {describe(value)}."
+        )
+    if len(values) != count:
+        raise ValueError(
+            f"Expected `mean` and `std` to give {count} values each (std > 0), "
+            f"but got {len(values)} values for `{name}`: {tuple(values)}."
+        )
+    return tuple(float(v) for v in values)

@@ -54,7 +54,9 @@ default_cfgs = generate_default_cfgs(
 
 def _refuse_pretrained(pretrained: bool, name: str) -> None:
     if pretrained:
-        raise ValueError(f"{name} has no pretrained weights; create it with pretrained=False.")
+        raise ValueError(
+            f"Expected `pretrained` to be False ({name} has no pretrained weights), but got True."
+        )
 
 
 @register_model

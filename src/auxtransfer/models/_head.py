@@ -1,9 +1,44 @@
-"""The pooled linear head both CIFAR networks share, with timm's head protocol."""
+"""What both CIFAR networks share: the pooled linear head with timm's head protocol, and
+the initialisation of the reference implementations the paper built on."""
 
 from __future__ import annotations
 
+import math
+from typing import cast
+
 import torch
 from torch import Tensor, nn
+
+from .._checks import check_int
+
+
+def check_depth(depth: object) -> int:
+    """Both networks have three stages of ``(depth - 4) // 6`` blocks."""
+    depth = check_int("depth", depth, minimum=10)
+    if (depth - 4) % 6:
+        raise ValueError(
+            f"Expected `depth` to be an int >= 10 with (depth - 4) % 6 == 0, but got {depth}."
+        )
+    return depth
+
+
+def reference_init(model: nn.Module) -> None:
+    """The initialisation of the reference DenseNet and WRN code for CIFAR: convolutions
+    ``normal(0, sqrt(2 / (k * k * out_channels)))`` (fan-out Kaiming), norm weights 1 and
+    biases 0 (running statistics reset), linear layers PyTorch's default with a zero bias."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            module.reset_parameters()
+            nn.init.zeros_(module.bias)
 
 
 class PooledLinearHead:
@@ -27,6 +62,10 @@ class PooledLinearHead:
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def init_weights(self) -> None:
+        """Re-initialise every weight as the constructor does (see ``reference_init``)."""
+        reference_init(cast(nn.Module, self))
 
     def get_classifier(self) -> nn.Module:
         return getattr(self, self._classifier_name)

@@ -8,7 +8,9 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from ._head import PooledLinearHead
+from .._checks import check_int
+from ..layers import DENSENET_MATCHER
+from ._head import PooledLinearHead, check_depth
 
 __all__ = ["CifarDenseNet"]
 
@@ -25,6 +27,11 @@ class CifarDenseNet(PooledLinearHead, torchvision.models.DenseNet):
     It speaks timm's model protocol (``forward_features``, ``forward_head``,
     ``get_classifier``, ``reset_classifier``, ``group_matcher``), and its layer addresses
     are the paper's: ``"2.9"`` is block 2, layer 9.
+
+    Weights are initialised as in the reference DenseNet code for CIFAR that the paper
+    built on, not with torchvision's fan-in Kaiming: convolutions ``normal(0, sqrt(2 /
+    (k * k * out_channels)))``, BatchNorm weight 1 and bias 0, the classifier's bias 0.
+    ``init_weights()`` draws them again.
 
     Args:
         depth: Total depth ``L``, with ``(L - 4) % 6 == 0``.
@@ -45,12 +52,8 @@ class CifarDenseNet(PooledLinearHead, torchvision.models.DenseNet):
         drop_rate: float = 0.0,
         in_chans: int = 3,
     ) -> None:
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-            raise ValueError(
-                f"Expected `depth` to be an int L >= 10 with (L - 4) % 6 == 0, but got {depth!r}."
-            )
-        if isinstance(growth_rate, bool) or not isinstance(growth_rate, int) or growth_rate < 1:
-            raise ValueError(f"Expected `growth_rate` to be an int >= 1, but got {growth_rate!r}.")
+        check_depth(depth)
+        check_int("growth_rate", growth_rate, minimum=1)
         layers = (depth - 4) // 6
         super().__init__(
             growth_rate=growth_rate,
@@ -61,7 +64,6 @@ class CifarDenseNet(PooledLinearHead, torchvision.models.DenseNet):
             num_classes=num_classes,
         )
         stem = nn.Conv2d(in_chans, 2 * growth_rate, kernel_size=3, stride=1, padding=1, bias=False)
-        nn.init.kaiming_normal_(stem.weight)
         self.features.conv0 = stem
         for name in ("norm0", "relu0", "pool0"):
             delattr(self.features, name)
@@ -72,6 +74,7 @@ class CifarDenseNet(PooledLinearHead, torchvision.models.DenseNet):
             width = width // 2 if block < 2 else width  # compression 0.5 in the transitions
         self.num_features = width
         self.depth, self.growth_rate = depth, growth_rate
+        self.init_weights()
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map, after the final BatchNorm and ReLU."""
@@ -85,11 +88,4 @@ class CifarDenseNet(PooledLinearHead, torchvision.models.DenseNet):
                 "stem": r"^features\.conv0\.",
                 "blocks": r"^features\.(?:denseblock|transition)(\d+)\.",
             }
-        return {
-            "stem": r"^features\.conv0\.",
-            "blocks": [
-                (r"^features\.denseblock(\d+)\.denselayer(\d+)\.", None),
-                (r"^features\.transition(\d+)\.", (99999,)),
-                (r"^features\.norm5\.", (99999,)),
-            ],
-        }
+        return dict(DENSENET_MATCHER)

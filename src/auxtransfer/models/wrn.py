@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
+import numbers
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._head import PooledLinearHead
+from .._checks import check_int, describe
+from ._head import PooledLinearHead, check_depth
 
 __all__ = ["WideResNet"]
 
@@ -73,6 +74,11 @@ class WideResNet(PooledLinearHead, nn.Module):
     """
 
     _classifier_name = "fc"
+    conv1: nn.Conv2d
+    block1: _Stage
+    block2: _Stage
+    block3: _Stage
+    bn1: nn.BatchNorm2d
 
     def __init__(
         self,
@@ -83,13 +89,11 @@ class WideResNet(PooledLinearHead, nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-            raise ValueError(
-                f"Expected `depth` to be an int >= 10 with (depth - 4) % 6 == 0, but got {depth!r}."
-            )
-        if isinstance(widen_factor, bool) or not isinstance(widen_factor, int) or widen_factor < 1:
-            raise ValueError(
-                f"Expected `widen_factor` to be an int >= 1, but got {widen_factor!r}."
+        check_depth(depth)
+        check_int("widen_factor", widen_factor, minimum=1)
+        if isinstance(drop_rate, bool) or not isinstance(drop_rate, numbers.Real):
+            raise TypeError(
+                f"Expected `drop_rate` to be a float in [0, 1), but got {describe(drop_rate)}."
             )
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(
@@ -105,15 +109,7 @@ class WideResNet(PooledLinearHead, nn.Module):
         self.fc = nn.Linear(widths[3], num_classes)
         self.num_classes = num_classes
         self.num_features = widths[3]
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        self.init_weights()
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))

@@ -1,0 +1,169 @@
+"""Freshly built twins of a model: where "the model's own initialisation" comes from.
+
+Most models initialise their weights in their constructor (torchvision, most of timm, the
+CIFAR models of this package), not in a method that can be called again. A twin is a new
+model of the same architecture, built on the CPU under a seed; its tensors are what the
+constructor gives, and can be copied into the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ._checks import describe
+
+__all__: list[str] = []
+
+
+class Twin(NamedTuple):
+    """A freshly built model and where it came from: ``"init"``, ``"timm"`` or ``"torchvision"``."""
+
+    module: nn.Module
+    source: str
+
+
+def build_twin(
+    model: nn.Module,
+    *,
+    num_classes: int | None,
+    seed: int,
+    init: Callable[[], nn.Module] | None = None,
+    names: Iterable[str] | None = None,
+    classes_now: int | None = None,
+) -> Twin | None:
+    """A new model like ``model``, built on the CPU after ``torch.manual_seed(seed)``.
+
+    ``init`` (a callable returning a fresh model) is used when given. Otherwise a timm model
+    is rebuilt by its architecture name and a torchvision classification model by the
+    builder whose model has its layers (with ``classes_now`` classes, the model's current
+    number, by default ``num_classes``), both with ``num_classes`` classes (neither when
+    it is None). The twin must
+    hold every tensor in ``names`` (default: all of ``model``'s) with the same shape; None
+    when no twin can be built or none fits. The caller's random state is left unchanged.
+    """
+    wanted = _shapes(model, names)
+    # Builders warn about their defaults (GoogLeNet's init_weights): not the caller's concern.
+    with torch.random.fork_rng(devices=[]), _quiet(), torch.device("cpu"):
+        if init is not None:
+            torch.manual_seed(seed)
+            twin = init()
+            if not isinstance(twin, nn.Module):
+                raise TypeError(
+                    f"Expected `init` to return a fresh nn.Module, but it returned {describe(twin)}."
+                )
+            missing = _misfits(twin, wanted)
+            if missing:
+                raise ValueError(
+                    f"Expected `init` to build a model with the layers of {type(model).__name__}, "
+                    f"but its model lacks or reshapes {', '.join(missing[:5])}"
+                    f"{', ...' if len(missing) > 5 else ''}."
+                )
+            return Twin(twin, "init")
+        if num_classes is None:
+            return None
+        architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        if isinstance(architecture, str):
+            import timm
+
+            if timm.is_model(architecture):
+                torch.manual_seed(seed)
+                twin = timm.create_model(architecture, pretrained=False, num_classes=num_classes)
+                if not _misfits(twin, wanted):
+                    return Twin(twin, "timm")
+        builder = _torchvision_builder(model, num_classes if classes_now is None else classes_now)
+        if builder is not None:
+            torch.manual_seed(seed)
+            return Twin(builder(weights=None, num_classes=num_classes), "torchvision")
+    return None
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _shapes(model: nn.Module, names: Iterable[str] | None) -> dict[str, tuple[int, ...]]:
+    state = model.state_dict(keep_vars=True)
+    selected = state if names is None else {n: state[n] for n in names if n in state}
+    return {name: tuple(tensor.shape) for name, tensor in selected.items()}
+
+
+def _misfits(twin: nn.Module, wanted: dict[str, tuple[int, ...]]) -> list[str]:
+    """Names in ``wanted`` that ``twin`` lacks or holds with another shape."""
+    have = {name: tuple(t.shape) for name, t in twin.state_dict(keep_vars=True).items()}
+    return [name for name, shape in wanted.items() if have.get(name) != shape]
+
+
+def torchvision_model_class(model: nn.Module) -> bool:
+    """Whether ``model`` is of a class that a torchvision classification builder returns."""
+    cls = type(model)
+    return cls.__module__.startswith("torchvision.models") and cls.__name__ in _builder_classes()
+
+
+@functools.cache
+def _builder_classes() -> frozenset[str]:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    return frozenset(
+        getattr(returns, "__name__", str(returns))
+        for returns in (
+            inspect.signature(torchvision.models.get_model_builder(name)).return_annotation
+            for name in names
+        )
+    )
+
+
+def _torchvision_builder(model: nn.Module, num_classes: int) -> Callable[..., nn.Module] | None:
+    """The torchvision builder whose model (on the meta device) has ``model``'s layers.
+
+    A builder whose model has exactly the same tensors wins over one that merely holds
+    them all (a GoogLeNet built without its auxiliary classifiers, say).
+    """
+    cls = type(model)
+    if not torchvision_model_class(model):
+        return None
+    signature = (cls, num_classes, tuple(sorted(_shapes(model, None).items())))
+    name = _matching_builder(signature)
+    if name is None:
+        return None
+    import torchvision
+
+    return torchvision.models.get_model_builder(name)
+
+
+@functools.lru_cache(maxsize=64)
+def _matching_builder(
+    signature: tuple[type, int, tuple[tuple[str, tuple[int, ...]], ...]],
+) -> str | None:
+    import torchvision
+
+    cls, num_classes, items = signature
+    wanted = dict(items)
+    subset = None
+    for name in torchvision.models.list_models(module=torchvision.models):
+        builder = torchvision.models.get_model_builder(name)
+        returns = inspect.signature(builder).return_annotation
+        if getattr(returns, "__name__", returns) != cls.__name__:
+            continue
+        try:
+            with torch.device("meta"), _quiet():
+                candidate: nn.Module = builder(weights=None, num_classes=num_classes)
+        except Exception:  # some builders compute sizes with tensor ops (RegNet)
+            continue
+        if type(candidate) is not cls or _misfits(candidate, wanted):
+            continue
+        if len(candidate.state_dict()) == len(wanted):
+            return name
+        subset = subset or name
+    return subset

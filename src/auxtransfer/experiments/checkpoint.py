@@ -1,0 +1,175 @@
+"""The checkpoint of a run: everything needed to continue it exactly where it stopped.
+
+A checkpoint is a dict tagged ``"format": "auxtransfer-run-v1"`` holding the run's settings,
+the last finished epoch, the model, optimizer and scheduler states, and the random state of
+every process of the run (CPU, and CUDA on the run's device). It is written to a temporary
+file and renamed over the old one, and read with ``torch.load(..., weights_only=True)``: a
+file that is not such a checkpoint is refused, never loaded in a weaker way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .rundir import as_json, replace_atomically
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "RngState",
+    "gather_rng_states",
+    "load_checkpoint",
+    "read_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "auxtransfer-run-v1"
+
+#: One process's random state: the CPU generator's, and the CUDA generator's of the run's
+#: device (None when the run is not on CUDA).
+RngState: TypeAlias = tuple[Tensor, Tensor | None]
+
+
+def gather_rng_states(device: torch.device, world: int) -> list[RngState]:
+    """Every process's random state, in rank order (a collective under DDP: call it on all).
+
+    Args:
+        device: The run's device; its CUDA generator is saved when it is a CUDA device.
+        world: The number of processes of the run.
+
+    Returns:
+        One :data:`RngState` per rank, on the CPU.
+    """
+    mine = (
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    )
+    if world == 1:
+        return [mine]
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    return [(cpu.cpu(), None if cuda is None else cuda.cpu()) for cpu, cuda in gathered]
+
+
+def restore_rng_state(state: RngState, device: torch.device) -> None:
+    """Set the CPU generator, and the CUDA generator of ``device``, to a saved state.
+
+    The CUDA state goes to the run's device, not to whichever device is current: a process
+    may train on ``cuda:1`` while ``cuda:0`` is current. A saved CUDA state is ignored when
+    the run is not on CUDA.
+
+    Args:
+        state: One process's saved state (see ``gather_rng_states``).
+        device: The run's device.
+    """
+    cpu, accelerator = state
+    torch.set_rng_state(cpu)
+    if accelerator is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(accelerator, device)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    config: Mapping[str, Any],
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rng_states: list[RngState],
+) -> None:
+    """Write a checkpoint atomically (a temporary file renamed over ``path``).
+
+    Args:
+        path: Where to write it (``last.pt`` of the run directory).
+        config: The run's settings (JSON-able).
+        epoch: The last finished epoch.
+        model: The model, unwrapped from DDP and ``torch.compile``.
+        optimizer: The optimizer.
+        scheduler: The learning-rate scheduler.
+        rng_states: Every process's random state (``gather_rng_states``).
+    """
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": dict(config),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states,
+    }
+    replace_atomically(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU with ``weights_only=True``, checking its format tag.
+
+    Raises:
+        ValueError: The file cannot be read that way, or is not a run checkpoint.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"Expected {path} to be an auxtransfer checkpoint, but it cannot be read: {error}"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"Expected {path} to be an auxtransfer run checkpoint, but it is not (no 'format' tag)."
+        )
+    return state
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    config: Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> int:
+    """Continue a run from its checkpoint: load the states and this process's random state.
+
+    Everything is checked before anything is loaded.
+
+    Args:
+        path: The checkpoint.
+        config: The settings of the run being continued; they must be the checkpoint's.
+        model: The model to load the weights into.
+        optimizer: The optimizer to load the state into.
+        scheduler: The scheduler to load the state into.
+        rank: This process's rank.
+        world: The number of processes; it must be the number that wrote the checkpoint.
+        device: The run's device, whose CUDA generator gets the saved CUDA state.
+
+    Returns:
+        The last epoch the checkpoint finished.
+
+    Raises:
+        ValueError: The file is not a run checkpoint, or was written by another run or by
+            another number of processes.
+    """
+    state = read_checkpoint(path)
+    if as_json(state["config"]) != as_json(config):
+        raise ValueError(
+            f"Expected {path} to belong to this run's settings, but it was written by another run."
+        )
+    if len(state["rng"]) != world:
+        raise ValueError(
+            f"Expected to resume {path} with the {len(state['rng'])} processes that wrote it, but got {world}."
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(state["rng"][rank], device)
+    return int(state["epoch"])
