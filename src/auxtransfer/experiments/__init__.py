@@ -1,12 +1,15 @@
 """The paper's experiments on top of the core API: data, device-side batches, training.
 
 Training runs live in ``auxtransfer.experiments.train`` (``RunConfig``, ``train_run``), put
-together from ``rundir`` (the run directory), ``checkpoint`` (``last.pt`` and every rank's
-random state) and ``loop`` (the epochs). Optional dependencies of this layer (progress bars,
+together from ``rundir`` (the run directory), ``checkpoint`` (``last.pt``, ``best.pt`` and
+every rank's random state), ``loop`` (the epochs) and ``transfer`` (an A run as the start
+of a B run: ``load_backbone``, freezing, re-initialising, learning-rate tables). Optional dependencies of this layer (progress bars,
 statistics, plots) are imported where they are used.
 """
 
 from .batches import DeviceBatches, crop_flip
 from .cifar import load_cifar100
+from .train import RunConfig, train_run
+from .transfer import load_backbone
 
-__all__ = ["DeviceBatches", "crop_flip", "load_cifar100"]
+__all__ = ["DeviceBatches", "RunConfig", "crop_flip", "load_backbone", "load_cifar100", "train_run"]

@@ -1,10 +1,12 @@
 """The checkpoint of a run: everything needed to continue it exactly where it stopped.
 
-A checkpoint is a dict tagged ``"format": "auxtransfer-run-v1"`` holding the run's settings,
-the last finished epoch, the model, optimizer and scheduler states, and the random state of
-every process of the run (CPU, and CUDA on the run's device). It is written to a temporary
-file and renamed over the old one, and read with ``torch.load(..., weights_only=True)``: a
-file that is not such a checkpoint is refused, never loaded in a weaker way.
+A checkpoint (``last.pt``) is a dict tagged ``"format": "auxtransfer-run-v1"`` holding the
+run's settings, the last finished epoch, the model and optimizer states (the learning rates
+are a function of the epoch), and the random state of every process of the run (CPU, and
+CUDA on the run's device). The weights of the best epoch so far (``best.pt``, tagged
+``"auxtransfer-weights-v1"``) sit beside it. Both are written to a temporary file and
+renamed over the old one, and read with ``torch.load(..., weights_only=True)``: a file that
+is not what it should be is refused, never loaded in a weaker way.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ __all__ = [
     "gather_rng_states",
     "load_checkpoint",
     "read_checkpoint",
+    "read_weights",
     "restore_rng_state",
     "save_checkpoint",
+    "save_weights",
 ]
 
 CHECKPOINT_FORMAT = "auxtransfer-run-v1"
+WEIGHTS_FORMAT = "auxtransfer-weights-v1"
 
 #: One process's random state: the CPU generator's, and the CUDA generator's of the run's
 #: device (None when the run is not on CUDA).
@@ -45,7 +50,7 @@ def gather_rng_states(device: torch.device, world: int) -> list[RngState]:
         world: The number of processes of the run.
 
     Returns:
-        One :data:`RngState` per rank, on the CPU.
+        One ``RngState`` per rank, on the CPU.
     """
     mine = (
         torch.get_rng_state(),
@@ -82,7 +87,6 @@ def save_checkpoint(
     epoch: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
     rng_states: list[RngState],
 ) -> None:
     """Write a checkpoint atomically (a temporary file renamed over ``path``).
@@ -93,7 +97,6 @@ def save_checkpoint(
         epoch: The last finished epoch.
         model: The model, unwrapped from DDP and ``torch.compile``.
         optimizer: The optimizer.
-        scheduler: The learning-rate scheduler.
         rng_states: Every process's random state (``gather_rng_states``).
     """
     state = {
@@ -102,10 +105,45 @@ def save_checkpoint(
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
         "rng": rng_states,
     }
     replace_atomically(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def save_weights(
+    path: str | os.PathLike[str],
+    *,
+    config: Mapping[str, Any],
+    epoch: int,
+    test_error: float,
+    model: nn.Module,
+) -> None:
+    """Write a model's weights atomically, with the settings and epoch they come from.
+
+    Args:
+        path: Where to write them (``best.pt`` of the run directory).
+        config: The run's settings (JSON-able).
+        epoch: The epoch after which the weights were taken.
+        test_error: Their test error, in percent.
+        model: The model, unwrapped from DDP and ``torch.compile``.
+    """
+    state = {
+        "format": WEIGHTS_FORMAT,
+        "config": dict(config),
+        "epoch": epoch,
+        "test_error": test_error,
+        "model": model.state_dict(),
+    }
+    replace_atomically(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The model state saved by ``save_weights``, read onto the CPU with ``weights_only=True``.
+
+    Raises:
+        ValueError: The file cannot be read that way, or is not such a file.
+    """
+    return dict(_read(path, WEIGHTS_FORMAT, "weights file")["model"])
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -114,15 +152,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         ValueError: The file cannot be read that way, or is not a run checkpoint.
     """
+    return _read(path, CHECKPOINT_FORMAT, "run checkpoint")
+
+
+def _read(path: str | os.PathLike[str], tag: str, kind: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(
             f"Expected {path} to be an auxtransfer checkpoint, but it cannot be read: {error}"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or state.get("format") != tag:
         raise ValueError(
-            f"Expected {path} to be an auxtransfer run checkpoint, but it is not (no 'format' tag)."
+            f"Expected {path} to be an auxtransfer {kind}, but it is not (no {tag!r} tag)."
         )
     return state
 
@@ -133,7 +175,6 @@ def load_checkpoint(
     config: Mapping[str, Any],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
     rank: int,
     world: int,
     device: torch.device,
@@ -147,7 +188,6 @@ def load_checkpoint(
         config: The settings of the run being continued; they must be the checkpoint's.
         model: The model to load the weights into.
         optimizer: The optimizer to load the state into.
-        scheduler: The scheduler to load the state into.
         rank: This process's rank.
         world: The number of processes; it must be the number that wrote the checkpoint.
         device: The run's device, whose CUDA generator gets the saved CUDA state.
@@ -170,6 +210,5 @@ def load_checkpoint(
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
     restore_rng_state(state["rng"][rank], device)
     return int(state["epoch"])

@@ -149,6 +149,11 @@ class RunDir:
         return self.path / "last.pt"
 
     @property
+    def best_path(self) -> Path:
+        """``best.pt``: the weights of the epoch with the lowest test error so far."""
+        return self.path / "best.pt"
+
+    @property
     def results_path(self) -> Path:
         return self.path / "results.json"
 

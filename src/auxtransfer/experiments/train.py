@@ -11,10 +11,12 @@ stopped: weights, optimizer, scheduler, epoch and random state.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from ..heads import RandomPartitionHead
 from .batches import DeviceBatches
-from .checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
+from .checkpoint import gather_rng_states, load_checkpoint, save_checkpoint, save_weights
 from .loop import (
     evaluate,
     head_learning_rate,
@@ -32,7 +34,15 @@ from .loop import (
     train_averages,
     train_one_epoch,
 )
-from .rundir import RunDir, format_learning_rates, summarise_metrics
+from .rundir import RunDir, as_json, format_learning_rates, summarise_metrics
+from .transfer import (
+    build_transfer_model,
+    check_lr_table,
+    check_source,
+    resolve_run,
+    set_learning_rates,
+    transfer_groups,
+)
 
 __all__ = ["RunConfig", "train_run"]
 
@@ -41,10 +51,24 @@ __all__ = ["RunConfig", "train_run"]
 class RunConfig:
     """Every setting of one run; saved as ``config.json``.
 
-    ``milestones`` are the epochs (1-based) at whose start the learning rate is multiplied
-    by ``gamma``: the paper's pre-training is ``epochs=175, milestones=(126, 151)``.
-    ``binary_weight > 0`` adds a [`RandomPartitionHead`][auxtransfer.RandomPartitionHead] with
-    ``num_partitions`` partitions seeded by ``partition_seed``.
+    The learning rate follows ``lr_table`` when it is given: ``((from_epoch, rates), ...)``,
+    from epoch ``m`` on (1-based) the rate of each role of parameter group, one role for a
+    run from scratch, two (kept layers, new layers) for a transfer run. The paper's
+    fine-tuning is ``((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))``.
+    Without a table, ``milestones`` are the epochs from which on the rate is multiplied by
+    ``gamma`` once more: the paper's pre-training is ``epochs=175, lr=0.1,
+    milestones=(126, 151)``. ``binary_weight > 0`` adds a
+    [`RandomPartitionHead`][auxtransfer.RandomPartitionHead] with ``num_partitions``
+    partitions seeded by ``partition_seed``.
+
+    ``split_seed``, ``side`` (``"A"``, ``"B"`` or ``"all"``) and ``per_class`` record which
+    data the run saw; ``smoke`` marks a run that is not a result. ``transfer_from`` makes a
+    transfer run: it starts from the finished run in that directory (a relative path is taken
+    from this run's directory, e.g. ``"../pretrain"``), its ``transfer_weights``
+    (``"best"`` or ``"last"``) with a fresh classifier; ``reset`` re-initialises everything
+    after that address (``"0"``: nothing is kept), ``freeze`` freezes everything up to and
+    including that address (``"0"``: nothing) with the BatchNorm policy ``bn``. Its kept
+    layers are the stem up to ``reset`` (without one, everything but the classifier).
     """
 
     model: str
@@ -67,12 +91,21 @@ class RunConfig:
     compile_backend: str = "inductor"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     phase: str = "train"
+    lr_table: tuple[tuple[int, tuple[float, ...]], ...] = ()
+    split_seed: int | None = None
+    side: str = "all"
+    per_class: int | None = None
+    transfer_from: str | None = None
+    transfer_weights: str = "best"
+    freeze: str | None = None
+    reset: str | None = None
+    bn: str = "freeze"
+    smoke: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON-able values (``milestones`` as a list), as saved."""
         data = dataclasses.asdict(self)
-        data["milestones"] = list(self.milestones)
-        return data
+        return dict(as_json(data))
 
 
 def train_run(
@@ -110,9 +143,10 @@ def train_run(
             unfinished (a job with a time limit); ``resume=True`` continues it.
         param_groups: Makes the optimizer's parameter groups from the model, each with its
             own starting ``lr`` (e.g. ``lambda m: layerwise_lr(m, until="2.9", lr=0.01,
-            new_lr=0.1)``); the schedule scales every group from its own. Every group's
-            rate is logged (``lr_groups``), named by its ``"addresses"`` where it has them.
-            Default: one group at ``config.lr``.
+            new_lr=0.1)``); the milestones scale every group from its own, or, with an
+            ``lr_table``, each group takes the rate of its ``"role"``. Every group's rate is
+            logged (``lr_groups``), named by its ``"addresses"`` where it has them. Default:
+            one group at ``config.lr``, or a transfer run's kept and new groups.
 
     Returns:
         The content of ``results.json``, or None when ``stop_after`` stopped the run early.
@@ -122,21 +156,24 @@ def train_run(
     device = torch.device(device)
     settings = config.to_json()
     run.check_start(settings, resume=resume)
-    _check_settings(config, train_data, test_data, world, stop_after)
+    source = resolve_run(run.path, config.transfer_from) if config.transfer_from else None
+    _check_settings(config, train_data, test_data, world, stop_after, source)
 
-    net, partition = _build_model(config, build_model or _timm_model, device, rank)
-    optimizer, scheduler = _build_optimizer(config, net, param_groups)
+    net, partition, kept = _build_model(config, build_model or _timm_model, device, rank, source)
+    optimizer = _build_optimizer(config, net, param_groups, kept)
     start_epoch = 1
     if resume and run.checkpoint_path.exists():
         start_epoch = 1 + load_checkpoint(
             run.checkpoint_path, config=settings, model=net, optimizer=optimizer,
-            scheduler=scheduler, rank=rank, world=world, device=device,
+            rank=rank, world=world, device=device,
         )  # fmt: skip
     if rank == 0:
         run.write_config(settings)
         # Rows of epochs after the checkpoint (a run stopped between writing its metrics and
         # its checkpoint) are dropped: those epochs run again.
         run.truncate_metrics(before=start_epoch)
+    done = run.read_metrics() if rank == 0 and start_epoch > 1 else []
+    best_error = min((float(row["test_error"]) for row in done), default=math.inf)
 
     trainer = _wrap_for_training(net, config, device, world)
     batches = DeviceBatches(
@@ -154,7 +191,10 @@ def train_run(
     )
     for epoch in range(start_epoch, last_epoch + 1):
         started = time.perf_counter()
-        # The rates this epoch trains with, before the schedule steps at its end.
+        set_learning_rates(
+            optimizer.param_groups, epoch, table=config.lr_table,
+            milestones=config.milestones, gamma=config.gamma,
+        )  # fmt: skip
         lr = head_learning_rate(optimizer.param_groups)
         lr_groups = format_learning_rates(learning_rates(optimizer.param_groups))
         sums = train_one_epoch(
@@ -165,7 +205,6 @@ def train_run(
             binary_weight=config.binary_weight,
             amp=use_amp,
         )
-        scheduler.step()
         test_loss, test_error = evaluate(trainer, tests, amp=use_amp)
         averages = train_averages(sums, world=world, binary=partition is not None)
         row = {
@@ -181,9 +220,14 @@ def train_run(
         rng_states = gather_rng_states(device, world)
         if rank == 0:
             run.append_metrics(row, fresh=epoch == 1)
+            if test_error < best_error:  # the paper kept A's best epoch (on A's test set)
+                best_error = test_error
+                save_weights(
+                    run.best_path, config=settings, epoch=epoch, test_error=test_error, model=net
+                )
             save_checkpoint(
                 run.checkpoint_path, config=settings, epoch=epoch, model=net,
-                optimizer=optimizer, scheduler=scheduler, rng_states=rng_states,
+                optimizer=optimizer, rng_states=rng_states,
             )  # fmt: skip
         if world > 1:
             dist.barrier()
@@ -213,11 +257,17 @@ def _build_model(
     build_model: Callable[[RunConfig], nn.Module],
     device: torch.device,
     rank: int,
-) -> tuple[nn.Module, Tensor | None]:
-    """The model on ``device`` (with the binary head when ``binary_weight > 0``) and its
-    partition; leaves the global generator seeded for this rank's dropout masks."""
+    source: Path | None,
+) -> tuple[nn.Module, Tensor | None, str | None]:
+    """The model on ``device`` (with the binary head when ``binary_weight > 0``), its
+    partition, and a transfer run's last kept address; leaves the global generator seeded
+    for this rank's dropout masks."""
     torch.manual_seed(config.seed)  # the model's initial weights: the same on every rank
-    model = build_model(config)
+    kept = None
+    if source is None:
+        model = build_model(config)
+    else:
+        model, kept = build_transfer_model(config.to_json(), source, seed=config.seed)
     # From here on each rank draws its own dropout masks.
     torch.manual_seed((config.seed + 1_000_003 * rank) % 2**63)
     net: nn.Module = model
@@ -230,26 +280,32 @@ def _build_model(
     net = net.to(device)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return net, partition
+    return net, partition, kept
 
 
 def _build_optimizer(
     config: RunConfig,
     net: nn.Module,
     param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None,
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD with momentum and the step schedule of ``config``."""
+    kept: str | None,
+) -> torch.optim.Optimizer:
+    """SGD with momentum over the run's parameter groups; rates are set every epoch."""
+    if param_groups is not None:
+        groups: Any = param_groups(net)
+    elif config.transfer_from is not None:
+        groups = transfer_groups(net, config.lr_table, until=kept)
+    else:
+        groups = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
-        net.parameters() if param_groups is None else param_groups(net),
+        groups,
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         nesterov=config.nesterov,
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=[m - 1 for m in config.milestones], gamma=config.gamma
-    )
-    return optimizer, scheduler
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])  # what the milestones scale
+    return optimizer
 
 
 def _wrap_for_training(
@@ -272,6 +328,7 @@ def _check_settings(
     test_data: tuple[Tensor, Tensor],
     world: int,
     stop_after: int | None,
+    source: Path | None,
 ) -> None:
     """Everything that can be checked before a file is written."""
     import timm
@@ -290,6 +347,28 @@ def _check_settings(
             f"Expected `milestones` to be increasing epochs in [2, {config.epochs}] (the epochs whose "
             f"start lowers the learning rate), but got {milestones}."
         )
+    choices = {"side": ("all", "A", "B"), "bn": ("freeze", "update")}
+    choices["transfer_weights"] = ("best", "last")
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(
+                f"Expected `{name}` to be one of {allowed}, but got {getattr(config, name)!r}."
+            )
+    if config.lr_table:
+        check_lr_table(config.lr_table, epochs=config.epochs, roles=2 if source else None)
+    elif source is not None:
+        raise ValueError(
+            "Expected `lr_table` with two rates per entry (kept layers, new layers) for a "
+            "transfer run (`transfer_from`), but got none."
+        )
+    if source is None and (config.freeze is not None or config.reset is not None):
+        raise ValueError(
+            f"Expected `transfer_from` with `freeze` or `reset` (they act on transferred "
+            f"weights), but got freeze={config.freeze!r}, reset={config.reset!r} and no "
+            f"`transfer_from`."
+        )
+    if source is not None:
+        check_source(config.to_json(), source)
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"Expected `stop_after` to be at least 1 epoch, but got {stop_after}.")
     for name, (_, labels) in (("train_data", train_data), ("test_data", test_data)):
