@@ -79,6 +79,6 @@ def test_bad_requests():
         reset_classifier(model, "5")
     with pytest.raises(TypeError, match=r"`model` to be an nn.Module, but got 'resnet18'"):
         reset_classifier("resnet18", 5)
-    with pytest.raises(ValueError, match=r"Could not find the classifier of Sequential"):
+    with pytest.raises(ValueError, match=r"could not find the classifier of Sequential"):
         reset_classifier(nn.Sequential(nn.Linear(2, 2)), 5)
     assert model.fc.out_features == 10  # nothing changed

@@ -400,3 +400,68 @@ def test_a_crafted_pickle_cannot_run_code(tmp_path, capsys):
     (folder / "train").write_bytes(b"\x80\x04truncated")
     with pytest.raises(ValueError, match=r"reading it failed"):
         load_cifar100(tmp_path, train=True)
+
+
+class _Normalised(torch.utils.data.Dataset):
+    """Images normalised one by one, as a torchvision transform would."""
+
+    def __init__(self, images, labels, mean, std):
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return (self.images[index].float() / 255 - self.mean) / self.std, int(self.labels[index])
+
+
+@pytest.mark.parametrize(("world", "train"), [(1, True), (3, True), (2, False)])
+def test_loader_batches_match_device_batches(world, train):
+    from auxtransfer.experiments.batches import LoaderBatches
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (23, 3, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 4, (23,), generator=g)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    partition = torch.tensor([[0, 1, 1, 0]])
+    dataset = _Normalised(images, labels, mean, std)
+    for rank in range(world):
+        common = {"batch_size": 4, "train": train, "seed": 3, "partition": partition}
+        common.update(rank=rank, world_size=world)
+        ours = LoaderBatches(dataset, **common)
+        # The same order; no crop or flip, which the dataset's transforms would do.
+        reference = DeviceBatches(images, labels, mean=mean, std=std, pad=0, flip=False, **common)
+        for epoch in (1, 2):
+            ours.set_epoch(epoch)
+            reference.set_epoch(epoch)
+            pairs = list(zip(ours, reference, strict=True))
+            assert len(pairs) == len(ours) == len(reference)
+            for a, b in pairs:
+                torch.testing.assert_close(a[0], b[0])
+                assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+                assert torch.equal(ours.last_batch_original, reference.last_batch_original)
+
+
+def test_train_run_takes_datasets(tmp_path):
+    from auxtransfer.experiments.train import RunConfig, train_run
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 3, (24,), generator=g)
+    data = _Normalised(images, labels, (0.5,) * 3, (0.25,) * 3)
+    config = RunConfig(
+        model="cifar_densenet_bc_100", model_kwargs={"depth": 10, "growth_rate": 4},
+        num_classes=3, epochs=2, batch_size=8, binary_weight=0.4, num_workers=1,
+    )  # fmt: skip
+    straight = train_run(config, tmp_path / "straight", data, data)
+    assert straight["epochs"] == 2
+    assert train_run(config, tmp_path / "resumed", data, data, stop_after=1) is None
+    assert train_run(config, tmp_path / "resumed", data, data, resume=True) == straight
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match=r"`mean` and `std` with \(images, labels\) tensors"):
+        train_run(config, tmp_path / "tensors", (images, labels), (images, labels))
+    assert not (tmp_path / "tensors").exists()

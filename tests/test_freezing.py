@@ -166,6 +166,8 @@ def test_bad_freeze_requests():
     model = densenet_bc()
     with pytest.raises(ValueError, match=r"`bn` to be 'freeze' or 'update', but got 'eval'"):
         freeze_until(model, "2", bn="eval")
+    with pytest.raises(TypeError, match=r"`bn` to be 'freeze' or 'update', but got True"):
+        freeze_until(model, "2", bn=True)
     with pytest.raises(ValueError, match=r"but got '4'\. Valid addresses, closest first: 3\."):
         freeze_until(model, "4")
     assert all(p.requires_grad for p in model.parameters())  # nothing half-done
@@ -468,3 +470,29 @@ def test_reset_after_makes_the_layers_it_reinitialises_trainable():
     assert not model.layer3[0].bn1.training
     unfreeze(model)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_reset_after_with_a_replaced_classifier_still_rebuilds_the_body():
+    torch.manual_seed(0)
+    model = _perturbed(torchvision.models.resnet18(num_classes=10))
+    model.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(512, 50))
+    summary = reset_after(model, "3", seed=3)
+    assert summary.init == "torchvision+modules"  # the body as built; the new head: defaults
+    torch.manual_seed(3)
+    fresh = torchvision.models.resnet18(num_classes=50).state_dict()
+    for name in summary.tensors:
+        if not name.startswith("fc."):
+            assert torch.equal(model.state_dict()[name], fresh[name]), name
+
+
+def test_reset_after_with_a_factory_keeps_the_wrappers_partition():
+    from auxtransfer import RandomPartitionHead
+
+    net = RandomPartitionHead(torchvision.models.resnet18(num_classes=10), seed=5)
+    partition = net.partition.clone()
+    reset_after(
+        net, "3", init=lambda: RandomPartitionHead(torchvision.models.resnet18(num_classes=10))
+    )
+    assert torch.equal(net.partition, partition)
+    net.reset_parameters()
+    assert torch.equal(net.partition, partition)

@@ -339,7 +339,7 @@ def test_explicit_classifier_for_a_custom_model():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 5))
     with pytest.raises(
-        ValueError, match=r"Could not find the classifier of Sequential.*`classifier=`.*'3'"
+        ValueError, match=r"could not find the classifier of Sequential.*`classifier=`.*'3'"
     ):
         RandomPartitionHead(model)
     net = RandomPartitionHead(model, classifier="3").eval()
@@ -450,7 +450,7 @@ def test_timm_model_without_classifier_is_refused(name):
     # Their heads hold pre-logits layers (or raise in get_classifier): never take those.
     with torch.device("meta"):
         model = timm.create_model(name, num_classes=0)
-    with pytest.raises(ValueError, match=r"Could not find the classifier .*`classifier=`"):
+    with pytest.raises(ValueError, match=r"could not find the classifier .*`classifier=`"):
         RandomPartitionHead(model)
 
 
@@ -474,3 +474,55 @@ def test_bad_relabel_input():
         match=r"`target` to be a tensor of class indices or class probabilities, but got \[0, 1\]",
     ):
         net.relabel([0, 1])
+
+
+def test_a_wrapper_built_on_meta_materialises():
+    with torch.device("meta"):
+        net = RandomPartitionHead(torchvision.models.resnet18(num_classes=10), seed=5)
+    net.to_empty(device="cpu")
+    net.reset_parameters()
+    assert torch.equal(net.partition, class_partition(10, seed=5))
+
+
+def test_no_attribute_is_left_on_the_classifier():
+    backbone = _resnet().eval()
+    before = set(backbone.fc.__dict__)
+    net = RandomPartitionHead(backbone)
+    net(_x())
+    assert set(backbone.fc.__dict__) == before
+
+
+def test_a_named_classifier_may_scale_the_logits():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(self.body(x)) / 2.0  # a temperature
+
+    with pytest.raises(RuntimeError, match=r"`fc` to output the model's logits"):
+        RandomPartitionHead(Scaled())(_x())
+    net = RandomPartitionHead(Scaled(), classifier="fc")
+    assert net(_x()).aux_logits.shape == (4, 1, 2)
+
+
+def test_timm_layer_decay_sees_the_binary_head_with_the_head():
+    from timm.optim import param_groups_layer_decay
+
+    def scales(model):
+        groups = param_groups_layer_decay(model, layer_decay=0.5)
+        return {
+            name: group["lr_scale"]
+            for group in groups
+            for name, p in model.named_parameters()
+            if any(p is q for q in group["params"])
+        }
+
+    backbone = timm.create_model("resnet18", num_classes=10)
+    plain = scales(backbone)
+    wrapped = scales(RandomPartitionHead(backbone))
+    for name, scale in plain.items():
+        assert wrapped[f"backbone.{name}"] == scale, name
+    assert wrapped["aux_head.weight"] == plain["fc.weight"]

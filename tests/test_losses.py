@@ -622,17 +622,26 @@ def test_bad_weight_types(weight):
         combined_loss((logits, aux_logits), y, y_b, weight)
 
 
-@pytest.mark.parametrize("reduction", ["avg", "MEAN", "", None, 0])
-def test_bad_reduction(reduction):
+@pytest.mark.parametrize(
+    ("reduction", "error"),
+    [
+        ("avg", ValueError),
+        ("MEAN", ValueError),
+        ("", ValueError),
+        (None, TypeError),
+        (0, TypeError),
+    ],
+)
+def test_bad_reduction(reduction, error):
     match = r"Expected `reduction` to be one of \('mean', 'sum', 'none'\), but got " + re.escape(
         repr(reduction)
     )
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         CombinedLoss(0.4, reduction=reduction)
     logits, aux_logits, y, y_b = _batch()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         combined_loss((logits, aux_logits), y, y_b, 0.4, reduction=reduction)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         combined_loss_terms((logits, aux_logits), y, y_b, 0.4, reduction=reduction)
 
 

@@ -21,9 +21,16 @@ def test_readme_example_runs(build):
         (torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 50, (4,), generator=g))
         for _ in range(2)
     ]
+    # Run it up to the transfer step, then the transfer step: the classifier must change.
+    training, _, transfer = code.partition("backbone = net.unwrap()")
+    assert transfer
     namespace = {"loader": loader}
-    exec(compile(code, str(README), "exec"), namespace)
+    exec(compile(training, str(README), "exec"), namespace)
+    trained = namespace["net"].backbone.fc.weight.detach().clone()
+    exec(compile("backbone = net.unwrap()" + transfer, str(README), "exec"), namespace)
     backbone, net = namespace["backbone"], namespace["net"]
+    assert backbone.fc.out_features == 50
+    assert not torch.equal(backbone.fc.weight, trained)
     assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, 50)
     assert not backbone.fc._forward_pre_hooks  # unwrapped: the plain model
     # The logged terms are those of the last batch, against plain cross entropy.

@@ -37,17 +37,18 @@ def build_twin(
     seed: int,
     init: Callable[[], nn.Module] | None = None,
     names: Iterable[str] | None = None,
+    match: Iterable[str] | None = None,
     classes_now: int | None = None,
 ) -> Twin | None:
     """A new model like ``model``, built on the CPU after ``torch.manual_seed(seed)``.
 
     ``init`` (a callable returning a fresh model) is used when given. Otherwise a timm model
-    is rebuilt by its architecture name and a torchvision classification model by the
-    builder whose model has its layers (with ``classes_now`` classes, the model's current
-    number, by default ``num_classes``), both with ``num_classes`` classes (neither when
-    it is None). The twin must
-    hold every tensor in ``names`` (default: all of ``model``'s) with the same shape; None
-    when no twin can be built or none fits. The caller's random state is left unchanged.
+    is rebuilt by its architecture name, and a torchvision classification model by the
+    builder whose model (with ``classes_now`` classes, by default ``num_classes``) has the
+    tensors ``match`` names (default: all of ``model``'s; leave a replaced classifier out),
+    both with ``num_classes`` classes (neither when it is None) and default arguments. The
+    twin must hold every tensor in ``names`` (default: all) with the same shape; None when
+    no twin can be built or none fits. The caller's random state is left unchanged.
     """
     wanted = _shapes(model, names)
     # Builders warn about their defaults (GoogLeNet's init_weights): not the caller's concern.
@@ -78,7 +79,9 @@ def build_twin(
                 twin = timm.create_model(architecture, pretrained=False, num_classes=num_classes)
                 if not _misfits(twin, wanted):
                     return Twin(twin, "timm")
-        builder = _torchvision_builder(model, num_classes if classes_now is None else classes_now)
+        builder = _torchvision_builder(
+            model, num_classes if classes_now is None else classes_now, _shapes(model, match)
+        )
         if builder is not None:
             torch.manual_seed(seed)
             return Twin(builder(weights=None, num_classes=num_classes), "torchvision")
@@ -124,16 +127,21 @@ def _builder_classes() -> frozenset[str]:
     )
 
 
-def _torchvision_builder(model: nn.Module, num_classes: int) -> Callable[..., nn.Module] | None:
+def _torchvision_builder(
+    model: nn.Module, num_classes: int, match: dict[str, tuple[int, ...]]
+) -> Callable[..., nn.Module] | None:
     """The torchvision builder whose model (on the meta device) has ``model``'s layers.
 
-    A builder whose model has exactly the same tensors wins over one that merely holds
-    them all (a GoogLeNet built without its auxiliary classifiers, say).
+    A builder whose model has as many tensors as ``model`` wins over one that merely holds
+    those of ``match`` (a GoogLeNet built without its auxiliary classifiers, say). Builders
+    that cannot build on the meta device (RegNet computes its widths with tensor
+    operations) are not tried.
     """
     cls = type(model)
     if not torchvision_model_class(model):
         return None
-    signature = (cls, num_classes, tuple(sorted(_shapes(model, None).items())))
+    count = len(model.state_dict())
+    signature = (cls, num_classes, count, tuple(sorted(match.items())))
     name = _matching_builder(signature)
     if name is None:
         return None
@@ -144,11 +152,11 @@ def _torchvision_builder(model: nn.Module, num_classes: int) -> Callable[..., nn
 
 @functools.lru_cache(maxsize=64)
 def _matching_builder(
-    signature: tuple[type, int, tuple[tuple[str, tuple[int, ...]], ...]],
+    signature: tuple[type, int, int, tuple[tuple[str, tuple[int, ...]], ...]],
 ) -> str | None:
     import torchvision
 
-    cls, num_classes, items = signature
+    cls, num_classes, count, items = signature
     wanted = dict(items)
     subset = None
     for name in torchvision.models.list_models(module=torchvision.models):
@@ -163,7 +171,7 @@ def _matching_builder(
             continue
         if type(candidate) is not cls or _misfits(candidate, wanted):
             continue
-        if len(candidate.state_dict()) == len(wanted):
+        if len(candidate.state_dict()) == count:
             return name
         subset = subset or name
     return subset

@@ -88,7 +88,10 @@ def reset_classifier(model: nn.Module, num_classes: int, *, seed: int = 0) -> nn
     new layer sits where the old one was, on its device and in its dtype.
 
     The random draws come from a generator seeded with ``seed``; the caller's random state
-    is unchanged.
+    is unchanged. For torchvision models a whole fresh model is built on the CPU, with the
+    builder's default arguments, to take its classifier (a second or two for ViT-B).
+    Only the main classifier is replaced: GoogLeNet's and Inception v3's auxiliary
+    classifiers keep their class count (build those with ``aux_logits=False`` for transfer).
 
     Args:
         model: A timm or torchvision model, or any model whose classifier
@@ -165,9 +168,9 @@ def _raise_not_found(model: nn.Module, tried: list[str]) -> NoReturn:
     detail = f" ({'; '.join(tried)})" if tried else ""
     hint = f", e.g. one of {candidates[::-1]}" if candidates else ""
     raise ValueError(
-        f"Could not find the classifier of {type(model).__name__}{detail}. Expected a timm "
-        f"model with get_classifier() and num_classes > 0, or a module named "
-        f"{' / '.join(_HEAD_ATTRIBUTES)}. Pass the name of the layer that outputs the class "
+        f"Expected a timm model with get_classifier() and num_classes > 0, or a module named "
+        f"{' / '.join(_HEAD_ATTRIBUTES)}, but could not find the classifier of "
+        f"{type(model).__name__}{detail}. Pass the name of the layer that outputs the class "
         f"logits as `classifier=`{hint}."
     )
 

@@ -119,6 +119,8 @@ def freeze_until(
         froze 5 layer groups (stem ... 2.1): 683,072 of 11,689,512 parameters;
         11,006,440 stay trainable; 10 norm layers keep their running statistics (bn='freeze')
     """
+    if not isinstance(bn, str):
+        raise TypeError(f"Expected `bn` to be 'freeze' or 'update', but got {describe(bn)}.")
     if bn not in ("freeze", "update"):
         raise ValueError(f"Expected `bn` to be 'freeze' or 'update', but got {bn!r}.")
     groups = layer_groups(model)
@@ -239,8 +241,14 @@ def reset_after(
     [`freeze_until`][auxtransfer.freeze_until] had frozen become trainable again (their
     norm layers follow ``model.train()`` again): a re-initialised layer has nothing to keep.
 
-    The random draws depend on ``seed`` alone, not on the device; the caller's random state
-    is unchanged afterwards.
+    A fresh model is built with its builder's default arguments: an argument that changes
+    the initialisation (torchvision's ``zero_init_residual=True``, timm's
+    ``head_init_scale``) is not seen; pass ``init`` to honour it. Building the fresh model
+    costs about what building the model costs.
+
+    The values from a fresh model depend on ``seed`` alone, not on the device (it is built
+    on the CPU); module defaults are drawn on the model's device, seeded by ``seed``. The
+    caller's random state is unchanged afterwards.
 
     Args:
         model: A timm or torchvision model, or any module
@@ -290,15 +298,27 @@ def reset_after(
     with torch.no_grad():
         for prefix, twin, covers, source in _twins(model, tensors, seed, init):
             fresh = twin.state_dict()
+            used = False
             for name in tensors:
-                if name in owned or not name.startswith(prefix):
-                    continue
-                owned.add(name)
                 inner = name[len(prefix) :]
-                if name not in tied and inner in covers:
-                    state[name].copy_(fresh[inner])
+                if (
+                    name in owned
+                    or not name.startswith(prefix)
+                    or inner not in fresh
+                    or fresh[inner].shape != state[name].shape
+                ):
+                    continue  # not the twin's: a replaced classifier gets module defaults
+                owned.add(name)
+                # Integer buffers other than BatchNorm's counter (a partition) are state, not
+                # weights: a fresh model's would only overwrite them.
+                value = fresh[inner]
+                keep = not value.is_floating_point() and not name.endswith("num_batches_tracked")
+                if name not in tied and inner in covers and not keep:
+                    state[name].copy_(value)
                     done.add(name)
-            sources.append(source)
+                    used = True
+            if used:
+                sources.append(source)
         rest = {t for t in tensors if t not in owned and t not in tied}
         if rest:
             devices = sorted(
@@ -312,9 +332,11 @@ def reset_after(
     init_used = "+".join(dict.fromkeys(sources)) or "modules"
     if init_used == "modules":
         warnings.warn(
-            f"reset_after used PyTorch's default initialisation for {type(model).__name__}: it "
-            f"is neither a timm nor a torchvision model and has no init_weights(); pass "
-            f"`init=` (a callable returning a fresh model) to use the model's own.",
+            f"reset_after used PyTorch's default initialisation for {type(model).__name__}: no "
+            f"fresh model of its architecture could be built (not a timm or torchvision "
+            f"model, or one whose layers no builder with default arguments has) and it has no "
+            f"init_weights(); pass `init=` (a callable returning a fresh model) to use the "
+            f"model's own.",
             stacklevel=2,
         )
     if skipped:
@@ -364,7 +386,12 @@ def _twins(
             continue
         twin = None
         if "pretrained_cfg" in module.__dict__ or torchvision_model_class(module):
-            twin = build_twin(module, num_classes=_num_classes(module), seed=seed, names=inner)
+            # Matched and required without the classifier, which a user may have replaced.
+            body = [t for g in layer_groups(module) if g.address != "head" for t in g.tensors]
+            required = set(inner) & set(body)
+            twin = build_twin(
+                module, num_classes=_num_classes(module), seed=seed, names=required, match=body
+            )
         if twin is not None:
             taken.append(name)
             yield prefix, twin.module, set(twin.module.state_dict()), twin.source

@@ -82,9 +82,11 @@ class RandomPartitionHead(nn.Module):
     is the plain model for the transfer step. The hook lives as long as the wrapper: it is
     removed by ``unwrap()`` or when the wrapper is garbage-collected.
 
-    The first forward pass checks that the classifier found produces the model's logits (its
-    output has the logits' shape and, outside timm's own ``get_classifier``, is the logits
-    tensor) and fails with a clear message otherwise.
+    The first forward pass checks that the classifier produces the model's logits: its
+    output must have the logits' shape and, for a layer found by attribute name (``fc``,
+    ``classifier``, ...), be the logits tensor; it fails with a clear message otherwise. A
+    layer named with ``classifier=`` or found by timm's ``get_classifier()`` only has to
+    have the shape, so models that scale or average their logits can be wrapped.
 
     Args:
         backbone: Any classification model: a timm model, a torchvision model, or any module
@@ -132,6 +134,7 @@ class RandomPartitionHead(nn.Module):
                 f"Expected `backbone` to be an nn.Module, but got {describe(backbone)}."
             )
         seed = check_seed("seed", seed)
+        self._explicit = classifier is not None
         if classifier is None:
             classifier = find_classifier(backbone)
         elif not isinstance(classifier, str):
@@ -255,7 +258,8 @@ class RandomPartitionHead(nn.Module):
         """Run the backbone once; return its logits and the binary heads' logits."""
         if self._hooks is None:
             raise RuntimeError(
-                "This RandomPartitionHead was unwrapped; call its former `backbone` directly."
+                "Expected a RandomPartitionHead that wraps a backbone, but this one was "
+                "unwrapped; call its former `backbone` directly."
             )
         names = [self.classifier_name]
         if self.pooling_head_name is not None:
@@ -275,15 +279,15 @@ class RandomPartitionHead(nn.Module):
             output = self.backbone(*args, **kwargs)
         finally:
             for layer in layers:
-                setattr(layer, self._store, None)
+                delattr(layer, self._store)
             if watch is not None:
                 watch.remove()
         logits = _main_logits(output)
         if not stores[0]:
             raise RuntimeError(
-                f"The classifier `{self.classifier_name}` did not run, or was replaced after "
-                f"wrapping (by reset_classifier, say): call unwrap() first, change the "
-                f"classifier, and wrap the backbone again."
+                f"Expected the classifier `{self.classifier_name}` to run in the forward pass, "
+                f"but it did not: was it replaced after wrapping (by reset_classifier, say)? "
+                f"Call unwrap() first, change the classifier, and wrap the backbone again."
             )
         if len(stores[0]) > 1:
             raise RuntimeError(
@@ -332,9 +336,10 @@ class RandomPartitionHead(nn.Module):
                 f"head cannot tell which dimension to pool. {hint[0].upper()}{hint[1:]} after "
                 f"the pooling, or wrap a model whose classifier reads pooled features."
             )
-        # timm's own get_classifier() is trusted (distilled models average two heads);
-        # elsewhere a 2-D classifier output must be the logits themselves.
-        trusted = callable(getattr(self.backbone, "get_classifier", None))
+        # A layer named by `classifier=` or by timm's own get_classifier() is trusted
+        # (distilled models average two heads; a model may scale its logits); a layer found
+        # by attribute name must give the logits themselves.
+        trusted = self._explicit or callable(getattr(self.backbone, "get_classifier", None))
         if (
             produced.dim() == 2
             and not trusted

@@ -163,9 +163,13 @@ class SubmoduleMatcher:
             for i, group in enumerate(groups)
             for tensor in group.tensors
         }
+        # The wrapper's own tensors share the head's ordinal (a new one after the last
+        # group when the inner model has no head), so timm's layer decay sees one head.
+        last = len(groups) - 1
+        self._head = (float(last if groups and groups[-1].address == "head" else last + 1),)
 
     def __call__(self, name: str) -> tuple[float, ...]:
-        return self._index.get(name, (math.inf,))
+        return self._index.get(name, self._head)
 
 
 def layer_groups(model: nn.Module) -> list[LayerGroup]:

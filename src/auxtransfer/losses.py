@@ -254,7 +254,11 @@ def _unpack(output: Any) -> tuple[Tensor, Tensor]:
 
 
 def _check_reduction(reduction: Any) -> str:
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+    if not isinstance(reduction, str):
+        raise TypeError(
+            f"Expected `reduction` to be one of {_REDUCTIONS}, but got {describe(reduction)}."
+        )
+    if reduction not in _REDUCTIONS:
         raise ValueError(f"Expected `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}.")
     return reduction
 

@@ -70,7 +70,7 @@ def class_partition(num_classes: int, *, num_partitions: int = 1, seed: int = 0)
             continue
         seen.add(key)
         rows.append(row)
-    return torch.tensor(rows, dtype=torch.long)
+    return torch.tensor(rows, dtype=torch.long, device="cpu")  # whatever the default device
 
 
 def as_partition(

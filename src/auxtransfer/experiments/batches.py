@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from .._checks import check_int, check_seed, describe
 from ..partition import as_partition
 
-__all__ = ["DeviceBatches", "crop_flip"]
+__all__ = ["DeviceBatches", "LoaderBatches", "crop_flip", "shard_order"]
 
 
 def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, *, pad: int) -> Tensor:
@@ -204,16 +206,13 @@ class DeviceBatches:
         self.epoch = check_int("epoch", epoch, minimum=0)
 
     def _order(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """This rank's share of the epoch's order, and which of its entries are originals
-        (False for the wrap-around repeats that even out the ranks)."""
-        total = len(self.labels)
-        order = torch.randperm(total, generator=generator) if self.train else torch.arange(total)
-        per_rank = -(-total // self.world_size)
-        original = torch.ones(per_rank * self.world_size, dtype=torch.bool)
-        if per_rank * self.world_size > total:  # wrap around so every rank gets the same count
-            order = torch.cat([order, order[: per_rank * self.world_size - total]])
-            original[total:] = False
-        return order[self.rank :: self.world_size], original[self.rank :: self.world_size]
+        return shard_order(
+            len(self.labels),
+            generator,
+            shuffle=self.train,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
 
     def __len__(self) -> int:
         per_rank = -(-len(self.labels) // self.world_size)
@@ -278,3 +277,111 @@ def _check_floats(name: str, value: Any, count: int) -> tuple[float, ...]:
             f"but got {len(values)} values for `{name}`: {tuple(values)}."
         )
     return tuple(float(v) for v in values)
+
+
+def shard_order(
+    total: int, generator: torch.Generator, *, shuffle: bool, rank: int, world_size: int
+) -> tuple[Tensor, Tensor]:
+    """This rank's share of an epoch's order of ``total`` samples, and which of its entries
+    are originals (False for the wrap-around repeats that even out the ranks, as
+    ``DistributedSampler`` pads)."""
+    order = torch.randperm(total, generator=generator) if shuffle else torch.arange(total)
+    per_rank = -(-total // world_size)
+    original = torch.ones(per_rank * world_size, dtype=torch.bool)
+    if per_rank * world_size > total:  # wrap around so every rank gets the same count
+        order = torch.cat([order, order[: per_rank * world_size - total]])
+        original[total:] = False
+    return order[rank::world_size], original[rank::world_size]
+
+
+class LoaderBatches:
+    """Batches of a map-style dataset through a ``DataLoader``, for data too large to live on
+    the device (ImageNet-size images): the same interface and the same epoch order as
+    [`DeviceBatches`][auxtransfer.experiments.DeviceBatches].
+
+    The dataset yields ``(image, label)`` with the image already a tensor, augmented and
+    normalised by its own transforms (torchvision's); batches are moved to ``device``. The
+    order of every epoch is drawn as ``DeviceBatches`` draws it for the same ``seed``, split
+    over DDP ranks the same way, and the ``DataLoader``'s workers are seeded from it, so a
+    run is reproducible for a given number of workers.
+
+    Args:
+        dataset: A map-style dataset of ``(image tensor, class index)``.
+        batch_size: Images per batch (per rank).
+        device: Where batches are returned.
+        train: Shuffle; otherwise keep the order.
+        seed: Seeds the order and the workers.
+        partition: A ``[n, C]`` partition: batches then also carry the binary labels.
+        rank: This process's rank in a DDP job.
+        world_size: Number of processes in the DDP job.
+        num_workers: ``DataLoader`` worker processes.
+        channels_last: Return images in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        *,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        train: bool = True,
+        seed: int = 0,
+        partition: Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+            raise TypeError(
+                f"Expected `dataset` to be a map-style dataset (with __getitem__ and __len__), "
+                f"but got {describe(dataset)}."
+            )
+        self.dataset = dataset
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.world_size = check_int("world_size", world_size, minimum=1)
+        self.rank = check_int("rank", rank, minimum=0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"Expected `rank` to be in [0, {self.world_size}), but got {rank}.")
+        self.seed = check_seed("seed", seed)
+        self.num_workers = check_int("num_workers", num_workers, minimum=0)
+        self.train = _check_bool("train", train)
+        self.channels_last = _check_bool("channels_last", channels_last)
+        self.device = torch.device(device)
+        self.partition = None if partition is None else as_partition(partition).to(self.device)
+        self.epoch = 0
+        #: For the batch last yielded: True where a sample is no wrap-around repeat (DDP).
+        self.last_batch_original = torch.ones(0, dtype=torch.bool)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration uses."""
+        self.epoch = check_int("epoch", epoch, minimum=0)
+
+    def __len__(self) -> int:
+        per_rank = math.ceil(len(self.dataset) / self.world_size)
+        return math.ceil(per_rank / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+        order, original = shard_order(
+            len(self.dataset), generator, shuffle=self.train, rank=self.rank,
+            world_size=self.world_size,
+        )  # fmt: skip
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=order.tolist(),
+            num_workers=self.num_workers,
+            generator=generator,  # seeds the workers, after the order was drawn
+            pin_memory=self.device.type == "cuda",
+        )
+        for start, (x, y) in zip(range(0, len(order), self.batch_size), loader, strict=True):
+            self.last_batch_original = original[start : start + self.batch_size].to(self.device)
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = torch.as_tensor(y).to(self.device, torch.long, non_blocking=True)
+            if self.partition is None:
+                yield x, y
+            else:
+                yield x, y, self.partition.t()[y]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..losses import combined_loss_terms
-from .batches import DeviceBatches
+from .batches import DeviceBatches, LoaderBatches
 
 __all__ = [
     "evaluate",
@@ -38,7 +38,7 @@ def rank_and_world() -> tuple[int, int]:
 
 def train_one_epoch(
     model: nn.Module,
-    batches: DeviceBatches,
+    batches: DeviceBatches | LoaderBatches,
     optimizer: torch.optim.Optimizer,
     *,
     epoch: int,
@@ -125,7 +125,9 @@ def train_averages(sums: Tensor, *, world: int = 1, binary: bool = False) -> dic
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: DeviceBatches, *, amp: bool = False) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, batches: DeviceBatches | LoaderBatches, *, amp: bool = False
+) -> tuple[float, float]:
     """Mean cross-entropy and error (in %) of ``model``'s class logits over ``batches``.
 
     The sums stay on the device and are read once, at the end.

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from ..heads import RandomPartitionHead
-from .batches import DeviceBatches
+from .batches import DeviceBatches, LoaderBatches
 from .checkpoint import gather_rng_states, load_checkpoint, save_checkpoint, save_weights
 from .loop import (
     evaluate,
@@ -62,7 +63,8 @@ class RunConfig:
     partitions seeded by ``partition_seed``.
 
     ``split_seed``, ``side`` (``"A"``, ``"B"`` or ``"all"``) and ``per_class`` record which
-    data the run saw; ``smoke`` marks a run that is not a result. ``transfer_from`` makes a
+    data the run saw; ``smoke`` marks a run that is not a result; ``num_workers`` is the
+    number of ``DataLoader`` workers for data given as a dataset. ``transfer_from`` makes a
     transfer run: it starts from the finished run in that directory (a relative path is taken
     from this run's directory, e.g. ``"../pretrain"``), its ``transfer_weights``
     (``"best"`` or ``"last"``) with a fresh classifier; ``reset`` re-initialises everything
@@ -101,6 +103,7 @@ class RunConfig:
     reset: str | None = None
     bn: str = "freeze"
     smoke: bool = False
+    num_workers: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON-able values (``milestones`` as a list), as saved."""
@@ -111,11 +114,11 @@ class RunConfig:
 def train_run(
     config: RunConfig,
     run_dir: str | os.PathLike[str],
-    train_data: tuple[Tensor, Tensor],
-    test_data: tuple[Tensor, Tensor],
+    train_data: tuple[Tensor, Tensor] | Dataset[Any],
+    test_data: tuple[Tensor, Tensor] | Dataset[Any],
     *,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
     device: str | torch.device = "cpu",
     resume: bool = False,
     build_model: Callable[[RunConfig], nn.Module] | None = None,
@@ -131,10 +134,14 @@ def train_run(
     Args:
         config: The run's settings.
         run_dir: The run directory (created; a finished one is refused).
-        train_data: ``(images, labels)`` to train on, uint8 or float images.
-        test_data: ``(images, labels)`` to evaluate on after every epoch.
-        mean: Per-channel mean of the images, in 0-1 pixel units.
-        std: Per-channel standard deviation, in 0-1 pixel units.
+        train_data: ``(images, labels)`` to train on, uint8 or float images, made into
+            batches on the device with CIFAR's augmentation
+            ([`DeviceBatches`][auxtransfer.experiments.DeviceBatches]); or a map-style
+            dataset of transformed image tensors, loaded through a ``DataLoader`` with
+            ``config.num_workers`` workers (``LoaderBatches``).
+        test_data: The same for the data to evaluate on after every epoch.
+        mean: Per-channel mean of the images, in 0-1 pixel units (tensors only).
+        std: Per-channel standard deviation, in 0-1 pixel units (tensors only).
         device: Where to train.
         resume: Continue an unfinished run from its ``last.pt``.
         build_model: Makes the model from the config (default: ``timm.create_model``).
@@ -161,6 +168,9 @@ def train_run(
 
     net, partition, kept = _build_model(config, build_model or _timm_model, device, rank, source)
     optimizer = _build_optimizer(config, net, param_groups, kept)
+    batches = _batches(train_data, config, device, mean, std, train=True, rank=rank,
+        world=world, partition=partition)  # fmt: skip
+    tests = _batches(test_data, config, device, mean, std, train=False)
     start_epoch = 1
     if resume and run.checkpoint_path.exists():
         start_epoch = 1 + load_checkpoint(
@@ -176,14 +186,6 @@ def train_run(
     best_error = min((float(row["test_error"]) for row in done), default=math.inf)
 
     trainer = _wrap_for_training(net, config, device, world)
-    batches = DeviceBatches(
-        *train_data, batch_size=config.batch_size, mean=mean, std=std, device=device, train=True,
-        seed=config.seed, partition=partition, rank=rank, world_size=world, channels_last=config.channels_last,
-    )  # fmt: skip
-    tests = DeviceBatches(
-        *test_data, batch_size=min(256, len(test_data[1])), mean=mean, std=std, device=device, train=False,
-        channels_last=config.channels_last,
-    )  # fmt: skip
     use_amp = config.amp and device.type == "cuda"
     bar = _progress(progress and rank == 0, config.epochs, start_epoch)
     last_epoch = (
@@ -242,6 +244,46 @@ def train_run(
     if rank == 0:
         run.write_results(results)
     return results
+
+
+def _batches(
+    data: tuple[Tensor, Tensor] | Dataset[Any],
+    config: RunConfig,
+    device: torch.device,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    *,
+    train: bool,
+    rank: int = 0,
+    world: int = 1,
+    partition: Tensor | None = None,
+) -> DeviceBatches | LoaderBatches:
+    """Training batches (shuffled, augmented, this rank's share) or test batches (all, in
+    order, 256 at a time)."""
+    size = config.batch_size if train else min(256, _length(data))
+    if isinstance(data, tuple):
+        if mean is None or std is None:
+            raise ValueError(
+                "Expected `mean` and `std` with (images, labels) tensors, but got none."
+            )
+        return DeviceBatches(*data, batch_size=size, mean=mean, std=std, device=device,
+            train=train, seed=config.seed, partition=partition, rank=rank, world_size=world,
+            channels_last=config.channels_last)  # fmt: skip
+    return LoaderBatches(data, batch_size=size, device=device, train=train, seed=config.seed,
+        partition=partition, rank=rank, world_size=world, num_workers=config.num_workers,
+        channels_last=config.channels_last)  # fmt: skip
+
+
+def _length(data: tuple[Tensor, Tensor] | Dataset[Any]) -> int:
+    return len(data[1]) if isinstance(data, tuple) else len(data)  # type: ignore[arg-type]
+
+
+def _labels(data: tuple[Tensor, Tensor] | Dataset[Any]) -> Tensor | None:
+    """The labels, where they are known without loading images."""
+    if isinstance(data, tuple):
+        return data[1]
+    targets = getattr(data, "targets", None)
+    return None if targets is None else torch.as_tensor(targets)
 
 
 def _timm_model(config: RunConfig) -> nn.Module:
@@ -324,8 +366,8 @@ def _wrap_for_training(
 
 def _check_settings(
     config: RunConfig,
-    train_data: tuple[Tensor, Tensor],
-    test_data: tuple[Tensor, Tensor],
+    train_data: tuple[Tensor, Tensor] | Dataset[Any],
+    test_data: tuple[Tensor, Tensor] | Dataset[Any],
     world: int,
     stop_after: int | None,
     source: Path | None,
@@ -371,13 +413,25 @@ def _check_settings(
         check_source(config.to_json(), source)
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"Expected `stop_after` to be at least 1 epoch, but got {stop_after}.")
-    for name, (_, labels) in (("train_data", train_data), ("test_data", test_data)):
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= config.num_classes):
+    for name, data in (("train_data", train_data), ("test_data", test_data)):
+        if not isinstance(data, tuple) and not (
+            hasattr(data, "__getitem__") and hasattr(data, "__len__")
+        ):
+            raise TypeError(
+                f"Expected `{name}` to be an (images, labels) pair of tensors or a map-style "
+                f"dataset, but got {type(data).__name__}."
+            )
+        labels = _labels(data)
+        if (
+            labels is not None
+            and len(labels)
+            and (int(labels.min()) < 0 or int(labels.max()) >= config.num_classes)
+        ):
             raise ValueError(
                 f"Expected the labels of `{name}` to be in [0, {config.num_classes}) (`num_classes`), "
                 f"but they span [{int(labels.min())}, {int(labels.max())}]: does the class split fit the data?"
             )
-    per_rank = -(-len(train_data[1]) // world)
+    per_rank = -(-_length(train_data) // world)
     if config.batch_size > per_rank:
         raise ValueError(
             f"Expected `batch_size` to be at most the {per_rank} training images of each of the "
