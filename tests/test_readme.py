@@ -45,5 +45,5 @@ def test_readme_example_runs(build):
 def test_readme_has_exactly_two_setup_commands():
     commands = re.findall(r"```bash\n(.*?)\n```", README.read_text(), re.S)
     assert len(commands) == 2
-    assert commands[0].endswith("examples/quickstart.py")
+    assert commands[0].endswith("examples/cifar100_densenet.py --smoke --out runs/smoke")
     assert commands[1].endswith("-m pytest")

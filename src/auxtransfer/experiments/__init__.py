@@ -3,7 +3,9 @@
 Training runs live in ``auxtransfer.experiments.train`` (``RunConfig``, ``train_run``), put
 together from ``rundir`` (the run directory), ``checkpoint`` (``last.pt``, ``best.pt`` and
 every rank's random state), ``loop`` (the epochs) and ``transfer`` (an A run as the start
-of a B run: ``load_backbone``, freezing, re-initialising, learning-rate tables). Optional dependencies of this layer (progress bars,
+of a B run: ``load_backbone``, freezing, re-initialising, learning-rate tables). The
+paper's experiments are plans of runs: ``protocols`` builds them, ``plan`` executes them
+(skipping finished runs, resuming unfinished ones) on data from ``sources``. Optional dependencies of this layer (progress bars,
 statistics, plots) are imported where they are used.
 """
 

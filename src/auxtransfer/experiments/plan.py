@@ -1,0 +1,420 @@
+"""An experiment as a plan of runs: stable ids, dependencies, and a sweep that can stop.
+
+Every run of a plan has an id that names what it is (``split3/binary/pretrain``,
+``split3/binary/freeze-2.9``) and a run directory, ``<out>/<id>``. A transfer run starts
+from the weights of a pre-training run of the same plan (its ``config.transfer_from``, a
+path relative to its own directory such as ``"../pretrain"``); the pre-training is done
+once and shared by every transfer that needs it. Runs are listed in dependency order.
+
+``execute`` runs a plan, or the runs of it whose ids it is given: a finished run
+(``results.json``) is skipped without touching its files, an unfinished one (``last.pt``)
+resumed, the others started. So the same call, repeated after a stop, completes a sweep,
+and any scheduler can spread a plan over machines one id at a time. Before anything is
+written every selected run is checked: its id is in the plan, the run it transfers from
+is finished or selected too, and a run directory that already holds a run holds one with
+the same settings. Under ``torchrun`` every run trains with DDP and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .rundir import RunDir, as_json
+from .sources import DataSource, run_data_for
+from .train import RunConfig, train_run
+
+__all__ = [
+    "Plan",
+    "PlannedRun",
+    "RunDirConflictError",
+    "RunOutcome",
+    "check_data",
+    "check_plan",
+    "distributed_device",
+    "execute",
+    "format_summary",
+    "run_state",
+    "summarise",
+]
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a plan.
+
+    Attributes:
+        id: The run's id, a relative path such as ``"split0/binary/finetune"``.
+        config: Its settings.
+    """
+
+    id: str
+    config: RunConfig
+
+    @property
+    def requires(self) -> str | None:
+        """The id of the run this one transfers from, when that run is in the same output
+        folder (``config.transfer_from`` relative); None otherwise."""
+        source = self.config.transfer_from
+        if source is None or posixpath.isabs(source) or os.path.isabs(source):
+            return None
+        return posixpath.normpath(posixpath.join(self.id, source))
+
+
+class Plan:
+    """The runs of an experiment, in dependency order.
+
+    Args:
+        runs: The runs; every run that transfers from another run of the plan must come
+            after it.
+
+    Raises:
+        ValueError: An id is not a relative path of plain names, appears twice, or a run
+            comes before the run it transfers from.
+
+    Example:
+        >>> from auxtransfer.experiments.train import RunConfig
+        >>> pre = RunConfig(model="cifar_densenet_bc_100", num_classes=50, epochs=2)
+        >>> plan = Plan([PlannedRun("split0/baseline/pretrain", pre)])
+        >>> plan.ids
+        ['split0/baseline/pretrain']
+    """
+
+    def __init__(self, runs: Iterable[PlannedRun]) -> None:
+        self.runs: tuple[PlannedRun, ...] = tuple(runs)
+        seen: set[str] = set()
+        for run in self.runs:
+            if not isinstance(run.id, str) or not _ID.fullmatch(run.id):
+                raise ValueError(
+                    f"Expected run ids to be relative paths of names made of letters, digits, "
+                    f"'.', '_' and '-', but got {run.id!r}."
+                )
+            if run.id in seen:
+                raise ValueError(f"Expected run ids to be unique, but {run.id!r} appears twice.")
+            needed = run.requires
+            if needed is not None and needed in self.ids_set and needed not in seen:
+                raise ValueError(
+                    f"Expected every run to come after the run it transfers from, but {run.id!r} "
+                    f"comes before {needed!r}."
+                )
+            seen.add(run.id)
+
+    @property
+    def ids(self) -> list[str]:
+        """The run ids, in dependency order."""
+        return [run.id for run in self.runs]
+
+    @property
+    def ids_set(self) -> set[str]:
+        return {run.id for run in self.runs}
+
+    def __iter__(self) -> Iterator[PlannedRun]:
+        return iter(self.runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __getitem__(self, run_id: str) -> PlannedRun:
+        for run in self.runs:
+            if run.id == run_id:
+                return run
+        raise KeyError(run_id)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self.runs)} runs)"
+
+    def select(self, ids: Sequence[str] | None = None) -> list[PlannedRun]:
+        """The runs with these ids, in plan order (all runs when ``ids`` is None).
+
+        Raises:
+            ValueError: An id is not in the plan; the message lists the closest valid ones.
+        """
+        if ids is None:
+            return list(self.runs)
+        known = self.ids_set
+        for run_id in ids:
+            if run_id not in known:
+                raise ValueError(
+                    f"run id {run_id!r} is not in the plan; valid ids: {_closest(run_id, self.ids)}"
+                )
+        wanted = set(ids)
+        return [run for run in self.runs if run.id in wanted]
+
+
+class RunDirConflictError(ValueError):
+    """A run directory holds a run of the same id with other settings."""
+
+
+def run_state(run_dir: str | os.PathLike[str]) -> str:
+    """``"finished"`` (``results.json``), ``"unfinished"`` (``last.pt``) or ``"new"``."""
+    run = RunDir(run_dir)
+    if run.is_finished():
+        return "finished"
+    return "unfinished" if run.is_unfinished() else "new"
+
+
+def check_plan(
+    plan: Plan, out: str | os.PathLike[str], ids: Sequence[str] | None = None
+) -> list[tuple[PlannedRun, str]]:
+    """What ``execute`` checks about the runs before it writes; their states.
+
+    Args:
+        plan: The plan.
+        out: Its output folder.
+        ids: The runs to execute (None: all).
+
+    Returns:
+        ``(run, state)`` for every selected run, in plan order (see ``run_state``).
+
+    Raises:
+        ValueError: An id is not in the plan (``Plan.select``), or a selected run transfers
+            from a run that is neither finished nor selected.
+        RunDirConflictError: A run directory holds a run with other settings.
+    """
+    selected = plan.select(ids)
+    out = Path(out)
+    chosen = {run.id for run in selected}
+    states = []
+    for run in selected:
+        state = run_state(out / run.id)
+        if state != "new":
+            saved = RunDir(out / run.id).read_config()
+            differ = _differences(saved, as_json(run.config.to_json()))
+            if differ:
+                raise RunDirConflictError(
+                    f"{out / run.id} holds a{'' if state == 'unfinished' else ' finished'} run of "
+                    f"{run.id!r} with other settings ({', '.join(differ)} differ): use another "
+                    f"output folder, or the settings it was started with."
+                )
+        needed = run.requires
+        if (
+            needed is not None
+            and needed in plan.ids_set
+            and needed not in chosen
+            and run_state(out / needed) != "finished"
+        ):
+            raise ValueError(
+                f"run {run.id!r} transfers from {needed!r}, which has not finished under {out}: "
+                f"run {needed!r} first, or select it too."
+            )
+        states.append((run, state))
+    return states
+
+
+def check_data(plan: Plan, source: DataSource, ids: Sequence[str] | None = None) -> None:
+    """Raise unless ``source`` can give every selected run its data.
+
+    Raises:
+        FileNotFoundError: The data is missing and will not be downloaded.
+        ValueError: A run keeps more images per class than the data has.
+    """
+    source.check()
+    for run in plan.select(ids):
+        per_class = run.config.per_class
+        if per_class is not None and per_class > source.train_per_class:
+            raise ValueError(
+                f"Expected `per_class` to be at most the {source.train_per_class} training images "
+                f"of each class of {source!r}, but run {run.id!r} keeps {per_class}."
+            )
+
+
+def distributed_device(device: str | torch.device) -> torch.device:
+    """This process's device; under ``torchrun`` also starts the process group.
+
+    Outside ``torchrun`` (no ``WORLD_SIZE > 1`` in the environment) this returns
+    ``torch.device(device)``. Under it, it initialises the default process group (NCCL for
+    CUDA, gloo otherwise) and gives each process its own GPU, ``cuda:LOCAL_RANK``. Call
+    ``dist.destroy_process_group()`` at the end.
+    """
+    device = torch.device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What ``execute`` did with one run.
+
+    Attributes:
+        id: The run's id.
+        status: ``"skipped"`` (already finished), ``"trained"`` (started and finished),
+            ``"resumed"`` (continued and finished) or ``"stopped"`` (``stop_after`` ended
+            it; the next call resumes it).
+        results: The content of its ``results.json`` (None when stopped).
+    """
+
+    id: str
+    status: str
+    results: dict[str, Any] | None
+
+
+def execute(
+    plan: Plan,
+    out: str | os.PathLike[str],
+    source: DataSource,
+    *,
+    ids: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    stop_after: int | None = None,
+    train: Callable[..., dict[str, Any] | None] = train_run,
+    report: Callable[[str], None] | None = None,
+) -> list[RunOutcome]:
+    """Run the plan (or the runs ``ids``) into ``out``, skipping finished runs.
+
+    Every selected run is checked first (``check_plan``, ``check_data``): nothing is
+    written when one is wrong. Then, in plan order, a finished run is skipped without
+    touching its files, an unfinished one resumed, a new one started. Under ``torchrun``
+    call it on every rank: each run trains with DDP and rank 0 writes.
+
+    Args:
+        plan: The plan.
+        out: The output folder; run ``id`` lives in ``out/id``.
+        source: The data (``check_data`` first; with a download, rank 0 loads first).
+        ids: The runs to execute, in any order (None: all).
+        device: This process's device.
+        progress: A progress bar per run (rank 0).
+        stop_after: Train at most this many epochs in this call, then stop, leaving the
+            run in progress unfinished (a job with a time limit); the next call resumes it.
+        train: The function that trains one run (``train_run``'s signature).
+        report: Called with a line before each run (rank 0), e.g. ``print``.
+
+    Returns:
+        A ``RunOutcome`` per selected run that was reached, in plan order.
+    """
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"Expected `stop_after` to be at least 1 epoch, but got {stop_after}.")
+    states = check_plan(plan, out, ids)
+    check_data(plan, source, ids)
+    # Epochs an unfinished run has logged, for the budget of stop_after.
+    done = {
+        run.id: _epochs_done(Path(out) / run.id) for run, state in states if state == "unfinished"
+    }
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    if distributed:
+        # Every rank has read the run directories before rank 0 writes anything.
+        dist.barrier()
+    if any(state != "finished" for _, state in states):
+        if distributed and rank != 0:
+            dist.barrier()  # rank 0 loads (and downloads, if asked) first
+        source.load()
+        if distributed and rank == 0:
+            dist.barrier()
+    budget = math.inf if stop_after is None else stop_after
+    outcomes = []
+    for run, state in states:
+        run_dir = Path(out) / run.id
+        if state == "finished":
+            outcomes.append(RunOutcome(run.id, "skipped", RunDir(run_dir).read_results()))
+            continue
+        if report is not None and rank == 0:
+            verb = "resuming" if state == "unfinished" else "training"
+            report(f"{verb} {run.id} ({run.config.epochs} epochs)")
+        train_data, test_data = run_data_for(run.config, source)
+        results = train(
+            run.config,
+            run_dir,
+            train_data,
+            test_data,
+            mean=source.mean,
+            std=source.std,
+            device=device,
+            resume=state == "unfinished",
+            progress=progress,
+            stop_after=None if budget == math.inf else int(budget),
+        )
+        if distributed:
+            dist.barrier()  # rank 0 has written results.json before any rank goes on
+        if results is None:
+            outcomes.append(RunOutcome(run.id, "stopped", None))
+            break
+        budget -= max(run.config.epochs - done.get(run.id, 0), 0)
+        status = "resumed" if state == "unfinished" else "trained"
+        outcomes.append(RunOutcome(run.id, status, results))
+        if budget <= 0:
+            break
+    return outcomes
+
+
+def summarise(
+    plan: Plan, out: str | os.PathLike[str], ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per run: ``id``, ``side``, ``state``, and from ``results.json`` (None while
+    unfinished) ``final_test_error``, ``best_test_error``, ``best_epoch``."""
+    rows = []
+    for run in plan.select(ids):
+        run_dir = Path(out) / run.id
+        state = run_state(run_dir)
+        results = RunDir(run_dir).read_results() if state == "finished" else {}
+        rows.append(
+            {
+                "id": run.id,
+                "side": run.config.side,
+                "state": state,
+                "final_test_error": results.get("final_test_error"),
+                "best_test_error": results.get("best_test_error"),
+                "best_epoch": results.get("best_epoch"),
+            }
+        )
+    return rows
+
+
+def format_summary(rows: Sequence[dict[str, Any]]) -> str:
+    """``summarise``'s rows as a text table: run, data, final and best test error (%).
+
+    Example:
+        >>> print(format_summary([{"id": "split0/baseline/finetune", "side": "B",
+        ...     "state": "finished", "final_test_error": 31.5, "best_test_error": 30.25,
+        ...     "best_epoch": 90}]))
+        run                       data  final error  best error (epoch)
+        split0/baseline/finetune  B           31.50          30.25 (90)
+    """
+    header = ("run", "data", "final error", "best error (epoch)")
+    lines = []
+    for row in rows:
+        if row["state"] == "finished":
+            final = f"{row['final_test_error']:.2f}"
+            best = f"{row['best_test_error']:.2f} ({row['best_epoch']})"
+        else:
+            final, best = row["state"], ""
+        lines.append((row["id"], row["side"], final, best))
+    width = [max(len(line[i]) for line in [header, *lines]) for i in range(4)]
+    text = [
+        f"{a:<{width[0]}}  {b:<{width[1]}}  {c:>{width[2]}}  {d:>{width[3]}}".rstrip()
+        for a, b, c, d in [header, *lines]
+    ]
+    return "\n".join(text)
+
+
+def _epochs_done(run_dir: Path) -> int:
+    run = RunDir(run_dir)
+    return len(run.read_metrics()) if run.metrics_path.exists() else 0
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+
+
+def _closest(run_id: str, ids: list[str], limit: int = 8) -> str:
+    close = difflib.get_close_matches(run_id, ids, n=limit, cutoff=0.0)
+    more = len(ids) - len(close)
+    return ", ".join(close) + (f" ... and {more} more" if more > 0 else "")

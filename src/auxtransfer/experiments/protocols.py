@@ -1,0 +1,649 @@
+"""The paper's DenseNet experiments on CIFAR-100 as plans of runs.
+
+Each builder returns a [`Plan`][auxtransfer.experiments.plan.Plan]. Every schedule,
+weight and count is a parameter whose default is the paper's value (``PAPER.md``); where
+the paper does not give one, the docstring says what was chosen.
+
+A *test* is one A/B class split (``splits``) and one replication on it
+(``replications``); per test every condition pre-trains on A once, and every transfer of
+that condition starts from that pre-training. Run ids read
+``split<seed>[/rep<r>]/<condition>/<step>``: ``split3/binary/pretrain``,
+``split3/binary/freeze-2.9``, ``split0/rep4/baseline/longtail``. Replication ``r`` trains
+with seed ``options.seed + r`` and, unless ``options.partition_seed`` fixes it, draws its
+own partition with the same number; the conditions of one test share it, so they start from
+the same weights and see the same data (the paired design).
+
+Schedules are [`Schedule`][auxtransfer.experiments.protocols.Schedule] objects: the rates
+of each role of parameter group (one for a pre-training; kept and new layers for a
+transfer) in each phase between the milestones. ``Schedule.scaled(epochs)`` keeps the
+milestones at the same fractions of the run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import posixpath
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .._checks import check_int, check_seed, check_unit_float, describe
+from .plan import Plan, PlannedRun
+from .train import RunConfig
+
+__all__ = [
+    "EXPERIMENTS",
+    "FINETUNE_40",
+    "FINETUNE_100",
+    "FREEZE_AT",
+    "PRETRAIN",
+    "RESET_100",
+    "RESET_AT",
+    "SMOKE_EPOCHS",
+    "SMOKE_OPTIONS",
+    "WEIGHTS",
+    "RunOptions",
+    "Schedule",
+    "build",
+    "defaults",
+    "freeze",
+    "heads",
+    "long_tail",
+    "paired",
+    "rates_at",
+    "reset",
+    "smoke_parameters",
+    "weight_sweep",
+]
+
+#: CIFAR-100 split in two halves of 50 classes.
+NUM_CLASSES = 100
+SIDE_CLASSES = NUM_CLASSES // 2
+
+
+def rates_at(lr_table: Sequence[tuple[int, Sequence[float]]], epoch: int) -> tuple[float, ...]:
+    """The rate of every role in ``epoch`` (1-based): the last entry starting at or before it.
+
+    Example:
+        >>> table = ((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))
+        >>> rates_at(table, 50), rates_at(table, 51), rates_at(table, 100)
+        ((0.01, 0.1), (0.01, 0.01), (0.001, 0.001))
+    """
+    return tuple([rates for start, rates in lr_table if start <= epoch][-1])
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A step schedule: ``epochs``, the epochs whose start changes the rates, and the rates.
+
+    ``milestones`` are "from epoch m on" (1-based): ``(126, 151)`` trains epochs 1-125 at
+    the first rates, 126-150 at the second, 151-175 at the third. ``rates`` holds one tuple
+    per role of parameter group, with one rate per phase (``len(milestones) + 1``).
+
+    Args:
+        epochs: Number of epochs, at least 1.
+        milestones: Increasing epochs in ``[2, epochs]``.
+        rates: Per role, the rate of each phase.
+
+    Example:
+        >>> s = Schedule(100, (51, 76), ((0.01, 0.01, 0.001), (0.1, 0.01, 0.001)))
+        >>> s.lr_table
+        ((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))
+        >>> s.scaled(40).milestones
+        (21, 31)
+    """
+
+    epochs: int
+    milestones: tuple[int, ...]
+    rates: tuple[tuple[float, ...], ...]
+
+    def __post_init__(self) -> None:
+        epochs = check_int("epochs", self.epochs, minimum=1)
+        milestones = tuple(self.milestones)
+        if any(isinstance(m, bool) or not isinstance(m, int) for m in milestones) or (
+            list(milestones) != sorted(set(milestones))
+            or any(not 1 < m <= epochs for m in milestones)
+        ):
+            raise ValueError(
+                f"Expected `milestones` to be increasing epochs in [2, {epochs}] (the epochs "
+                f"from which on the next rates apply), but got {list(milestones)}."
+            )
+        rates = tuple(tuple(float(r) for r in role) for role in self.rates)
+        if not rates:
+            raise ValueError(
+                "Expected `rates` to hold the rates of at least one role, but got none."
+            )
+        for role in rates:
+            if len(role) != len(milestones) + 1:
+                raise ValueError(
+                    f"Expected one rate per phase ({len(milestones) + 1} with milestones "
+                    f"{list(milestones)}), but got {len(role)}: {list(role)}."
+                )
+            if any(not math.isfinite(r) or r < 0 for r in role):
+                raise ValueError(f"Expected rates to be finite and >= 0, but got {list(role)}.")
+        object.__setattr__(self, "epochs", epochs)
+        object.__setattr__(self, "milestones", milestones)
+        object.__setattr__(self, "rates", rates)
+
+    @property
+    def lr_table(self) -> tuple[tuple[int, tuple[float, ...]], ...]:
+        """``((from_epoch, rates of every role), ...)``, as ``RunConfig.lr_table`` takes it."""
+        starts = (1, *self.milestones)
+        return tuple(
+            (start, tuple(role[phase] for role in self.rates)) for phase, start in enumerate(starts)
+        )
+
+    def scaled(self, epochs: int) -> Schedule:
+        """The same schedule over ``epochs``: each milestone ``m`` of ``E`` epochs moves to
+        ``1 + round((m - 1) / E * epochs)``, at the same fraction of the run. Phases that
+        shrink to nothing are dropped (two drops landing on one epoch keep the later rates;
+        one past the end never comes)."""
+        epochs = check_int("epochs", epochs, minimum=1)
+        if epochs == self.epochs:
+            return self
+        starts = [1] + [
+            1 + math.floor((m - 1) / self.epochs * epochs + 0.5) for m in self.milestones
+        ]
+        phases: dict[int, int] = {}  # start epoch -> phase, later phases win
+        for phase, start in enumerate(starts):
+            if start <= epochs:
+                phases[start] = phase
+        kept = [phases[start] for start in sorted(phases)]
+        return Schedule(
+            epochs,
+            tuple(sorted(phases))[1:],
+            tuple(tuple(role[p] for p in kept) for role in self.rates),
+        )
+
+    def adjusted(
+        self,
+        *,
+        epochs: int | None = None,
+        milestones: Sequence[int] | None = None,
+        rates: Sequence[Sequence[float] | None] | None = None,
+    ) -> Schedule:
+        """This schedule with some parts replaced.
+
+        New ``epochs`` alone scale the milestones (``scaled``); with ``milestones`` given
+        too, those are taken as they are. ``rates`` replaces the rates of each role that is
+        not None (before scaling).
+        """
+        base = self
+        if rates is not None:
+            if len(rates) != len(self.rates):
+                raise ValueError(
+                    f"Expected rates for {len(self.rates)} role(s), but got {len(rates)}."
+                )
+            new = tuple(
+                tuple(old) if given is None else tuple(given)
+                for old, given in zip(self.rates, rates, strict=True)
+            )
+            if milestones is None:
+                base = Schedule(self.epochs, self.milestones, new)
+            else:
+                return Schedule(epochs or self.epochs, tuple(milestones), new)
+        if milestones is not None:
+            return Schedule(epochs or self.epochs, tuple(milestones), base.rates)
+        return base if epochs is None else base.scaled(epochs)
+
+
+#: Pre-training on A: 175 epochs, 0.1 / 0.01 / 0.001 from epochs 1 / 126 / 151.
+PRETRAIN = Schedule(175, (126, 151), ((0.1, 0.01, 0.001),))
+#: Fine-tuning on B for 100 epochs (the paired runs, Figs. 4, 5, 10): drops at 51 and 76,
+#: the transferred body 0.01 / 0.01 / 0.001, the new classifier 0.1 / 0.01 / 0.001.
+FINETUNE_100 = Schedule(100, (51, 76), ((0.01, 0.01, 0.001), (0.1, 0.01, 0.001)))
+#: Fine-tuning on B for 40 epochs (Exp. 1 and the long tail): drops at 26 and 36.
+FINETUNE_40 = Schedule(40, (26, 36), ((0.01, 0.01, 0.001), (0.1, 0.01, 0.001)))
+#: Exp. 2: the kept layers from 0.01, the re-initialised ones from 0.1; 100 epochs, drops
+#: at 51 and 76.
+RESET_100 = FINETUNE_100
+
+#: Exp. 1's freeze points, from nothing frozen (``"0"``) to all three blocks (``"3"``).
+#: The figures' tick labels are not in the paper's text: these cover every half block,
+#: and the last layers of block 3 more densely, where the paper reports the error rising.
+FREEZE_AT = ("0", "1.8", "1", "2.8", "2", "3.4", "3.8", "3.12", "3.14", "3")
+#: Exp. 2's points, from block 1 kept (``"1"``) to all three blocks kept (``"3"``);
+#: the paper's text does not give the ticks in between.
+RESET_AT = ("1", "2.8", "2", "3.8", "3")
+#: Fig. 4's binary weights (the paper's text does not list them; it chose 0.4).
+WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Settings every run of a plan shares.
+
+    Args:
+        model: A timm model name (the CIFAR models are registered by ``auxtransfer.models``).
+        model_kwargs: Passed to ``timm.create_model`` (``{"depth": 10, "growth_rate": 4}``
+            makes the smoke runs' tiny DenseNet).
+        batch_size: Images per optimizer step on each process (a run under ``torchrun``
+            with n processes steps on n times as many).
+        weight_decay: SGD weight decay (the reference DenseNet code's 1e-4).
+        momentum: SGD momentum (the paper's 0.9).
+        nesterov: Nesterov momentum.
+        seed: Replication ``r`` trains with ``seed + r``.
+        partition_seed: The partition seed of every binary run; None: replication ``r``
+            draws its own, ``seed + r``.
+        transfer_weights: ``"best"`` (the best epoch on A's test set, as the paper) or
+            ``"last"``.
+        bn: BatchNorm policy of frozen layers, ``"freeze"`` or ``"update"`` (the paper's
+            code most likely had ``"update"``, see ``docs/freezing.md``).
+        amp: bf16 autocast on CUDA.
+        channels_last: Channels-last memory format.
+        compile: ``torch.compile`` the model.
+        smoke: Mark every run as a smoke run, not a result.
+    """
+
+    model: str = "cifar_densenet_bc_100"
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    seed: int = 0
+    partition_seed: int | None = None
+    transfer_weights: str = "best"
+    bn: str = "freeze"
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    smoke: bool = False
+
+    def __post_init__(self) -> None:
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_seed("seed", self.seed)
+        if self.partition_seed is not None:
+            check_seed("partition_seed", self.partition_seed)
+        if self.transfer_weights not in ("best", "last"):
+            raise ValueError(
+                f"Expected `transfer_weights` to be 'best' or 'last', but got {self.transfer_weights!r}."
+            )
+        if self.bn not in ("freeze", "update"):
+            raise ValueError(f"Expected `bn` to be 'freeze' or 'update', but got {self.bn!r}.")
+
+
+#: The smoke runs' model and batch: a DenseNet-BC of depth 10 and growth rate 4 (one layer
+#: per block; addresses ``stem, 1.1, 2.1, 3.1, head``), 16 images per step.
+SMOKE_OPTIONS = RunOptions(model_kwargs={"depth": 10, "growth_rate": 4}, batch_size=16, smoke=True)
+#: Epochs of every smoke run (the schedules scaled to them).
+SMOKE_EPOCHS = 2
+
+
+@dataclass(frozen=True)
+class _Condition:
+    name: str
+    binary_weight: float
+    num_partitions: int = 1
+
+
+@dataclass(frozen=True)
+class _Transfer:
+    step: str
+    freeze: str | None = None
+    reset: str | None = None
+    per_class: int | None = None
+
+
+def paired(
+    *,
+    splits: int | Sequence[int] = 2,
+    replications: int = 1,
+    binary_weight: float = 0.4,
+    pretrain: Schedule = PRETRAIN,
+    transfer: Schedule = FINETUNE_100,
+    options: RunOptions = RunOptions(),
+) -> Plan:
+    """Baseline and binary on the identical split, each fine-tuned on B (Fig. 5).
+
+    Per test: ``baseline/pretrain`` and ``binary/pretrain`` (weight ``binary_weight``) on
+    A, then ``baseline/finetune`` and ``binary/finetune``: all layers on B, a new
+    classifier, the body at 0.01 / 0.01 / 0.001 and the classifier from 0.1.
+
+    Args:
+        splits: The number of A/B splits (seeds ``0 .. n-1``), or the split seeds.
+        replications: Tests per split.
+        binary_weight: The binary condition's loss weight (the paper's 0.4).
+        pretrain: The schedule on A.
+        transfer: The schedule on B (roles: body, new classifier).
+        options: What every run shares.
+    """
+    conditions = _baseline_and_binary(binary_weight)
+    return _plan(
+        splits, replications, conditions, [_Transfer("finetune")], pretrain, transfer, options
+    )
+
+
+def freeze(
+    *,
+    splits: int | Sequence[int] = 2,
+    replications: int = 1,
+    binary_weight: float = 0.4,
+    freeze_at: Sequence[str] = FREEZE_AT,
+    pretrain: Schedule = PRETRAIN,
+    transfer: Schedule = FINETUNE_40,
+    options: RunOptions = RunOptions(),
+) -> Plan:
+    """Exp. 1 (Figs. 2, 7, 9): freeze up to and including each address, fine-tune the rest.
+
+    Per test and condition (baseline, binary): one pre-training, then ``freeze-<N>`` for
+    every ``N`` of ``freeze_at`` (``"0"``: nothing frozen): A's weights, a new classifier,
+    40 epochs, drops at 26 and 36, the trainable body at 0.01 / 0.01 / 0.001, the classifier
+    from 0.1. The paper's figure is the mean of two tests (``splits=2``).
+    """
+    _check_addresses(options, freeze_at, "freeze_at", zero=True)
+    conditions = _baseline_and_binary(binary_weight)
+    steps = [_Transfer(f"freeze-{address}", freeze=address) for address in freeze_at]
+    return _plan(splits, replications, conditions, steps, pretrain, transfer, options)
+
+
+def reset(
+    *,
+    splits: int | Sequence[int] = 1,
+    replications: int = 1,
+    binary_weight: float = 0.4,
+    reset_at: Sequence[str] = RESET_AT,
+    pretrain: Schedule = PRETRAIN,
+    transfer: Schedule = RESET_100,
+    options: RunOptions = RunOptions(),
+) -> Plan:
+    """Exp. 2 (Figs. 3, 8): keep the layers up to each address, re-initialise the rest.
+
+    ``reset-<N>``: layers up to and including ``N`` keep A's weights and start at 0.01,
+    every later layer is re-initialised (the model's own initialisation) and starts at
+    0.1; 100 epochs, drops at 51 and 76. The paper shows one test of the baseline; the
+    binary condition runs too (select runs with ``--run``).
+    """
+    _check_addresses(options, reset_at, "reset_at", zero=True)
+    conditions = _baseline_and_binary(binary_weight)
+    steps = [_Transfer(f"reset-{address}", reset=address) for address in reset_at]
+    return _plan(splits, replications, conditions, steps, pretrain, transfer, options)
+
+
+def weight_sweep(
+    *,
+    splits: int | Sequence[int] = 1,
+    replications: int = 1,
+    weights: Sequence[float] = WEIGHTS,
+    partitions: int = 1,
+    pretrain: Schedule = PRETRAIN,
+    transfer: Schedule = FINETUNE_100,
+    options: RunOptions = RunOptions(),
+) -> Plan:
+    """Fig. 4: pre-train with each binary weight, fine-tune each on B (as ``paired``).
+
+    Condition ``w<b>`` pre-trains with binary weight ``b`` (``w0`` is the baseline). With
+    ``partitions=n`` the weight ``b`` is shared by ``n`` heads, each with its own partition
+    (``b / n`` each): one of the two readings of Fig. 10 (``heads`` is the other).
+    Unlike the paper, which drew a new split per run, all weights share each split.
+    """
+    check_int("partitions", partitions, minimum=1)
+    if not weights:
+        raise ValueError("Expected `weights` to hold at least one binary weight, but got none.")
+    checked = [check_unit_float("weights", w) for w in weights]
+    _check_unique("weights", [f"{w:g}" for w in checked])
+    conditions = [_Condition(f"w{w:g}", w, partitions) for w in checked]
+    return _plan(
+        splits, replications, conditions, [_Transfer("finetune")], pretrain, transfer, options
+    )
+
+
+def heads(
+    *,
+    splits: int | Sequence[int] = 1,
+    replications: int = 1,
+    head_weight: float = 0.1,
+    heads: Sequence[int] = (1, 2, 4),
+    pretrain: Schedule = PRETRAIN,
+    transfer: Schedule = FINETUNE_100,
+    options: RunOptions = RunOptions(),
+) -> Plan:
+    """Fig. 10: ``n`` binary heads, each with its own partition, for each ``n`` of ``heads``.
+
+    The figure's "B = b x n" is read here as: each of the ``n`` heads has weight ``b``
+    (``head_weight``), so the binary terms weigh ``b * n`` together, shared equally. The
+    wording also allows the other reading, a total ``b`` shared by the ``n`` heads: that
+    is ``weight_sweep(weights=[b], partitions=n)``. Condition ``b<b>x<n>``; the values of
+    ``b`` and ``n`` are not in the paper's text (``0.1 x 4`` sums to its chosen 0.4).
+    """
+    b = check_unit_float("head_weight", head_weight)
+    if not heads:
+        raise ValueError("Expected `heads` to hold at least one number of heads, but got none.")
+    counts = [check_int("heads", n, minimum=1) for n in heads]
+    _check_unique("heads", counts)
+    conditions = []
+    for n in counts:
+        total = round(b * n, 12)
+        if total > 1:
+            raise ValueError(
+                f"Expected `head_weight` x `heads` to be at most 1 (the binary terms' total "
+                f"weight), but {b:g} x {n} = {total:g}."
+            )
+        conditions.append(_Condition(f"b{b:g}x{n}", total, n))
+    return _plan(
+        splits, replications, conditions, [_Transfer("finetune")], pretrain, transfer, options
+    )
+
+
+def long_tail(
+    *,
+    splits: int | Sequence[int] = 2,
+    replications: int = 7,
+    binary_weight: float = 0.4,
+    per_class: int = 60,
+    pretrain: Schedule = PRETRAIN,
+    transfer: Schedule = FINETUNE_40,
+    options: RunOptions = RunOptions(),
+) -> Plan:
+    """Table 1 (Fig. 14): B cut to ``per_class`` training images per class.
+
+    Per test and condition: a pre-training on all of A, then ``longtail``: all of A's
+    weights but the classifier, fine-tuned 40 epochs on B's ``per_class`` images per class
+    (drawn with the replication's seed, the same for both conditions), drops at 26 and 36.
+    Two splits of seven replications, as Table 1; each replication pre-trains anew.
+    """
+    check_int("per_class", per_class, minimum=1)
+    conditions = _baseline_and_binary(binary_weight)
+    steps = [_Transfer("longtail", per_class=per_class)]
+    return _plan(splits, replications, conditions, steps, pretrain, transfer, options)
+
+
+#: The experiments by name.
+EXPERIMENTS: dict[str, Callable[..., Plan]] = {
+    "paired": paired,
+    "freeze": freeze,
+    "reset": reset,
+    "weight-sweep": weight_sweep,
+    "heads": heads,
+    "long-tail": long_tail,
+}
+
+
+def build(experiment: str, **parameters: Any) -> Plan:
+    """The plan of an experiment of ``EXPERIMENTS`` with some parameters given."""
+    if experiment not in EXPERIMENTS:
+        raise ValueError(
+            f"Expected `experiment` to be one of {', '.join(EXPERIMENTS)}, but got {experiment!r}."
+        )
+    return EXPERIMENTS[experiment](**parameters)
+
+
+def defaults(parameter: str) -> dict[str, Any]:
+    """The default of ``parameter`` in every experiment that takes it, by experiment name.
+
+    Example:
+        >>> defaults("splits")
+        {'paired': 2, 'freeze': 2, 'reset': 1, 'weight-sweep': 1, 'heads': 1, 'long-tail': 2}
+    """
+    found = {}
+    for name, builder in EXPERIMENTS.items():
+        accepted = inspect.signature(builder).parameters
+        if parameter in accepted:
+            found[name] = accepted[parameter].default
+    return found
+
+
+def smoke_parameters(experiment: str) -> dict[str, Any]:
+    """The parameters of an experiment's smoke plan: one split, at most two replications,
+    ``SMOKE_EPOCHS`` epochs, points that exist in the tiny model of ``SMOKE_OPTIONS``, and
+    ``SMOKE_OPTIONS``: every step of the experiment in seconds, on synthetic data."""
+    paper = {
+        name: p.default for name, p in inspect.signature(EXPERIMENTS[experiment]).parameters.items()
+    }
+    smoke: dict[str, Any] = {
+        "splits": 1,
+        "replications": min(paper["replications"], 2),
+        "pretrain": paper["pretrain"].scaled(SMOKE_EPOCHS),
+        "transfer": paper["transfer"].scaled(SMOKE_EPOCHS),
+        "options": SMOKE_OPTIONS,
+    }
+    extra = {
+        "freeze_at": ("0", "2.1", "3"),
+        "reset_at": ("1", "3"),
+        "weights": (0.0, 0.4),
+        "heads": (1, 2),
+        "per_class": 2,
+    }
+    smoke.update({name: value for name, value in extra.items() if name in paper})
+    return smoke
+
+
+def _baseline_and_binary(binary_weight: float) -> list[_Condition]:
+    weight = check_unit_float("binary_weight", binary_weight)
+    return [_Condition("baseline", 0.0), _Condition("binary", weight)]
+
+
+def _split_seeds(splits: int | Sequence[int]) -> list[int]:
+    if isinstance(splits, int) and not isinstance(splits, bool):
+        return list(range(check_int("splits", splits, minimum=1)))
+    if not isinstance(splits, Sequence) or isinstance(splits, str) or not splits:
+        raise ValueError(
+            f"Expected `splits` to be a number of splits >= 1 or a list of split seeds, but got {describe(splits)}."
+        )
+    seeds = [check_seed("splits", s) for s in splits]
+    _check_unique("splits", seeds)
+    return seeds
+
+
+def _check_unique(name: str, values: Sequence[Any]) -> None:
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise ValueError(
+            f"Expected `{name}` to hold distinct values, but got {', '.join(repeated)} more than once."
+        )
+
+
+def _check_addresses(
+    options: RunOptions, addresses: Sequence[str], name: str, *, zero: bool
+) -> None:
+    """Every address names layers of the model before its head (``"0"`` where ``zero``)."""
+    import timm
+
+    from .. import models  # noqa: F401  (registers the CIFAR models)
+    from ..layers import layer_groups, resolve
+
+    if isinstance(addresses, str) or not addresses:
+        raise ValueError(
+            f"Expected `{name}` to be a list of layer addresses, but got {describe(addresses)}."
+        )
+    _check_unique(name, list(addresses))
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = timm.create_model(
+            options.model, pretrained=False, num_classes=SIDE_CLASSES, **dict(options.model_kwargs)
+        )
+    groups = layer_groups(model)
+    for address in addresses:
+        if zero and address == "0":
+            continue
+        if resolve(model, groups, address, name=name) == len(groups) - 1:
+            raise ValueError(
+                f"Expected `{name}` to end before the head ({groups[-2].address!r} at most), but "
+                f"{address!r} includes the classifier."
+            )
+
+
+def _plan(
+    splits: int | Sequence[int],
+    replications: int,
+    conditions: Sequence[_Condition],
+    steps: Sequence[_Transfer],
+    pretrain: Schedule,
+    transfer: Schedule,
+    options: RunOptions,
+) -> Plan:
+    seeds = _split_seeds(splits)
+    replications = check_int("replications", replications, minimum=1)
+    if not isinstance(options, RunOptions):
+        raise TypeError(f"Expected `options` to be RunOptions, but got {describe(options)}.")
+    for name, schedule, roles in (("pretrain", pretrain, 1), ("transfer", transfer, 2)):
+        if not isinstance(schedule, Schedule) or len(schedule.rates) != roles:
+            raise ValueError(
+                f"Expected `{name}` to be a Schedule with {roles} role(s) of rates, but got {schedule!r}."
+            )
+    runs = []
+    for split in seeds:
+        for rep in range(replications):
+            prefix = f"split{split}" + (f"/rep{rep}" if replications > 1 else "")
+            seed = options.seed + rep
+            partition_seed = seed if options.partition_seed is None else options.partition_seed
+            common: dict[str, Any] = {
+                "model": options.model,
+                "num_classes": SIDE_CLASSES,
+                "momentum": options.momentum,
+                "weight_decay": options.weight_decay,
+                "nesterov": options.nesterov,
+                "batch_size": options.batch_size,
+                "seed": seed,
+                "amp": options.amp,
+                "channels_last": options.channels_last,
+                "compile": options.compile,
+                "model_kwargs": dict(options.model_kwargs),
+                "split_seed": split,
+                "smoke": options.smoke,
+            }
+            for condition in conditions:
+                runs.append(
+                    PlannedRun(
+                        f"{prefix}/{condition.name}/pretrain",
+                        RunConfig(
+                            **common,
+                            epochs=pretrain.epochs,
+                            lr=pretrain.rates[0][0],
+                            lr_table=pretrain.lr_table,
+                            binary_weight=condition.binary_weight,
+                            num_partitions=condition.num_partitions,
+                            partition_seed=partition_seed,
+                            side="A",
+                            phase="pretrain",
+                        ),
+                    )
+                )
+            for condition in conditions:
+                for step in steps:
+                    run_id = f"{prefix}/{condition.name}/{step.step}"
+                    source = posixpath.relpath(f"{prefix}/{condition.name}/pretrain", run_id)
+                    runs.append(
+                        PlannedRun(
+                            run_id,
+                            RunConfig(
+                                **common,
+                                epochs=transfer.epochs,
+                                lr=transfer.rates[0][0],
+                                lr_table=transfer.lr_table,
+                                side="B",
+                                per_class=step.per_class,
+                                phase=step.step.partition("-")[0],
+                                transfer_from=source,
+                                transfer_weights=options.transfer_weights,
+                                freeze=step.freeze,
+                                reset=step.reset,
+                                bn=options.bn,
+                            ),
+                        )
+                    )
+    return Plan(runs)

@@ -1,0 +1,203 @@
+"""The data of a run: CIFAR-100 or synthetic CIFAR-shaped images, cut to what the run saw.
+
+A data source loads the whole data set once, ``(images, labels)`` for training and for
+testing; ``run_data`` cuts a run's share out of it from the fields of its
+[`RunConfig`][auxtransfer.experiments.train.RunConfig]:
+
+- ``side="A"`` or ``"B"``: the classes of that side of ``split_classes(100,
+  seed=split_seed)``, relabelled ``0 .. 49``, in the training and the test set alike;
+  ``side="all"``: every class.
+- ``per_class=n``: ``n`` training images of every class, drawn by ``limit_per_class``
+  with the run's ``seed`` (the test set stays whole). Baseline and binary runs of one
+  replication share their seed, so they see the same images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from .._checks import check_int, check_seed
+from ..data import limit_per_class, split_classes, subset_classes
+from .cifar import load_cifar100
+
+__all__ = ["Cifar100", "DataSource", "Images", "SyntheticCifar100", "run_data", "run_data_for"]
+
+#: ``(images, labels)``: ``[N, 3, 32, 32]`` uint8 and ``[N]`` long.
+Images = tuple[Tensor, Tensor]
+
+_CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+_CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+class DataSource(Protocol):
+    """Where the images of a plan's runs come from."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    train_per_class: int
+
+    def check(self) -> None:
+        """Raise unless ``load`` can work, before anything is written."""
+
+    def load(self) -> tuple[Images, Images]:
+        """The training and test sets, loaded once and kept."""
+
+
+class Cifar100:
+    """CIFAR-100 from ``root/cifar-100-python``, downloaded there when asked.
+
+    Args:
+        root: The folder holding (or to hold) ``cifar-100-python``.
+        download: Download the data set when it is missing.
+    """
+
+    mean = _CIFAR100_MEAN
+    std = _CIFAR100_STD
+    num_classes = 100
+    train_per_class = 500
+
+    def __init__(self, root: str | os.PathLike[str], *, download: bool = False) -> None:
+        self.root = Path(root)
+        self.download = download
+        self._data: tuple[Images, Images] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r}, download={self.download})"
+
+    def check(self) -> None:
+        """Raise ``FileNotFoundError`` when the data is missing and ``download`` is off."""
+        folder = self.root / "cifar-100-python"
+        missing = [name for name in ("train", "test") if not (folder / name).is_file()]
+        if missing and not self.download:
+            raise FileNotFoundError(
+                f"CIFAR-100 is not under {self.root} (no {folder / missing[0]}): pass download=True "
+                f"(or --download) on a machine with a network, or copy the unpacked "
+                f"'cifar-100-python' folder there."
+            )
+
+    def load(self) -> tuple[Images, Images]:
+        if self._data is None:
+            train = load_cifar100(self.root, train=True, download=self.download)
+            test = load_cifar100(self.root, train=False)
+            self._data = train, test
+        return self._data
+
+
+class SyntheticCifar100:
+    """Random images shaped like CIFAR-100, for smoke runs: no download, a few seconds.
+
+    Every class has its own coarse colour pattern (a random 4x4 image, scaled up to 32x32)
+    under pixel noise, so a network can learn something and transfer it; the images are
+    drawn from a private generator seeded with ``seed``.
+
+    Args:
+        train_per_class: Training images of each of the 100 classes.
+        test_per_class: Test images of each class.
+        seed: Seeds the patterns and the noise.
+    """
+
+    mean = (0.5, 0.5, 0.5)
+    std = (0.25, 0.25, 0.25)
+    num_classes = 100
+
+    def __init__(self, train_per_class: int = 4, test_per_class: int = 2, *, seed: int = 0):
+        self.train_per_class = check_int("train_per_class", train_per_class, minimum=1)
+        self.test_per_class = check_int("test_per_class", test_per_class, minimum=1)
+        self.seed = check_seed("seed", seed)
+        self._data: tuple[Images, Images] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(train_per_class={self.train_per_class}, "
+            f"test_per_class={self.test_per_class}, seed={self.seed})"
+        )
+
+    def check(self) -> None:
+        """Nothing to check: the images are made on the spot."""
+
+    def load(self) -> tuple[Images, Images]:
+        if self._data is None:
+            g = torch.Generator().manual_seed(self.seed)
+            patterns = torch.randint(0, 256, (self.num_classes, 3, 4, 4), generator=g)
+            patterns = patterns.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
+
+            def draw(per_class: int) -> Images:
+                labels = torch.arange(self.num_classes).repeat(per_class)
+                noise = torch.randint(-64, 65, (len(labels), 3, 32, 32), generator=g)
+                images = (patterns[labels] + noise).clamp(0, 255).to(torch.uint8)
+                return images, labels
+
+            self._data = draw(self.train_per_class), draw(self.test_per_class)
+        return self._data
+
+
+def run_data(
+    data: tuple[Images, Images],
+    *,
+    num_classes: int,
+    side: str = "all",
+    split_seed: int | None = None,
+    per_class: int | None = None,
+    seed: int = 0,
+) -> tuple[Images, Images]:
+    """A run's training and test sets, cut out of a whole data set.
+
+    Args:
+        data: The whole training and test sets (``DataSource.load()``).
+        num_classes: The number of classes of the whole data set.
+        side: ``"A"`` or ``"B"`` (a side of the class split), or ``"all"``.
+        split_seed: The seed of ``split_classes``; required for a side.
+        per_class: Keep this many training images of every class (``None``: all).
+        seed: Draws the kept images (``limit_per_class``).
+
+    Returns:
+        ``(train, test)``, each ``(images, labels)`` with labels ``0 .. k-1``.
+
+    Example:
+        >>> whole = SyntheticCifar100(train_per_class=3, test_per_class=1).load()
+        >>> train, test = run_data(whole, num_classes=100, side="B", split_seed=0, per_class=2)
+        >>> len(train[1]), len(test[1]), int(train[1].max())
+        (100, 50, 49)
+    """
+    train, test = data
+    if side == "all":
+        if split_seed is not None:
+            raise ValueError(
+                f"Expected `split_seed` to be None for side='all' (every class), but got {split_seed}."
+            )
+    elif side in ("A", "B"):
+        if split_seed is None:
+            raise ValueError(f"Expected a `split_seed` for side={side!r}, but got None.")
+        a_classes, b_classes = split_classes(num_classes, seed=split_seed)
+        kept = a_classes if side == "A" else b_classes
+        train, test = (_subset(images, labels, kept) for images, labels in (train, test))
+    else:
+        raise ValueError(f"Expected `side` to be 'A', 'B' or 'all', but got {side!r}.")
+    if per_class is not None:
+        chosen = limit_per_class(train[1], per_class, seed=seed)
+        train = train[0][chosen], train[1][chosen]
+    return train, test
+
+
+def run_data_for(config: Any, source: DataSource) -> tuple[Images, Images]:
+    """``run_data`` with the fields of a ``RunConfig`` (``side``, ``split_seed``,
+    ``per_class``, ``seed``) and the data of ``source``."""
+    return run_data(
+        source.load(),
+        num_classes=source.num_classes,
+        side=config.side,
+        split_seed=config.split_seed,
+        per_class=config.per_class,
+        seed=config.seed,
+    )
+
+
+def _subset(images: Tensor, labels: Tensor, classes: list[int]) -> Images:
+    subset = subset_classes(labels, classes)
+    return images[subset.indices], subset.labels
