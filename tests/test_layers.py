@@ -228,3 +228,16 @@ def test_cli_prints_the_address_table(capsys):
     assert "3.16" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="expected a torchvision model name"):
         cli(["layers", "cifar_densenet_bc_100", "--source", "torchvision"])
+
+
+def test_cli_prints_the_version_from_its_one_source(capsys):
+    import importlib.metadata
+
+    import auxtransfer
+
+    with pytest.raises(SystemExit) as stop:
+        cli(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out == f"auxtransfer {auxtransfer.__version__}\n"
+    # pyproject.toml reads the version from auxtransfer/__init__.py: the metadata agrees.
+    assert importlib.metadata.version("auxtransfer") == auxtransfer.__version__

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import __version__
 from .layers import LayerGroup, layer_groups
 
 
@@ -75,6 +76,7 @@ def format_layers(model: nn.Module) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m auxtransfer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"auxtransfer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     layers = commands.add_parser(
         "layers", help="print the address table of a timm or torchvision model"
