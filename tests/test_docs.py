@@ -65,3 +65,11 @@ def test_built_site_has_no_literal_roles_and_shows_inherited_members(tmp_path):
         assert f'id="auxtransfer.models.{member}"' in api, member
     # Cross-references became links.
     assert 'href="#auxtransfer.class_partition"' in api
+
+
+def test_citation_names_the_current_version():
+    import auxtransfer
+
+    citation = (ROOT / "CITATION.cff").read_text()
+    assert f"\nversion: {auxtransfer.__version__}\n" in citation
+    assert "Maximizing Feature Extraction in DNNs for Transfer Learning" in citation

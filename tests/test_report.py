@@ -460,6 +460,14 @@ def test_command_line_checks_its_arguments(tmp_path, capsys):
     out = tmp_path / "elsewhere"
     assert main([str(tmp_path), "--out", str(out)]) == 0
     assert (out / "report.md").exists() and not (tmp_path / "report.md").exists()
+    run = tmp_path / "a-run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as stop:
+        main([str(run)])  # the report would write into the run
+    assert stop.value.code == 2
+    assert "is itself a run directory" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
 
 
 def test_pairs_are_made_by_split_then_by_seed(tmp_path):

@@ -119,7 +119,7 @@ def test_run_directory_contents(tmp_path):
     header = (run / "metrics.csv").read_text().splitlines()[0]
     assert header.split(",") == [
         "phase", "epoch", "lr", "train_loss", "train_error", "test_loss", "test_error",
-        "train_binary_loss", "train_binary_error", "seconds", "lr_groups",
+        "train_binary_loss", "train_binary_error", "seconds", "lr_groups", "train_main_loss",
     ]  # fmt: skip
     rows = _metrics(run)
     assert [row["epoch"] for row in rows] == ["1", "2"]

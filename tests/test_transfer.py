@@ -76,6 +76,14 @@ def test_best_weights_are_those_of_the_best_epoch(pretrained):
     assert not list(run.glob(".*.tmp"))
 
 
+def test_metrics_log_the_class_and_binary_terms_of_the_loss(pretrained):
+    run, _ = pretrained
+    for row in _rows(run):
+        main, binary = float(row["train_main_loss"]), float(row["train_binary_loss"])
+        assert float(row["train_loss"]) == pytest.approx(0.6 * main + 0.4 * binary, rel=1e-6)
+        assert main != pytest.approx(float(row["train_loss"]), rel=1e-3)
+
+
 def test_load_backbone_gives_the_plain_model_with_a_fresh_classifier(pretrained):
     run, _ = pretrained
     weights = read_weights(run / "best.pt")

@@ -62,14 +62,14 @@ def train_one_epoch(
 
     Returns:
         This process's sums over the epoch, a float64 tensor on the batches' device, not
-        yet read: loss, errors, binary loss, binary errors (0 without binary labels), and
-        the number of images. Wrap-around repeats (DDP) are trained on but not counted.
+        yet read: loss, errors, binary loss, binary errors (0 without binary labels), the
+        number of images, and the class term of the loss. Wrap-around repeats (DDP) are trained on but not counted.
     """
     batches.set_epoch(epoch)
     model.train()
     device = batches.device
     binary = batches.partition is not None
-    sums = torch.zeros(5, device=device, dtype=torch.float64)
+    sums = torch.zeros(6, device=device, dtype=torch.float64)
     for batch in batches:
         x, y = batch[0], batch[1]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -88,9 +88,10 @@ def train_one_epoch(
             binary_wrong = (aux_logits.argmax(-1) != batch[2]).double().mean(1)
             sums[2] += (terms.binary.detach().double() * kept).sum()
             sums[3] += (binary_wrong * kept).sum()
+            main = terms.main.detach()
         else:
             logits = out.float()
-            per_sample = F.cross_entropy(logits, y, reduction="none")
+            per_sample = main = F.cross_entropy(logits, y, reduction="none")
         loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -98,6 +99,7 @@ def train_one_epoch(
         sums[0] += (per_sample.detach().double() * kept).sum()
         sums[1] += ((logits.argmax(1) != y).double() * kept).sum()
         sums[4] += kept.sum()
+        sums[5] += (main.detach().double() * kept).sum()
     return sums
 
 
@@ -110,14 +112,16 @@ def train_averages(sums: Tensor, *, world: int = 1, binary: bool = False) -> dic
         binary: Whether the batches carried binary labels.
 
     Returns:
-        ``train_loss``, ``train_error`` (in %), ``train_binary_loss`` and
-        ``train_binary_error`` (``""`` without binary labels), as ``metrics.csv`` logs them.
+        ``train_loss``, ``train_main_loss``, ``train_error`` (in %), ``train_binary_loss``
+        and ``train_binary_error`` (``""`` without binary labels), as ``metrics.csv`` logs
+        them.
     """
     if world > 1:
         dist.all_reduce(sums)
-    loss, wrong, binary_loss, binary_wrong, count = sums.tolist()
+    loss, wrong, binary_loss, binary_wrong, count, main = sums.tolist()
     return {
         "train_loss": loss / count,
+        "train_main_loss": main / count,
         "train_error": 100.0 * wrong / count,
         "train_binary_loss": binary_loss / count if binary else "",
         "train_binary_error": 100.0 * binary_wrong / count if binary else "",

@@ -28,10 +28,12 @@ __all__ = [
 ]
 
 #: The columns of ``metrics.csv``, in order. ``lr`` is the head's rate; ``lr_groups`` holds
-#: every parameter group's rate (see ``format_learning_rates``).
+#: every parameter group's rate (see ``format_learning_rates``). ``train_loss`` is the loss
+#: trained on (the combined loss with a binary head); ``train_main_loss`` its class term
+#: alone, cross entropy as ``test_loss`` is; ``train_binary_loss`` its binary term.
 METRIC_FIELDS = (
     "phase", "epoch", "lr", "train_loss", "train_error", "test_loss", "test_error",
-    "train_binary_loss", "train_binary_error", "seconds", "lr_groups",
+    "train_binary_loss", "train_binary_error", "seconds", "lr_groups", "train_main_loss",
 )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .gather import RUN_FILES as _RUN_FILES
 from .write import FORMATS
 
 __all__ = ["main"]
@@ -35,6 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.dir)
     if not root.is_dir():
         parser.error(f"DIR: expected a folder of run directories, but got {args.dir!r}")
+    if args.out is None and any((root / name).exists() for name in _RUN_FILES):
+        parser.error(
+            f"DIR: {args.dir!r} is itself a run directory, which the report only reads: "
+            f"give the folder above it, or --out for the report's files"
+        )
     out = Path(args.out) if args.out is not None else root
     if out.exists() and not out.is_dir():
         parser.error(f"--out: expected a folder, but got the file {args.out!r}")
