@@ -1,5 +1,6 @@
-"""The example command lines: help, --list, bad input, --smoke of every experiment, torchrun,
-the SLURM script, and every command docs/experiments.md shows."""
+"""The example command lines: help, --list, bad input, --smoke of every experiment of the
+DenseNet and WRN examples, torchrun, the SLURM script, and every command docs/experiments.md
+shows (the ImageNet example's own data and smoke run: test_imagenet.py)."""
 
 import importlib.util
 import json
@@ -18,18 +19,25 @@ from auxtransfer.experiments import protocols
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "cifar100_densenet.py"
 DOCS = ROOT / "docs" / "experiments.md"
+REPRODUCING = ROOT / "docs" / "reproducing.md"
 # One thread per process: the runs are tiny, and the test machine is shared.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+NAMES = ["cifar100_densenet", "cifar100_wrn", "imagenet100_densenet121"]
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("cifar100_densenet", EXAMPLE)
+def load_example(name):
+    """The ``Example`` of ``examples/<name>.py``."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    return module.EXAMPLE
 
 
-cli = _module()
+EXAMPLES = {name: load_example(name) for name in NAMES}
+cli = EXAMPLES["cifar100_densenet"]
+wrn = EXAMPLES["cifar100_wrn"]
+# (example, experiment) for every experiment each example offers.
+EVERY_EXPERIMENT = [(n, e) for n in NAMES for e in EXAMPLES[n].experiments]
 
 
 @pytest.fixture
@@ -43,15 +51,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _main(capsys, *args):
+def _main(capsys, *args, example=cli):
     """Run the example's ``main`` in this process; its standard output."""
-    cli.main([*args])
+    example.main([*args])
     return capsys.readouterr().out
 
 
-def _check_smoke(experiment, out, stdout):
+def check_smoke(experiment, out, stdout, setup=protocols.DENSENET_CIFAR):
     """Every run of the smoke plan finished, says it is a smoke run, and is in the table."""
-    plan = protocols.build(experiment, **protocols.smoke_parameters(experiment))
+    plan = protocols.build(experiment, setup=setup, **protocols.smoke_parameters(experiment, setup))
     table = stdout.splitlines()[-len(plan) - 1 :]
     assert table[0].split()[:2] == ["run", "data"]
     for line, run in zip(table[1:], plan, strict=True):
@@ -63,39 +71,76 @@ def _check_smoke(experiment, out, stdout):
     return table
 
 
-def _run(*args, timeout=300, **kwargs):
+def run_example(name, *args, timeout=300, **kwargs):
+    """``python examples/<name>.py ARGS`` in a process of its own, from the repository."""
     return subprocess.run(
-        [sys.executable, str(EXAMPLE), *args], capture_output=True, text=True, timeout=timeout,
-        env=ENV, cwd=ROOT, **kwargs,
+        [sys.executable, str(ROOT / "examples" / f"{name}.py"), *args], capture_output=True,
+        text=True, timeout=timeout, env=ENV, cwd=ROOT, **kwargs,
     )  # fmt: skip
 
 
-def test_help_shows_every_default(capsys, monkeypatch):
+def _run(*args, timeout=300, **kwargs):
+    return run_example("cifar100_densenet", *args, timeout=timeout, **kwargs)
+
+
+def help_entries(example, capsys, monkeypatch):
+    """``--help``'s text, and each option's entry (its line and the help under it) by its
+    first flag."""
     monkeypatch.setenv("COLUMNS", "1000")  # one line per flag
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--help"])
+        example.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    # Each option's entry: its line and the help under it, up to the next option.
     parts = re.split(r"\n  (?=-)", text.split("\noptions:\n", 1)[1])
-    entries = {" ".join(part.split()): " ".join(part.split()) for part in parts}
-    options = [a for a in cli.build_parser()._actions if a.option_strings]
+    entries = {}
+    for part in parts:
+        entry = " ".join(part.split())
+        entries[entry.split(" ", 1)[0].rstrip(",")] = entry
+    return text, entries
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help_shows_every_default(name, capsys, monkeypatch):
+    example = EXAMPLES[name]
+    text, entries = help_entries(example, capsys, monkeypatch)
+    options = [a for a in example.build_parser()._actions if a.option_strings]
+    checked = 0
     for action in options:
-        if action.default in (None, False) or action.dest == "help":
+        if action.default is None or action.default is False or action.dest == "help":
             continue  # on/off flags, --out (required), --run / --split-seeds (all / --splits)
-        flag = action.option_strings[0]
-        entry = entries[next(e for e in entries if e.startswith(flag + " ") or e == flag)]
+        entry = entries[action.option_strings[0]]
         assert entry.endswith(f"(default: {action.default})"), entry
-    assert "(default: 2 (paired, freeze, long-tail); 1 (reset, weight-sweep, heads))" in text
-    assert "(default: 126 151)" in text and "(default: 0.1 0.01 0.001)" in text
+        checked += 1
+    assert checked >= 15
+    setup = example.setup
+    assert entries["--batch-size"].endswith(f"(default: {setup.options.batch_size})")
+    assert entries["--weight-decay"].endswith(f"(default: {setup.options.weight_decay})")
+    if name == "cifar100_densenet":
+        assert "(default: 2 (paired, freeze, long-tail); 1 (reset, weight-sweep, heads))" in text
+        assert "(default: 126 151)" in text and "(default: 0.1 0.01 0.001)" in text
+    if name == "cifar100_wrn":
+        assert entries["--freeze-at"].endswith("(default: 0 1.1 1 2.1 2 3.0 3.1 3.2 3)")
+        assert entries["--batch-size"].endswith("(default: 128)")
+        assert "paired: baseline vs binary on each split (Fig. 6)" in text
+    if name == "imagenet100_densenet121":
+        assert entries["--pretrain-milestones"].endswith("(default: 31 61)")
+        assert entries["--transfer-epochs"].endswith("(default: 50)")
+        assert entries["--workers"].endswith("(default: 8)")
+        assert entries["--crop-size"].endswith("(default: 224)")
+        assert entries["--class-seed"].endswith("(default: 0)")
+        assert "--freeze-at" not in entries and "--download" not in entries
 
 
-@pytest.mark.parametrize("experiment", list(protocols.EXPERIMENTS))
-def test_list_prints_the_run_ids_only(experiment, tmp_path, capsys):
-    cli.main(["--experiment", experiment, "--out", str(tmp_path / "out"), "--list"])
-    assert capsys.readouterr().out.splitlines() == protocols.build(experiment).ids
-    cli.main(["--experiment", experiment, "--out", str(tmp_path / "out"), "--list", "--smoke"])
-    smoke = protocols.build(experiment, **protocols.smoke_parameters(experiment))
+@pytest.mark.parametrize(("name", "experiment"), EVERY_EXPERIMENT)
+def test_list_prints_the_run_ids_only(name, experiment, tmp_path, capsys):
+    example = EXAMPLES[name]
+    setup = example.setup
+    example.main(["--experiment", experiment, "--out", str(tmp_path / "out"), "--list"])
+    assert capsys.readouterr().out.splitlines() == protocols.build(experiment, setup=setup).ids
+    example.main(["--experiment", experiment, "--out", str(tmp_path / "out"), "--list", "--smoke"])
+    smoke = protocols.build(
+        experiment, setup=setup, **protocols.smoke_parameters(experiment, setup)
+    )
     assert capsys.readouterr().out.splitlines() == smoke.ids
     assert not (tmp_path / "out").exists()
 
@@ -113,7 +158,7 @@ def test_flags_reach_the_plan(tmp_path, capsys):
         ["--out", out, "--transfer-epochs", "20", "--body-lr", "0.02", "0.02", "0.002",
          "--batch-size", "32", "--bn", "update", "--transfer-from", "last", "--seed", "5"]
     )  # fmt: skip
-    params = cli.experiment_parameters(args, cli.build_parser())
+    params = cli.parameters(args, cli.build_parser())
     plan = protocols.build("paired", **params)
     fine = plan["split0/binary/finetune"].config
     # Only the epochs changed: the milestones keep their fractions (51 -> 11, 76 -> 16).
@@ -122,34 +167,76 @@ def test_flags_reach_the_plan(tmp_path, capsys):
     assert plan["split0/binary/pretrain"].config.epochs == 175
 
 
-@pytest.mark.parametrize(
-    ("args", "flag"),
-    [
-        (["--experiment", "nope"], "--experiment"),
-        (["--experiment", "freeze", "--freeze-at", "0", "2.99"], "--freeze-at"),
-        (["--experiment", "reset", "--reset-at", "head"], "--reset-at"),
-        (["--run", "split0/binary/fine"], "--run"),
-        (["--run", "split0/binary/finetune"], "--run"),  # its pre-training has not run
-        (["--data-root", "{tmp}/nowhere"], "--data-root"),
-        (["--splits", "0"], "--splits"),
-        (["--split-seeds", "1", "1"], "--split-seeds"),
-        (["--binary-weight", "1.5"], "--binary-weight"),
-        (["--experiment", "weight-sweep", "--weights", "0", "1.5"], "--weights"),
-        (["--experiment", "heads", "--head-weight", "0.5"], "--head-weight"),
-        (["--freeze-at", "2.9"], "--freeze-at"),  # not an option of paired
-        (["--smoke", "--transfer-milestones", "5"], "--transfer-milestones"),
-        (["--body-lr", "0.1"], "--body-lr"),
-        (["--batch-size", "0"], "--batch-size"),
-        (["--smoke", "--experiment", "long-tail", "--per-class", "61"], "--per-class"),
-        (["--smoke", "--stop-after", "0"], "--stop-after"),
-        (["--smoke", "--device", "nonsense"], "--device"),
-    ],
-)
-def test_bad_input_is_one_line_naming_the_flag_and_writes_nothing(args, flag, tmp_path, capsys):
+def test_wrn_flags_reach_the_plan(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    wrn.main(["--experiment", "freeze", "--out", out, "--list", "--splits", "1",
+              "--freeze-at", "0", "2.3", "3"])  # fmt: skip
+    assert capsys.readouterr().out.split() == [
+        f"split0/{step}" for step in (
+            "baseline/pretrain", "binary/pretrain", "baseline/freeze-0", "baseline/freeze-2.3",
+            "baseline/freeze-3", "binary/freeze-0", "binary/freeze-2.3", "binary/freeze-3")
+    ]  # fmt: skip
+    args = wrn.build_parser().parse_args(["--out", out, "--weight-decay", "1e-3"])
+    plan = protocols.build("paired", setup=wrn.setup, **wrn.parameters(args, wrn.build_parser()))
+    pre, fine = plan["split1/binary/pretrain"].config, plan["split1/binary/finetune"].config
+    assert (pre.model, pre.model_kwargs, pre.batch_size) == ("cifar_wrn_28_10", {}, 128)
+    assert (pre.weight_decay, fine.weight_decay, pre.binary_weight) == (1e-3, 1e-3, 0.4)
+    assert (pre.epochs, fine.epochs, fine.lr_table) == (175, 100, protocols.FINETUNE_100.lr_table)
+
+
+BAD_INPUT = [
+    ("cifar100_densenet", ["--experiment", "nope"], "--experiment"),
+    ("cifar100_densenet", ["--experiment", "freeze", "--freeze-at", "0", "2.99"], "--freeze-at"),
+    ("cifar100_densenet", ["--experiment", "reset", "--reset-at", "head"], "--reset-at"),
+    ("cifar100_densenet", ["--run", "split0/binary/fine"], "--run"),
+    ("cifar100_densenet", ["--run", "split0/binary/finetune"], "--run"),  # pre-training not run
+    ("cifar100_densenet", ["--data-root", "{tmp}/nowhere"], "--data-root"),
+    ("cifar100_densenet", ["--splits", "0"], "--splits"),
+    ("cifar100_densenet", ["--split-seeds", "1", "1"], "--split-seeds"),
+    ("cifar100_densenet", ["--binary-weight", "1.5"], "--binary-weight"),
+    ("cifar100_densenet", ["--experiment", "weight-sweep", "--weights", "0", "1.5"], "--weights"),
+    ("cifar100_densenet", ["--experiment", "heads", "--head-weight", "0.5"], "--head-weight"),
+    ("cifar100_densenet", ["--freeze-at", "2.9"], "--freeze-at"),  # not an option of paired
+    ("cifar100_densenet", ["--smoke", "--transfer-milestones", "5"], "--transfer-milestones"),
+    ("cifar100_densenet", ["--body-lr", "0.1"], "--body-lr"),
+    ("cifar100_densenet", ["--batch-size", "0"], "--batch-size"),
+    (
+        "cifar100_densenet",
+        ["--smoke", "--experiment", "long-tail", "--per-class", "61"],
+        "--per-class",
+    ),
+    ("cifar100_densenet", ["--smoke", "--stop-after", "0"], "--stop-after"),
+    ("cifar100_densenet", ["--smoke", "--device", "nonsense"], "--device"),
+    ("cifar100_wrn", ["--experiment", "nope"], "--experiment"),
+    ("cifar100_wrn", ["--experiment", "freeze", "--freeze-at", "0", "2.9"], "--freeze-at"),
+    ("cifar100_wrn", ["--experiment", "reset", "--reset-at", "1.4"], "--reset-at"),
+    ("cifar100_wrn", ["--smoke", "--experiment", "freeze", "--freeze-at", "2.3"], "--freeze-at"),
+    ("cifar100_wrn", ["--run", "split0/binary/finetune"], "--run"),
+    ("cifar100_wrn", ["--data-root", "{tmp}/nowhere"], "--data-root"),
+    ("cifar100_wrn", ["--binary-weight", "-0.1"], "--binary-weight"),
+    ("cifar100_wrn", ["--pretrain-lr", "0.1", "0.01"], "--pretrain-lr"),
+    ("cifar100_wrn", ["--smoke", "--batch-size", "300"], "--batch-size"),
+    ("imagenet100_densenet121", ["--experiment", "freeze"], "--experiment"),
+    ("imagenet100_densenet121", ["--freeze-at", "2"], "--freeze-at"),
+    ("imagenet100_densenet121", ["--data-root", "{tmp}/nowhere"], "--data-root"),
+    ("imagenet100_densenet121", ["--crop-size", "0"], "--crop-size"),
+    ("imagenet100_densenet121", ["--resize-size", "200"], "--resize-size"),
+    ("imagenet100_densenet121", ["--smoke", "--resize-size", "31"], "--resize-size"),
+    ("imagenet100_densenet121", ["--workers", "-1"], "--workers"),
+    ("imagenet100_densenet121", ["--class-seed", "-1"], "--class-seed"),
+    ("imagenet100_densenet121", ["--transfer-milestones", "60"], "--transfer-milestones"),
+    ("imagenet100_densenet121", ["--smoke", "--batch-size", "151"], "--batch-size"),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "flag"), BAD_INPUT)
+def test_bad_input_is_one_line_naming_the_flag_and_writes_nothing(
+    name, args, flag, tmp_path, capsys
+):
     out = tmp_path / "out"
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--out", str(out), *args])
+        EXAMPLES[name].main(["--out", str(out), *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and err[0].startswith("usage: "), err
@@ -157,8 +244,11 @@ def test_bad_input_is_one_line_naming_the_flag_and_writes_nothing(args, flag, tm
     assert not out.exists()
 
 
-def test_bad_input_in_a_process_has_no_traceback(tmp_path):
-    result = _run("--out", str(tmp_path / "out"), "--binary-weight", "1.5", timeout=120)
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_in_a_process_has_no_traceback(name, tmp_path):
+    result = run_example(
+        name, "--out", str(tmp_path / "out"), "--binary-weight", "1.5", timeout=120
+    )
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1].endswith(
         "error: Expected --binary-weight to be a float in [0, 1], but got 1.5."
@@ -177,17 +267,44 @@ def test_a_finished_run_with_other_settings_is_refused(tmp_path, capsys, one_thr
     assert "epochs" in err[1]
 
 
-@pytest.mark.parametrize("experiment", list(protocols.EXPERIMENTS))
-def test_smoke_runs_every_step(experiment, tmp_path, capsys, one_thread):
+@pytest.mark.parametrize(
+    ("name", "experiment"),
+    # The paired smoke runs of the WRN and ImageNet examples run as CI runs them, below and
+    # in test_imagenet.py.
+    [
+        (n, e)
+        for n, e in EVERY_EXPERIMENT
+        if n != "imagenet100_densenet121" and (n, e) != ("cifar100_wrn", "paired")
+    ],
+)
+def test_smoke_runs_every_step(name, experiment, tmp_path, capsys, one_thread):
+    example = EXAMPLES[name]
     out = tmp_path / "out"
     args = ["--experiment", experiment, "--smoke", "--device", "cpu", "--out", str(out)]
     started = time.perf_counter()
-    stdout = _main(capsys, *args)
+    stdout = _main(capsys, *args, example=example)
     assert time.perf_counter() - started < 120
-    table = _check_smoke(experiment, out, stdout)
+    table = check_smoke(experiment, out, stdout, example.setup)
     # Calling again skips every finished run.
-    again = _main(capsys, *args)
+    again = _main(capsys, *args, example=example)
     assert "training" not in again and again.splitlines()[-len(table) :] == table
+
+
+def test_wrn_smoke_as_ci_runs_it(tmp_path):
+    """``python examples/cifar100_wrn.py --smoke`` end to end in a process of its own, well
+    under two minutes; its runs are tiny WRNs."""
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    result = run_example("cifar100_wrn", "--smoke", "--device", "cpu", "--out", str(out))
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert seconds < 60, seconds
+    check_smoke("paired", out, result.stdout, protocols.WRN_CIFAR)
+    config = json.loads((out / "split0/binary/finetune/config.json").read_text())
+    assert (config["model"], config["model_kwargs"]) == (
+        "cifar_wrn_28_10",
+        {"depth": 10, "widen_factor": 1},
+    )
 
 
 def test_stop_after_says_how_to_continue(tmp_path, capsys, one_thread):
@@ -198,7 +315,7 @@ def test_stop_after_says_how_to_continue(tmp_path, capsys, one_thread):
     again = _main(capsys, *args)
     assert "resuming split0/binary/pretrain" in again
     assert "training split0/baseline/pretrain" not in again
-    _check_smoke("paired", tmp_path / "out", again)
+    check_smoke("paired", tmp_path / "out", again)
 
 
 def _doc_commands():
@@ -210,13 +327,13 @@ def _doc_commands():
     for block in blocks:
         for command in block.replace("\\\n", " ").splitlines():
             command = command.split("  #", 1)[0].strip()
-            if "examples/cifar100_densenet.py" in command and "$" not in command:
+            if re.search(r"examples/\w+\.py", command) and "$" not in command:
                 commands.append(command)
     return commands
 
 
 def test_torchrun_smoke_as_the_docs_show(tmp_path):
-    (command,) = [c for c in _doc_commands() if c.startswith("torchrun")]
+    (command,) = [c for c in _doc_commands() if c.startswith("torchrun") and "--smoke" in c]
     assert command.startswith(
         "torchrun --nproc_per_node=2 examples/cifar100_densenet.py --smoke --device cpu --out "
     )
@@ -227,22 +344,67 @@ def test_torchrun_smoke_as_the_docs_show(tmp_path):
                             cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("final error") == 1  # one summary table: rank 0 prints
-    _check_smoke("paired", tmp_path / words[-1], result.stdout)
+    check_smoke("paired", tmp_path / words[-1], result.stdout)
+
+
+def test_the_docs_show_every_example():
+    shown = {re.search(r"examples/(\w+)\.py", c).group(1) for c in _doc_commands()}
+    assert shown == set(NAMES)
 
 
 @pytest.mark.parametrize("command", [c for c in _doc_commands() if c.startswith("python ")])
 def test_doc_commands_work_as_written(command, tmp_path, capsys, monkeypatch, one_thread):
     """The commands on synthetic data run exactly as written, from an empty folder (here,
-    in this process); those that need CIFAR-100 are planned, with --list added."""
+    in this process); those that need CIFAR-100 or ImageNet are planned, with --list added."""
     monkeypatch.chdir(tmp_path)
     words = shlex.split(command)
-    assert words[:2] == ["python", "examples/cifar100_densenet.py"]
+    assert words[0] == "python" and re.fullmatch(r"examples/\w+\.py", words[1]), words
+    example = EXAMPLES[Path(words[1]).stem]
     needs_data = "--smoke" not in words and "--list" not in words
-    stdout = _main(capsys, *words[2:], *(["--list"] if needs_data else []))
+    stdout = _main(capsys, *words[2:], *(["--list"] if needs_data else []), example=example)
     if "--smoke" in words and "--run" not in words:
-        _check_smoke("paired", tmp_path / words[words.index("--out") + 1], stdout)
+        experiment = words[words.index("--experiment") + 1] if "--experiment" in words else "paired"
+        out = tmp_path / words[words.index("--out") + 1]
+        check_smoke(experiment, out, stdout, example.setup)
     else:
         assert stdout.splitlines()
+
+
+def _reproducing_commands():
+    """docs/reproducing.md's commands, each with the plan size the page gives for it."""
+    found = re.findall(
+        r"```bash\n(python examples/\S+\.py [^\n$]*)\n```\n\nPlan: (\d+) runs \([^)]*\),\s+([\d,]+) epochs",
+        REPRODUCING.read_text(),
+    )
+    return [(command, int(runs), int(epochs.replace(",", ""))) for command, runs, epochs in found]
+
+
+def test_reproducing_covers_every_figure():
+    """The cost table has a row for each of Figs. 2-10, 14, 15 and Table 1, and each
+    figure's section a command whose plan size is checked below."""
+    figures, table = set(), False
+    for cell in re.findall(r"^\| ([^|]+?) \|", REPRODUCING.read_text(), re.M):
+        table = table or "Table 1" in cell
+        for first, last in re.findall(r"(\d+)(?:-(\d+))?", cell.replace("Table 1", "")):
+            figures.update(range(int(first), int(last or first) + 1))
+    assert table and {2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15} <= figures, figures
+    assert len(_reproducing_commands()) == 8
+
+
+@pytest.mark.parametrize("entry", _reproducing_commands(), ids=lambda entry: entry[0][:60])
+def test_reproducing_commands_plan_what_the_page_says(entry, tmp_path, capsys, monkeypatch):
+    """Each figure's command is valid as written, and its plan has the runs and epochs the
+    page states."""
+    command, runs, epochs = entry
+    monkeypatch.chdir(tmp_path)
+    words = shlex.split(command)
+    example = EXAMPLES[Path(words[1]).stem]
+    ids = _main(capsys, *words[2:], "--list", example=example).splitlines()
+    experiment = words[words.index("--experiment") + 1] if "--experiment" in words else "paired"
+    plan = protocols.build(experiment, setup=example.setup)
+    assert ids == plan.ids and len(ids) == runs
+    assert sum(run.config.epochs for run in plan) == epochs
+    assert not any(tmp_path.iterdir())
 
 
 def test_slurm_array_script(tmp_path):

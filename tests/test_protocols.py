@@ -2,17 +2,22 @@
 
 import pytest
 import timm
+import torch
 
 import auxtransfer.models  # noqa: F401  (registers the CIFAR models with timm)
 from auxtransfer import layer_names
 from auxtransfer.experiments import protocols
 from auxtransfer.experiments.protocols import (
+    DENSENET121_IMAGENET,
+    DENSENET_CIFAR,
     EXPERIMENTS,
     FINETUNE_100,
     PRETRAIN,
     SMOKE_OPTIONS,
+    WRN_CIFAR,
     RunOptions,
     Schedule,
+    Setup,
     rates_at,
 )
 from auxtransfer.experiments.transfer import set_learning_rates
@@ -49,9 +54,22 @@ def _engine_rates(config):
     return [list(column) for column in zip(*per_epoch, strict=True)]
 
 
-@pytest.mark.parametrize("experiment", list(EXPERIMENTS))
-def test_every_run_follows_the_papers_schedule(experiment):
-    plan = protocols.build(experiment)
+# The ImageNet schedules (the paper gives none): DenseNet's ImageNet recipe on A, the
+# paper's fine-tuning over 50 epochs on B.
+IMAGENET_PRETRAIN = [[0.1] * 30 + [0.01] * 30 + [0.001] * 30]  # 90 epochs, from 1 / 31 / 61
+IMAGENET_FINETUNE = [
+    [0.01] * 25 + [0.01] * 13 + [0.001] * 12,  # drops at 26 and 39
+    [0.1] * 25 + [0.01] * 13 + [0.001] * 12,
+]
+
+
+@pytest.mark.parametrize(
+    ("setup", "experiment"),
+    [(setup, e) for setup in (DENSENET_CIFAR, WRN_CIFAR) for e in EXPERIMENTS],
+    ids=lambda value: value.name.split()[0] if isinstance(value, Setup) else value,
+)
+def test_every_run_follows_the_papers_schedule(setup, experiment):
+    plan = protocols.build(experiment, setup=setup)
     for run in plan:
         expected = PAPER_PRETRAIN if run.config.side == "A" else PAPER_TRANSFER[experiment]
         assert run.config.epochs == len(expected[0]), run.id
@@ -141,8 +159,10 @@ def test_weight_sweep_and_heads_are_the_two_readings_of_fig_10():
     assert (run.binary_weight, run.num_partitions) == (0.4, 4)
     plan = protocols.heads()
     assert [run.id for run in plan if run.config.side == "A"] == [
-        "split0/b0.1x1/pretrain", "split0/b0.1x2/pretrain", "split0/b0.1x4/pretrain",
+        "split0/baseline/pretrain", "split0/b0.1x1/pretrain", "split0/b0.1x2/pretrain",
+        "split0/b0.1x4/pretrain",
     ]  # fmt: skip
+    assert plan["split0/baseline/pretrain"].config.binary_weight == 0.0
     # n heads of weight b each: b x n in all.
     for n in (1, 2, 4):
         run = plan[f"split0/b0.1x{n}/pretrain"].config
@@ -271,3 +291,99 @@ def test_defaults_per_experiment():
     assert protocols.defaults("replications")["long-tail"] == 7
     assert protocols.defaults("per_class") == {"long-tail": 60}
     assert protocols.defaults("transfer")["freeze"].epochs == 40
+
+
+def test_imagenet_runs_follow_their_schedules():
+    plan = protocols.build("paired", setup=DENSENET121_IMAGENET)
+    assert len(plan) == 8
+    for run in plan:
+        expected = IMAGENET_PRETRAIN if run.config.side == "A" else IMAGENET_FINETUNE
+        assert run.config.epochs == len(expected[0]), run.id
+        assert _engine_rates(run.config) == expected, run.id
+        assert (run.config.model, run.config.model_kwargs) == ("densenet121", {})
+        assert (run.config.batch_size, run.config.weight_decay, run.config.num_classes) == (
+            256,
+            1e-4,
+            50,
+        )
+
+
+def test_wrn_setup():
+    plan = protocols.build("paired", setup=WRN_CIFAR)
+    assert plan.ids == protocols.paired().ids  # the same plan of runs as the DenseNet's
+    for run in plan:
+        assert (run.config.model, run.config.model_kwargs) == ("cifar_wrn_28_10", {})
+        assert (run.config.batch_size, run.config.weight_decay) == (128, 5e-4)
+        assert run.config.binary_weight == (0.4 if "/binary/pretrain" in run.id else 0.0)
+    model = timm.create_model("cifar_wrn_28_10", num_classes=50)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+    # Every default point is an address of WRN-28-10, "1" and "3" whole blocks.
+    from auxtransfer.layers import layer_groups, resolve
+
+    groups = layer_groups(model)
+    covered = {a: groups[resolve(model, groups, a)].address for a in protocols.WRN_FREEZE_AT[1:]}
+    assert covered == {
+        "1.1": "1.1", "1": "1.3", "2.1": "2.1", "2": "2.3",
+        "3.0": "3.0", "3.1": "3.1", "3.2": "3.2", "3": "3.3",
+    }  # fmt: skip
+    assert set(protocols.WRN_RESET_AT) <= set(covered)
+    freeze = protocols.build("freeze", setup=WRN_CIFAR, splits=1)
+    assert [run.config.freeze for run in freeze if run.id.startswith("split0/binary/freeze")] == [
+        *protocols.WRN_FREEZE_AT
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setup", "names"),
+    [
+        (WRN_CIFAR, ["stem", "1.0", "2.0", "3.0", "head"]),
+        (DENSENET121_IMAGENET, ["stem", "1.1", "2.1", "3.1", "4.1", "head"]),
+    ],
+    ids=["wrn", "imagenet"],
+)
+def test_other_setups_smoke_on_tiny_models(setup, names):
+    options = setup.smoke_options
+    tiny = timm.create_model(options.model, num_classes=50, **options.model_kwargs)
+    assert layer_names(tiny) == names
+    for experiment in setup.experiments:
+        smoke = protocols.build(
+            experiment, setup=setup, **protocols.smoke_parameters(experiment, setup)
+        )
+        assert len({run.id.split("/")[0] for run in smoke}) == 1  # one split
+        for run in smoke:
+            assert run.config.smoke and run.config.epochs == protocols.SMOKE_EPOCHS
+            assert (run.config.model, run.config.model_kwargs) == (
+                options.model,
+                options.model_kwargs,
+            )
+            for address in (run.config.freeze, run.config.reset):
+                assert address in (None, "0") or address.split(".")[0] in {"1", "2", "3"}
+
+
+def test_imagenet_setup_offers_the_paired_experiment_only():
+    assert DENSENET121_IMAGENET.experiments == ("paired",)
+    assert protocols.defaults("splits", DENSENET121_IMAGENET) == {"paired": 2}
+    with pytest.raises(ValueError, match=r"`experiment` to be one of paired, but got 'freeze'"):
+        protocols.build("freeze", setup=DENSENET121_IMAGENET)
+
+
+def test_setup_checks_its_parameters():
+    with pytest.raises(ValueError, match=r"`experiments` to be names of paired, .* got \['nope'\]"):
+        Setup("x", experiments=("nope",))
+    with pytest.raises(
+        ValueError, match=r"`parameters` to name parameters of paired .* got freeze_at"
+    ):
+        Setup("x", parameters={"freeze_at": ("0",)}, experiments=("paired",))
+    with pytest.raises(TypeError, match="Expected `options` to be RunOptions"):
+        Setup("x", options={"model": "resnet18"})
+    # A given parameter wins over the setup's default; the setup's over the builder's.
+    plan = protocols.build("paired", setup=WRN_CIFAR, splits=[5])
+    assert plan.ids[0] == "split5/baseline/pretrain"
+    assert plan.runs[0].config.batch_size == 128
+
+
+def test_run_options_num_workers_reach_every_run():
+    plan = protocols.paired(options=RunOptions(num_workers=6))
+    assert {run.config.num_workers for run in plan} == {6}
+    with pytest.raises(ValueError, match="`num_workers` to be an int >= 0"):
+        RunOptions(num_workers=-1)

@@ -1,8 +1,12 @@
-"""The paper's DenseNet experiments on CIFAR-100 as plans of runs.
+"""The paper's experiments as plans of runs.
 
 Each builder returns a [`Plan`][auxtransfer.experiments.plan.Plan]. Every schedule,
-weight and count is a parameter whose default is the paper's value (``PAPER.md``); where
-the paper does not give one, the docstring says what was chosen.
+weight and count is a parameter whose default is the paper's value for DenseNet-BC-100 on
+CIFAR-100 (``PAPER.md``); where the paper does not give one, the docstring says what was
+chosen. A ``Setup`` replaces some of those defaults for another network or data set:
+``WRN_CIFAR`` (WRN-28-10, Fig. 6) and ``DENSENET121_IMAGENET`` (DenseNet-121 on
+ImageNet-100, Fig. 15); ``build(experiment, setup=...)`` builds an experiment's plan from a
+setup's defaults.
 
 A *test* is one A/B class split (``splits``) and one replication on it
 (``replications``); per test every condition pre-trains on A once, and every transfer of
@@ -36,18 +40,26 @@ from .plan import Plan, PlannedRun
 from .train import RunConfig
 
 __all__ = [
+    "DENSENET121_IMAGENET",
+    "DENSENET_CIFAR",
     "EXPERIMENTS",
     "FINETUNE_40",
     "FINETUNE_100",
     "FREEZE_AT",
+    "IMAGENET_FINETUNE",
+    "IMAGENET_PRETRAIN",
     "PRETRAIN",
     "RESET_100",
     "RESET_AT",
     "SMOKE_EPOCHS",
     "SMOKE_OPTIONS",
     "WEIGHTS",
+    "WRN_CIFAR",
+    "WRN_FREEZE_AT",
+    "WRN_RESET_AT",
     "RunOptions",
     "Schedule",
+    "Setup",
     "build",
     "defaults",
     "freeze",
@@ -60,7 +72,7 @@ __all__ = [
     "weight_sweep",
 ]
 
-#: CIFAR-100 split in two halves of 50 classes.
+#: The data's 100 classes (CIFAR-100, ImageNet-100) split in two halves of 50 classes.
 NUM_CLASSES = 100
 SIDE_CLASSES = NUM_CLASSES // 2
 
@@ -237,6 +249,8 @@ class RunOptions:
         channels_last: Channels-last memory format.
         compile: ``torch.compile`` the model.
         smoke: Mark every run as a smoke run, not a result.
+        num_workers: ``DataLoader`` workers of data given as datasets (ImageNet); part of
+            a run's settings, since the workers are seeded.
     """
 
     model: str = "cifar_densenet_bc_100"
@@ -253,9 +267,11 @@ class RunOptions:
     channels_last: bool = False
     compile: bool = False
     smoke: bool = False
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         check_int("batch_size", self.batch_size, minimum=1)
+        check_int("num_workers", self.num_workers, minimum=0)
         check_seed("seed", self.seed)
         if self.partition_seed is not None:
             check_seed("partition_seed", self.partition_seed)
@@ -407,8 +423,9 @@ def heads(
     The figure's "B = b x n" is read here as: each of the ``n`` heads has weight ``b``
     (``head_weight``), so the binary terms weigh ``b * n`` together, shared equally. The
     wording also allows the other reading, a total ``b`` shared by the ``n`` heads: that
-    is ``weight_sweep(weights=[b], partitions=n)``. Condition ``b<b>x<n>``; the values of
-    ``b`` and ``n`` are not in the paper's text (``0.1 x 4`` sums to its chosen 0.4).
+    is ``weight_sweep(weights=[b], partitions=n)``. Condition ``b<b>x<n>``, beside a
+    ``baseline`` without binary head on the same splits; the values of ``b`` and ``n`` are
+    not in the paper's text (``0.1 x 4`` sums to its chosen 0.4).
     """
     b = check_unit_float("head_weight", head_weight)
     if not heads:
@@ -424,6 +441,7 @@ def heads(
                 f"weight), but {b:g} x {n} = {total:g}."
             )
         conditions.append(_Condition(f"b{b:g}x{n}", total, n))
+    conditions.insert(0, _Condition("baseline", 0.0, 1))
     return _plan(
         splits, replications, conditions, [_Transfer("finetune")], pretrain, transfer, options
     )
@@ -463,51 +481,182 @@ EXPERIMENTS: dict[str, Callable[..., Plan]] = {
 }
 
 
-def build(experiment: str, **parameters: Any) -> Plan:
-    """The plan of an experiment of ``EXPERIMENTS`` with some parameters given."""
+def _signature(experiment: str) -> Mapping[str, inspect.Parameter]:
+    return inspect.signature(EXPERIMENTS[experiment]).parameters
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One network on one data set: the defaults its experiments start from.
+
+    The builders' own defaults are those of DenseNet-BC-100 on CIFAR-100
+    (``DENSENET_CIFAR``). A setup replaces some of them: the options every run shares (the
+    model, its batch size and weight decay), the default of a builder parameter in every
+    experiment that takes it (freeze and reset points in the network's own layer map, the
+    schedules), and what the smoke plans run (a tiny model of the same family, and points
+    that exist in it).
+
+    Args:
+        name: What it is, for messages: ``"WRN-28-10 on CIFAR-100"``.
+        options: What every run shares.
+        parameters: Builder parameters' defaults, each in every experiment that takes it.
+        smoke_options: The smoke runs' options (a tiny model; ``smoke=True``).
+        smoke_parameters: The smoke plans' parameters beyond ``smoke_parameters``' common
+            ones (freeze and reset points of the tiny model).
+        experiments: The experiments it offers, names of ``EXPERIMENTS``.
+
+    Example:
+        >>> setup = Setup("a tiny WRN", RunOptions(model="cifar_wrn_28_10",
+        ...     model_kwargs={"depth": 10, "widen_factor": 1}), experiments=("paired",))
+        >>> build("paired", setup=setup, splits=1).runs[0].config.model_kwargs
+        {'depth': 10, 'widen_factor': 1}
+    """
+
+    name: str
+    options: RunOptions = RunOptions()
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    smoke_options: RunOptions = SMOKE_OPTIONS
+    smoke_parameters: Mapping[str, Any] = field(default_factory=dict)
+    experiments: tuple[str, ...] = tuple(EXPERIMENTS)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.experiments if name not in EXPERIMENTS]
+        if unknown or not self.experiments:
+            raise ValueError(
+                f"Expected `experiments` to be names of {', '.join(EXPERIMENTS)}, but got "
+                f"{list(self.experiments)}."
+            )
+        for name, given in (
+            ("parameters", self.parameters),
+            ("smoke_parameters", self.smoke_parameters),
+        ):
+            taken = {p for e in self.experiments for p in _signature(e)} - {"options"}
+            extra = sorted(set(given) - taken)
+            if extra:
+                raise ValueError(
+                    f"Expected `{name}` to name parameters of {', '.join(self.experiments)} "
+                    f"({', '.join(sorted(taken))}), but got {', '.join(extra)}."
+                )
+        for name, options in (("options", self.options), ("smoke_options", self.smoke_options)):
+            if not isinstance(options, RunOptions):
+                raise TypeError(f"Expected `{name}` to be RunOptions, but got {describe(options)}.")
+
+    def defaults(self, experiment: str) -> dict[str, Any]:
+        """Every parameter of ``experiment``'s builder with its default in this setup."""
+        self._check_experiment(experiment)
+        found = {name: p.default for name, p in _signature(experiment).items()}
+        found.update({k: v for k, v in self.parameters.items() if k in found})
+        found["options"] = self.options
+        return found
+
+    def _check_experiment(self, experiment: str) -> None:
+        if experiment not in self.experiments:
+            raise ValueError(
+                f"Expected `experiment` to be one of {', '.join(self.experiments)}, but got "
+                f"{experiment!r}."
+            )
+
+
+#: WRN-28-10's freeze points (its layer map is ``stem, 1.0 .. 1.3, 2.0 .. 2.3, 3.0 .. 3.3,
+#: head``): nothing, half of each block and each block whole, every layer of block 3.
+WRN_FREEZE_AT = ("0", "1.1", "1", "2.1", "2", "3.0", "3.1", "3.2", "3")
+#: WRN-28-10's reset points: block 1 kept up to all three blocks kept.
+WRN_RESET_AT = ("1", "2.1", "2", "3.1", "3")
+
+#: ImageNet pre-training (the paper gives none): DenseNet's own ImageNet recipe, 90 epochs,
+#: 0.1 / 0.01 / 0.001 from epochs 1 / 31 / 61.
+IMAGENET_PRETRAIN = Schedule(90, (31, 61), ((0.1, 0.01, 0.001),))
+#: ImageNet fine-tuning on B (the paper gives none): the paper's fine-tuning scaled with
+#: the pre-training (175 to 90 epochs, about half), 50 epochs with drops at 26 and 39 (the
+#: fractions of 51 and 76 of 100), the body 0.01 / 0.01 / 0.001, the classifier from 0.1.
+IMAGENET_FINETUNE = FINETUNE_100.scaled(50)
+
+#: DenseNet-BC-100 on CIFAR-100: the builders' own defaults (the paper's), batch 64,
+#: weight decay 1e-4; smoke: DenseNet-BC of depth 10 and growth rate 4.
+DENSENET_CIFAR = Setup(
+    "DenseNet-BC-100 on CIFAR-100",
+    smoke_parameters={"freeze_at": ("0", "2.1", "3"), "reset_at": ("1", "3")},
+)
+#: WRN-28-10 (dropout 0.3) on CIFAR-100 (Fig. 6): batch 128, weight decay 5e-4 (the WRN
+#: code the paper built on), the paper's schedules, freeze and reset points of its layer
+#: map; smoke: a WRN of depth 10 and width 1 (``stem, 1.0, 2.0, 3.0, head``).
+WRN_CIFAR = Setup(
+    "WRN-28-10 on CIFAR-100",
+    RunOptions(model="cifar_wrn_28_10", batch_size=128, weight_decay=5e-4),
+    parameters={"freeze_at": WRN_FREEZE_AT, "reset_at": WRN_RESET_AT},
+    smoke_options=RunOptions(
+        model="cifar_wrn_28_10",
+        model_kwargs={"depth": 10, "widen_factor": 1},
+        batch_size=16,
+        smoke=True,
+    ),
+    smoke_parameters={"freeze_at": ("0", "2.0", "3"), "reset_at": ("1", "3")},
+)
+#: DenseNet-121 (k=32; timm's ``densenet121``, the same network as torchvision's) on
+#: ImageNet-100 (Fig. 15), the paired experiment only: batch 256, weight decay 1e-4,
+#: ``IMAGENET_PRETRAIN`` and ``IMAGENET_FINETUNE``; smoke: growth rate 4, one layer per
+#: block (``stem, 1.1, 2.1, 3.1, 4.1, head``).
+DENSENET121_IMAGENET = Setup(
+    "DenseNet-121 on ImageNet-100",
+    RunOptions(model="densenet121", batch_size=256, weight_decay=1e-4),
+    parameters={"pretrain": IMAGENET_PRETRAIN, "transfer": IMAGENET_FINETUNE},
+    smoke_options=RunOptions(
+        model="densenet121",
+        model_kwargs={"growth_rate": 4, "block_config": (1, 1, 1, 1)},
+        batch_size=16,
+        smoke=True,
+    ),
+    experiments=("paired",),
+)
+
+
+def build(experiment: str, *, setup: Setup = DENSENET_CIFAR, **parameters: Any) -> Plan:
+    """The plan of an experiment that ``setup`` offers, from the setup's defaults and the
+    ``parameters`` given.
+
+    Example:
+        >>> plan = build("paired", setup=WRN_CIFAR)
+        >>> len(plan), plan.runs[0].config.model, plan.runs[0].config.batch_size
+        (8, 'cifar_wrn_28_10', 128)
+    """
     if experiment not in EXPERIMENTS:
         raise ValueError(
             f"Expected `experiment` to be one of {', '.join(EXPERIMENTS)}, but got {experiment!r}."
         )
-    return EXPERIMENTS[experiment](**parameters)
+    return EXPERIMENTS[experiment](**{**setup.defaults(experiment), **parameters})
 
 
-def defaults(parameter: str) -> dict[str, Any]:
-    """The default of ``parameter`` in every experiment that takes it, by experiment name.
+def defaults(parameter: str, setup: Setup = DENSENET_CIFAR) -> dict[str, Any]:
+    """The default of ``parameter`` in every experiment of ``setup`` that takes it, by
+    experiment name.
 
     Example:
         >>> defaults("splits")
         {'paired': 2, 'freeze': 2, 'reset': 1, 'weight-sweep': 1, 'heads': 1, 'long-tail': 2}
+        >>> defaults("freeze_at", WRN_CIFAR)["freeze"][:3]
+        ('0', '1.1', '1')
     """
     found = {}
-    for name, builder in EXPERIMENTS.items():
-        accepted = inspect.signature(builder).parameters
-        if parameter in accepted:
-            found[name] = accepted[parameter].default
+    for name in setup.experiments:
+        values = setup.defaults(name)
+        if parameter in values:
+            found[name] = values[parameter]
     return found
 
 
-def smoke_parameters(experiment: str) -> dict[str, Any]:
+def smoke_parameters(experiment: str, setup: Setup = DENSENET_CIFAR) -> dict[str, Any]:
     """The parameters of an experiment's smoke plan: one split, at most two replications,
-    ``SMOKE_EPOCHS`` epochs, points that exist in the tiny model of ``SMOKE_OPTIONS``, and
-    ``SMOKE_OPTIONS``: every step of the experiment in seconds, on synthetic data."""
-    paper = {
-        name: p.default for name, p in inspect.signature(EXPERIMENTS[experiment]).parameters.items()
-    }
+    ``SMOKE_EPOCHS`` epochs, the setup's ``smoke_options`` (a tiny model) and points that
+    exist in it: every step of the experiment in seconds, on synthetic data."""
+    paper = setup.defaults(experiment)
     smoke: dict[str, Any] = {
         "splits": 1,
         "replications": min(paper["replications"], 2),
         "pretrain": paper["pretrain"].scaled(SMOKE_EPOCHS),
         "transfer": paper["transfer"].scaled(SMOKE_EPOCHS),
-        "options": SMOKE_OPTIONS,
+        "options": setup.smoke_options,
     }
-    extra = {
-        "freeze_at": ("0", "2.1", "3"),
-        "reset_at": ("1", "3"),
-        "weights": (0.0, 0.4),
-        "heads": (1, 2),
-        "per_class": 2,
-    }
+    extra = {"weights": (0.0, 0.4), "heads": (1, 2), "per_class": 2, **setup.smoke_parameters}
     smoke.update({name: value for name, value in extra.items() if name in paper})
     return smoke
 
@@ -605,6 +754,7 @@ def _plan(
                 "model_kwargs": dict(options.model_kwargs),
                 "split_seed": split,
                 "smoke": options.smoke,
+                "num_workers": options.num_workers,
             }
             for condition in conditions:
                 runs.append(

@@ -2,7 +2,10 @@
 
 A data source loads the whole data set once, ``(images, labels)`` for training and for
 testing; ``run_data`` cuts a run's share out of it from the fields of its
-[`RunConfig`][auxtransfer.experiments.train.RunConfig]:
+[`RunConfig`][auxtransfer.experiments.train.RunConfig]. A source too large to hold as
+tensors (ImageNet-100, ``auxtransfer.experiments.imagenet``) is a ``DatasetSource``: it
+makes each run's map-style datasets itself, by the same rules. ``run_data_for`` gives a
+run its data from either kind:
 
 - ``side="A"`` or ``"B"``: the classes of that side of ``split_classes(100,
   seed=split_seed)``, relabelled ``0 .. 49``, in the training and the test set alike;
@@ -16,16 +19,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from .._checks import check_int, check_seed
 from ..data import limit_per_class, split_classes, subset_classes
 from .cifar import load_cifar100
 
-__all__ = ["Cifar100", "DataSource", "Images", "SyntheticCifar100", "run_data", "run_data_for"]
+__all__ = [
+    "Cifar100",
+    "DataSource",
+    "DatasetSource",
+    "Images",
+    "SyntheticCifar100",
+    "run_data",
+    "run_data_for",
+]
 
 #: ``(images, labels)``: ``[N, 3, 32, 32]`` uint8 and ``[N]`` long.
 Images = tuple[Tensor, Tensor]
@@ -37,16 +49,38 @@ _CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 class DataSource(Protocol):
     """Where the images of a plan's runs come from."""
 
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    num_classes: int
-    train_per_class: int
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel mean of the images, in 0-1 pixel units."""
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel standard deviation of the images, in 0-1 pixel units."""
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes of the whole data set."""
+
+    @property
+    def train_per_class(self) -> int:
+        """Training images of each class (of the class with the fewest)."""
 
     def check(self) -> None:
         """Raise unless ``load`` can work, before anything is written."""
 
-    def load(self) -> tuple[Images, Images]:
-        """The training and test sets, loaded once and kept."""
+    def load(self) -> Any:
+        """The whole data set, loaded once and kept: the training and test sets as
+        ``(images, labels)`` (a ``DatasetSource`` returns what it cuts runs' data from)."""
+
+
+@runtime_checkable
+class DatasetSource(DataSource, Protocol):
+    """A data source whose runs train on map-style datasets (through a ``DataLoader``),
+    not on tensors held on the device: data too large for that, such as ImageNet."""
+
+    def run_datasets(self, config: Any) -> tuple[Dataset[Any], Dataset[Any]]:
+        """A run's training and test datasets, from its config's ``side``, ``split_seed``,
+        ``per_class`` and ``seed`` (as ``run_data`` reads them)."""
 
 
 class Cifar100:
@@ -185,9 +219,14 @@ def run_data(
     return train, test
 
 
-def run_data_for(config: Any, source: DataSource) -> tuple[Images, Images]:
+def run_data_for(
+    config: Any, source: DataSource
+) -> tuple[Images, Images] | tuple[Dataset[Any], Dataset[Any]]:
     """``run_data`` with the fields of a ``RunConfig`` (``side``, ``split_seed``,
-    ``per_class``, ``seed``) and the data of ``source``."""
+    ``per_class``, ``seed``) and the data of ``source``; a ``DatasetSource``'s
+    ``run_datasets``."""
+    if isinstance(source, DatasetSource):
+        return source.run_datasets(config)
     return run_data(
         source.load(),
         num_classes=source.num_classes,

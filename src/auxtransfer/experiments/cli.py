@@ -1,0 +1,502 @@
+"""The command line the example scripts share: their flags, checks and main loop.
+
+An example is an ``Example``: a network with its defaults (a ``protocols.Setup``) and its
+data flags (``CifarData``, ``ImageNetData``). The script is that and one call::
+
+    EXAMPLE = Example(protocols.WRN_CIFAR, CifarData(), __doc__,
+                      smoke="a WRN of depth 10 and width 1, synthetic CIFAR-shaped data")
+    EXAMPLE.main()
+
+``main`` parses the command line (``--help`` shows every default, per experiment where
+they differ), builds the experiment's plan and checks every setting before anything is
+written: a bad one ends with one line naming its flag (``parser.error``). ``--list`` prints
+the run ids; otherwise the plan (or the ``--run`` ids) is executed, skipping finished runs
+and resuming an unfinished one, and a summary table printed. Under ``torchrun`` every run
+trains with DDP and rank 0 writes and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import plan as plans
+from . import protocols
+from .imagenet import ImageNet100, write_smoke_folder
+from .rundir import as_json, replace_atomically
+from .sources import Cifar100, DataSource, SyntheticCifar100
+
+__all__ = ["CifarData", "DataFlags", "Example", "FlagError", "Given", "ImageNetData"]
+
+#: Where an output folder records what its runs' configs do not say about their data.
+DATA_RECORD = "data.json"
+
+# Builder and run-option parameters by flag, for messages naming them.
+_FLAGS = {
+    "splits": "--splits/--split-seeds", "replications": "--replications",
+    "binary_weight": "--binary-weight", "weights": "--weights", "partitions": "--partitions",
+    "head_weight": "--head-weight", "heads": "--heads", "freeze_at": "--freeze-at",
+    "reset_at": "--reset-at", "per_class": "--per-class", "batch_size": "--batch-size",
+    "seed": "--seed", "partition_seed": "--partition-seed", "weight_decay": "--weight-decay",
+    "momentum": "--momentum",
+}  # fmt: skip
+
+# The experiment parameters that have a flag of their own: (parameter, flag, argparse
+# keywords, help). An example has the flag when one of its experiments takes the parameter.
+_PARAMETER_FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("replications", "--replications", {"type": int}, "tests per split"),
+    ("binary_weight", "--binary-weight", {"type": float}, "loss weight of the binary condition"),
+    ("weights", "--weights", {"type": float, "nargs": "+"}, "weight-sweep: the binary weights"),
+    ("partitions", "--partitions", {"type": int}, "weight-sweep: heads sharing each weight"),
+    ("head_weight", "--head-weight", {"type": float}, "heads: the weight b of each head (B = b x n)"),
+    ("heads", "--heads", {"type": int, "nargs": "+"}, "heads: the numbers of heads n"),
+    ("freeze_at", "--freeze-at", {"nargs": "+", "metavar": "ADDRESS"},
+     "freeze: freeze up to and including each address ('0': nothing)"),
+    ("reset_at", "--reset-at", {"nargs": "+", "metavar": "ADDRESS"},
+     "reset: keep up to each address, re-initialise the rest"),
+    ("per_class", "--per-class", {"type": int}, "long-tail: training images per class of B"),
+]  # fmt: skip
+
+_EXPERIMENT_HELP = {
+    "paired": "baseline vs binary on each split",
+    "freeze": "Exp. 1, freeze up to each address",
+    "reset": "Exp. 2, re-initialise after each address",
+    "weight-sweep": "a pre-training per binary weight",
+    "heads": "several binary heads",
+    "long-tail": "B cut to a few images per class",
+}
+
+
+class FlagError(ValueError):
+    """A flag's value is wrong: ``parser.error`` names ``flag`` with the message."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(message)
+        self.flag = flag
+
+
+class Given:
+    """A flag's default as ``--help`` shows it; its value means "not given on the command
+    line", so that ``--smoke`` and the experiment can choose the value instead."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def given(args: argparse.Namespace, name: str) -> bool:
+    """Whether the flag of ``name`` was given on the command line."""
+    value = getattr(args, name, None)
+    return value is not None and not isinstance(value, Given)
+
+
+class DataFlags:
+    """The data flags of an example: added to its parser, read into a data source.
+
+    Attributes:
+        flags: Run options and data-record keys by the flag that sets them, for messages.
+    """
+
+    flags: Mapping[str, str] = MappingProxyType({})
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the data flags."""
+        raise NotImplementedError
+
+    def options(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Changes to the plan's ``RunOptions`` (e.g. ``num_workers``)."""
+        return {}
+
+    def check(self, args: argparse.Namespace) -> None:
+        """Raise ``FlagError`` for a flag value that is wrong whatever the files hold."""
+
+    def source(self, args: argparse.Namespace, scratch: contextlib.ExitStack) -> DataSource:
+        """The data source: the real data, or with ``--smoke`` synthetic data (made in a
+        temporary folder entered on ``scratch`` where it needs files). Not yet checked."""
+        raise NotImplementedError
+
+    def record(self, source: DataSource) -> dict[str, Any] | None:
+        """What the runs' configs do not say about their data, kept in ``<out>/data.json``
+        (None: nothing)."""
+        return None
+
+
+class CifarData(DataFlags):
+    """CIFAR-100 under ``--data-root`` (``--download``); ``--smoke``: synthetic images."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--data-root", default="data", help="folder holding cifar-100-python")
+        parser.add_argument(
+            "--download", action="store_true", help="download CIFAR-100 when it is missing"
+        )
+
+    def source(self, args: argparse.Namespace, scratch: contextlib.ExitStack) -> DataSource:
+        if args.smoke:
+            return SyntheticCifar100()
+        return Cifar100(args.data_root, download=args.download)
+
+
+class ImageNetData(DataFlags):
+    """ImageNet-100 under ``--data-root`` (``train/``, ``val/``), the classes drawn with
+    ``--class-seed``, read by ``--workers`` processes; ``--smoke``: a generated folder.
+
+    Args:
+        crop_size: The network's input side (``--crop-size``'s default).
+        resize_size: Evaluation: the shorter side before the centre crop.
+        workers: ``DataLoader`` workers per process.
+        smoke_crop_size: ``--smoke``'s input side, unless ``--crop-size`` is given.
+        smoke_resize_size: ``--smoke``'s resize, unless ``--resize-size`` is given.
+    """
+
+    flags = MappingProxyType(
+        {
+            "classes": "--data-root/--class-seed",
+            "class_seed": "--class-seed",
+            "crop_size": "--crop-size",
+            "resize_size": "--resize-size",
+            "num_workers": "--workers",
+        }
+    )
+
+    def __init__(
+        self,
+        *,
+        crop_size: int = 224,
+        resize_size: int = 256,
+        workers: int = 8,
+        smoke_crop_size: int = 32,
+        smoke_resize_size: int = 36,
+    ) -> None:
+        self.crop_size, self.resize_size, self.workers = crop_size, resize_size, workers
+        self.smoke_crop_size, self.smoke_resize_size = smoke_crop_size, smoke_resize_size
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--data-root", default="data/imagenet", help="ImageNet folder holding train/ and val/, one subfolder per class in each (torchvision's ImageFolder layout)")  # fmt: skip
+        parser.add_argument("--class-seed", type=int, default=0, help="draws the 100 classes from the class folders of train/")  # fmt: skip
+        parser.add_argument("--workers", type=int, default=Given(str(self.workers)), help="DataLoader worker processes per training process (--smoke: 0); part of each run's settings")  # fmt: skip
+        parser.add_argument("--crop-size", type=int, default=Given(str(self.crop_size)), help=f"input side: RandomResizedCrop for training, CenterCrop for testing (--smoke: {self.smoke_crop_size})")  # fmt: skip
+        parser.add_argument("--resize-size", type=int, default=Given(str(self.resize_size)), help=f"testing: Resize of the shorter side before the centre crop (--smoke: {self.smoke_resize_size})")  # fmt: skip
+
+    def _sizes(self, args: argparse.Namespace) -> tuple[int, int]:
+        crop = self.smoke_crop_size if args.smoke else self.crop_size
+        resize = self.smoke_resize_size if args.smoke else self.resize_size
+        return (
+            args.crop_size if given(args, "crop_size") else crop,
+            args.resize_size if given(args, "resize_size") else resize,
+        )
+
+    def options(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"num_workers": args.workers if given(args, "workers") else (0 if args.smoke else self.workers)}  # fmt: skip
+
+    def check(self, args: argparse.Namespace) -> None:
+        crop, resize = self._sizes(args)
+        if crop < 1:
+            raise FlagError("--crop-size", f"Expected a side of at least 1 pixel, but got {crop}.")
+        if resize < crop:
+            raise FlagError(
+                "--resize-size",
+                f"Expected at least the crop size ({crop}) to centre-crop from, but got {resize}.",
+            )
+        if args.class_seed < 0 or args.class_seed >= 2**64:
+            raise FlagError(
+                "--class-seed", f"Expected a seed in [0, 2**64), but got {args.class_seed}."
+            )
+
+    def source(self, args: argparse.Namespace, scratch: contextlib.ExitStack) -> DataSource:
+        crop, resize = self._sizes(args)
+        root = args.data_root
+        if args.smoke:
+            folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="auxtransfer-smoke-"))
+            root = write_smoke_folder(folder)
+        return ImageNet100(root, class_seed=args.class_seed, crop_size=crop, resize_size=resize)
+
+    def record(self, source: DataSource) -> dict[str, Any] | None:
+        return source.record() if isinstance(source, ImageNet100) else None
+
+
+@dataclass(frozen=True)
+class Example:
+    """An example script's command line: a network's experiments on its data.
+
+    Args:
+        setup: The network and its defaults (the experiments it offers, their defaults,
+            its smoke model).
+        data: The data flags and the source they make.
+        description: The script's docstring, shown by ``--help``.
+        smoke: What ``--smoke`` trains on, for ``--help``.
+        figures: The paper's figures or tables of each experiment, for ``--help``.
+    """
+
+    setup: protocols.Setup
+    data: DataFlags
+    description: str
+    smoke: str
+    figures: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def experiments(self) -> tuple[str, ...]:
+        return self.setup.experiments
+
+    def takes(self, parameter: str) -> bool:
+        """Whether an experiment of this example takes ``parameter``."""
+        return bool(protocols.defaults(parameter, self.setup))
+
+    def shown(self, parameter: str, show: Callable[[Any], Any] | None = None) -> Given:
+        """The default of an experiment parameter, per experiment where they differ."""
+        show = show or (lambda v: " ".join(map(str, v)) if isinstance(v, tuple | list) else v)
+        by_value: dict[str, list[str]] = {}
+        for experiment, value in protocols.defaults(parameter, self.setup).items():
+            by_value.setdefault(str(show(value)), []).append(experiment)
+        if len(by_value) == 1:
+            return Given(next(iter(by_value)))
+        return Given("; ".join(f"{v} ({', '.join(names)})" for v, names in by_value.items()))
+
+    def build_parser(self) -> argparse.ArgumentParser:
+        """The parser: experiment, output, selection, every parameter of the experiments
+        offered, the schedules, the run options, the data flags, device and ``--smoke``."""
+
+        class Formatter(
+            argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter
+        ):
+            def _get_help_string(self, action: argparse.Action) -> str:
+                # On/off flags are off, --out is required: no "(default: False/None)".
+                if action.default is None or action.default is False:
+                    return action.help or ""
+                return super()._get_help_string(action) or ""
+
+        p = argparse.ArgumentParser(
+            usage="%(prog)s --out DIR [--experiment NAME] [--list | --run ID [ID ...]] [options]",
+            description=self.description,
+            formatter_class=Formatter,
+        )
+        described = [
+            f"{name}: {_EXPERIMENT_HELP[name]}"
+            + (f" ({self.figures[name]})" if name in self.figures else "")
+            for name in self.experiments
+        ]
+        p.add_argument("--experiment", choices=list(self.experiments), default=self.experiments[0], help="; ".join(described))  # fmt: skip
+        p.add_argument("--out", required=True, help="output folder: one run directory per run id")
+        what = p.add_mutually_exclusive_group()
+        what.add_argument("--list", action="store_true", help="print the run ids in dependency order and exit")  # fmt: skip
+        what.add_argument("--run", nargs="+", metavar="ID", default=None, help="execute these runs only")  # fmt: skip
+        splits = p.add_mutually_exclusive_group()
+        splits.add_argument("--splits", type=int, default=self.shown("splits"), help="A/B class splits (seeds 0 .. N-1)")  # fmt: skip
+        splits.add_argument("--split-seeds", type=int, nargs="+", default=None, help="the split seeds themselves")  # fmt: skip
+        for parameter, flag, keywords, text in _PARAMETER_FLAGS:
+            if self.takes(parameter):
+                p.add_argument(flag, **keywords, default=self.shown(parameter), help=text)
+        epochs = lambda s: s.epochs  # noqa: E731
+        steps = lambda s: " ".join(map(str, s.milestones)) or "none"  # noqa: E731
+        p.add_argument("--pretrain-epochs", type=int, default=self.shown("pretrain", epochs), help="epochs on A")  # fmt: skip
+        p.add_argument("--pretrain-milestones", type=int, nargs="*", default=self.shown("pretrain", steps), help="epochs from which on the next rate applies; scaled with --pretrain-epochs unless given")  # fmt: skip
+        p.add_argument("--pretrain-lr", type=float, nargs="+", default=self.shown("pretrain", lambda s: _rates(s, 0)), help="rate of each phase on A")  # fmt: skip
+        p.add_argument("--transfer-epochs", type=int, default=self.shown("transfer", epochs), help="epochs on B")  # fmt: skip
+        p.add_argument("--transfer-milestones", type=int, nargs="*", default=self.shown("transfer", steps), help="on B; scaled with --transfer-epochs unless given")  # fmt: skip
+        p.add_argument("--body-lr", type=float, nargs="+", default=self.shown("transfer", lambda s: _rates(s, 0)), help="on B, rate of each phase of the transferred (kept) layers")  # fmt: skip
+        p.add_argument("--new-lr", type=float, nargs="+", default=self.shown("transfer", lambda s: _rates(s, 1)), help="on B, rate of each phase of the new classifier (and re-initialised layers)")  # fmt: skip
+        options = self.setup.options
+        p.add_argument("--batch-size", type=int, default=Given(str(options.batch_size)), help="images per step and process")  # fmt: skip
+        p.add_argument("--weight-decay", type=float, default=Given(str(options.weight_decay)), help="SGD weight decay")  # fmt: skip
+        p.add_argument("--momentum", type=float, default=Given(str(options.momentum)), help="SGD momentum")  # fmt: skip
+        p.add_argument("--seed", type=int, default=Given(str(options.seed)), help="replication r trains with seed + r")  # fmt: skip
+        p.add_argument("--partition-seed", type=int, default=Given("seed + r: each replication its own"), help="binary partition seed of every run")  # fmt: skip
+        p.add_argument("--transfer-from", choices=["best", "last"], default="best", help="A's weights to start B from: its best epoch (as the paper) or its last")  # fmt: skip
+        p.add_argument("--bn", choices=["freeze", "update"], default="update", help="BatchNorm of frozen layers: keep A's statistics (freeze), or let them follow B (update, what the paper's code most likely did)")  # fmt: skip
+        self.data.add_arguments(p)
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK")  # fmt: skip
+        p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+        p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+        p.add_argument("--compile", action="store_true", help="torch.compile every model")
+        p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs of training (a job with a time limit); calling again continues")  # fmt: skip
+        p.add_argument("--smoke", action="store_true", help=f"{self.smoke}, {protocols.SMOKE_EPOCHS}-epoch runs, one split: every step in seconds; the runs say they are not results")  # fmt: skip
+        return p
+
+    def parameters(
+        self, args: argparse.Namespace, parser: argparse.ArgumentParser
+    ) -> dict[str, Any]:
+        """The builder's parameters: the flags given, else ``--smoke``'s values, else the
+        setup's defaults (left to ``protocols.build``)."""
+        experiment = args.experiment
+        params: dict[str, Any] = (
+            protocols.smoke_parameters(experiment, self.setup) if args.smoke else {}
+        )
+        for parameter, flag, _, _ in _PARAMETER_FLAGS:
+            if given(args, parameter):
+                accepted = protocols.defaults(parameter, self.setup)
+                if experiment not in accepted:
+                    parser.error(f"argument {flag}: not used by --experiment {experiment} "
+                                 f"(only by {', '.join(accepted)})")  # fmt: skip
+                params[parameter] = getattr(args, parameter)
+        if given(args, "splits"):
+            params["splits"] = args.splits
+        elif args.split_seeds is not None:
+            params["splits"] = args.split_seeds
+        for step, rates in (("pretrain", ("pretrain_lr",)), ("transfer", ("body_lr", "new_lr"))):
+            flags = [f"{step}_epochs", f"{step}_milestones", *rates]
+            if not any(given(args, flag) for flag in flags):
+                continue
+            default = protocols.defaults(step, self.setup)[experiment]
+            try:
+                params[step] = default.adjusted(
+                    epochs=getattr(args, flags[0]) if given(args, flags[0]) else (protocols.SMOKE_EPOCHS if args.smoke else None),
+                    milestones=getattr(args, flags[1]) if given(args, flags[1]) else None,
+                    rates=[getattr(args, r) if given(args, r) else None for r in rates],
+                )  # fmt: skip
+            except ValueError as error:
+                names = "/".join("--" + f.replace("_", "-") for f in flags if given(args, f))
+                parser.error(f"argument {names}: {error}")
+        changes = {
+            name: getattr(args, name)
+            for name in ("batch_size", "weight_decay", "momentum", "seed", "partition_seed")
+            if given(args, name)
+        }
+        try:
+            params["options"] = dataclasses.replace(
+                params.get("options", self.setup.options), **changes, **self.data.options(args),
+                transfer_weights=args.transfer_from, bn=args.bn, amp=args.amp,
+                channels_last=args.channels_last, compile=args.compile,
+            )  # fmt: skip
+        except (TypeError, ValueError) as error:
+            parser.error(self.flagged(str(error)))
+        return params
+
+    def flagged(self, message: str) -> str:
+        """``message`` with the parameters it names in backticks replaced by their flags."""
+        names = {**_FLAGS, **self.data.flags}
+        return re.sub(r"`(\w+)`", lambda m: names.get(m.group(1), m.group(0)), message)
+
+    def main(self, argv: Sequence[str] | None = None) -> None:
+        """Parse ``argv`` (default: the command line), check every setting, then list or
+        execute the plan and print its summary."""
+        parser = self.build_parser()
+        args = parser.parse_args(argv)
+        try:
+            self.data.check(args)
+        except FlagError as error:
+            parser.error(f"argument {error.flag}: {error}")
+        try:
+            plan = protocols.build(
+                args.experiment, setup=self.setup, **self.parameters(args, parser)
+            )
+        except (TypeError, ValueError) as error:
+            parser.error(self.flagged(str(error)))
+        if args.list:
+            if int(os.environ.get("RANK", "0")) == 0:
+                print("\n".join(plan.ids))
+            return
+        if args.stop_after is not None and args.stop_after < 1:
+            parser.error(f"argument --stop-after: expected at least 1 epoch, got {args.stop_after}")
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as error:
+            parser.error(f"argument --device: {error}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"argument --device: {args.device!r}, but CUDA is not available here")
+        if args.smoke and "OMP_NUM_THREADS" not in os.environ:
+            # Tiny models: a second thread saves little, and on a busy CPU threads that wait
+            # for each other make a run many times slower.
+            torch.set_num_threads(1)
+        try:
+            plans.check_plan(plan, args.out, args.run)
+        except plans.RunDirConflictError as error:
+            parser.error(f"argument --out: {error}")
+        except ValueError as error:
+            parser.error(f"argument --run: {error}")
+        with contextlib.ExitStack() as scratch:
+            source = self._checked_source(args, parser, plan, scratch)
+            self._execute(args, plan, source, device)
+
+    def _checked_source(
+        self,
+        args: argparse.Namespace,
+        parser: argparse.ArgumentParser,
+        plan: plans.Plan,
+        scratch: contextlib.ExitStack,
+    ) -> DataSource:
+        """The data source, checked against the plan and the output folder's record."""
+        try:
+            source = self.data.source(args, scratch)
+            source.check()
+        except FlagError as error:
+            parser.error(f"argument {error.flag}: {error}")
+        except (FileNotFoundError, ValueError) as error:
+            parser.error(f"argument --data-root: {error}")
+        try:
+            plans.check_data(plan, source, args.run)
+        except ValueError as error:
+            parser.error(self.flagged(str(error)))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        for run in plan.select(args.run):
+            # Every class has at least train_per_class images: a lower bound of the run's.
+            images = (run.config.per_class or source.train_per_class) * run.config.num_classes
+            if run.config.batch_size > -(-images // world):
+                parser.error(f"argument --batch-size: Expected at most the {-(-images // world)} "
+                             f"training images of run {run.id!r} on each of {world} process(es), "
+                             f"but got {run.config.batch_size}.")  # fmt: skip
+        record = self.data.record(source)
+        path = Path(args.out) / DATA_RECORD
+        if record is not None and path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError) as error:
+                parser.error(f"argument --out: {path} is not a readable data record ({error})")
+            if not isinstance(saved, dict):
+                parser.error(f"argument --out: {path} is not a data record (not a JSON object)")
+            mine = as_json(record)
+            differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            if differ:
+                named = [f for k in differ for f in self.data.flags.get(k, k).split("/")]
+                flags = "/".join(dict.fromkeys(named))
+                parser.error(f"argument {flags}: {path} records runs on other data ({', '.join(differ)} "
+                             f"differ): use another --out, or the data settings it was started with")  # fmt: skip
+        return source
+
+    def _execute(
+        self, args: argparse.Namespace, plan: plans.Plan, source: DataSource, device: torch.device
+    ) -> None:
+        device = plans.distributed_device(device)
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        record = self.data.record(source)
+        path = Path(args.out) / DATA_RECORD
+        if record is not None and rank == 0 and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(record, indent=2) + "\n"
+            replace_atomically(path, lambda tmp: tmp.write_text(text))
+        say = print if rank == 0 else None
+        outcomes = plans.execute(
+            plan, args.out, source, ids=args.run, device=device, progress=rank == 0 and sys.stderr.isatty(),
+            stop_after=args.stop_after, report=say,
+        )  # fmt: skip
+        if rank == 0:
+            if args.smoke:
+                print("smoke runs: a tiny model on synthetic data, every step once; not results")
+            print(plans.format_summary(plans.summarise(plan, args.out, args.run)))
+            left = len(plan.select(args.run)) - sum(o.status != "stopped" for o in outcomes)
+            if outcomes and outcomes[-1].status == "stopped":
+                print(f"stopped in {outcomes[-1].id} after --stop-after {args.stop_after} epochs: "
+                      f"run the same command again to continue")  # fmt: skip
+            elif left > 0:
+                print(f"stopped after --stop-after {args.stop_after} epochs with {left} run(s) "
+                      f"left: run the same command again to continue")  # fmt: skip
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _rates(schedule: protocols.Schedule, role: int) -> str:
+    return " ".join(f"{r:g}" for r in schedule.rates[role])
