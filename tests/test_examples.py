@@ -244,6 +244,16 @@ def test_bad_input_is_one_line_naming_the_flag_and_writes_nothing(
     assert not out.exists()
 
 
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("kept")
+    with pytest.raises(SystemExit) as exit_info:
+        EXAMPLES["cifar100_densenet"].main(["--smoke", "--out", str(tmp_path / "file")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "argument --out: expected a folder" in err[1]
+    assert (tmp_path / "file").read_text() == "kept"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input_in_a_process_has_no_traceback(name, tmp_path):
     result = run_example(

@@ -412,6 +412,9 @@ class Example:
             # Tiny models: a second thread saves little, and on a busy CPU threads that wait
             # for each other make a run many times slower.
             torch.set_num_threads(1)
+        out = Path(args.out)
+        if any(p.exists() and not p.is_dir() for p in (out, *out.parents)):
+            parser.error(f"argument --out: expected a folder, but {args.out!r} is (inside) a file")
         try:
             plans.check_plan(plan, args.out, args.run)
         except plans.RunDirConflictError as error:
