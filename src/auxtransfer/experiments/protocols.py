@@ -770,6 +770,7 @@ def _plan(
                             partition_seed=partition_seed,
                             side="A",
                             phase="pretrain",
+                            condition=condition.name,
                         ),
                     )
                 )
@@ -786,6 +787,7 @@ def _plan(
                                 lr=transfer.rates[0][0],
                                 lr_table=transfer.lr_table,
                                 side="B",
+                                condition=condition.name,
                                 per_class=step.per_class,
                                 phase=step.step.partition("-")[0],
                                 transfer_from=source,

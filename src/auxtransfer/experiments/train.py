@@ -64,7 +64,10 @@ class RunConfig:
 
     ``split_seed``, ``side`` (``"A"``, ``"B"`` or ``"all"``) and ``per_class`` record which
     data the run saw; ``smoke`` marks a run that is not a result; ``num_workers`` is the
-    number of ``DataLoader`` workers for data given as a dataset. ``transfer_from`` makes a
+    number of ``DataLoader`` workers for data given as a dataset; ``condition`` labels the
+    experimental condition (``"baseline"``, ``"binary"``, ``"w0.4"``, ...), the same on a
+    pre-training and the transfers from it, so that ``config.json`` alone tells the runs of
+    a sweep apart. ``transfer_from`` makes a
     transfer run: it starts from the finished run in that directory (a relative path is taken
     from this run's directory, e.g. ``"../pretrain"``), its ``transfer_weights``
     (``"best"`` or ``"last"``) with a fresh classifier; ``reset`` re-initialises everything
@@ -104,6 +107,7 @@ class RunConfig:
     bn: str = "freeze"
     smoke: bool = False
     num_workers: int = 0
+    condition: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON-able values (``milestones`` as a list), as saved."""

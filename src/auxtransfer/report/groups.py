@@ -35,7 +35,7 @@ __all__ = [
 # apart (split, seed, condition): left out of the setting.
 _NOT_SETTING = {
     "seed", "split_seed", "partition_seed", "transfer_from", "phase", "num_workers",
-    "compile", "compile_backend", "channels_last", "amp",
+    "compile", "compile_backend", "channels_last", "amp", "condition",
 }  # fmt: skip
 _NOT_SOURCE_SETTING = _NOT_SETTING | {"binary_weight", "num_partitions"}
 
