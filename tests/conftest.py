@@ -1,3 +1,5 @@
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +60,35 @@ def torchrun():
         assert result.returncode == 0, result.stderr[-3000:]
 
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny runs in this process, one thread: on a busy CPU threads that wait for each other
+    make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def check_smoke():
+    """Check that every run of an example's smoke plan finished, says it is a smoke run, and
+    is in the summary table the example printed; returns the table's lines."""
+    from auxtransfer.experiments import protocols
+
+    def check(experiment, out, stdout, setup=protocols.DENSENET_CIFAR):
+        parameters = protocols.smoke_parameters(experiment, setup)
+        plan = protocols.build(experiment, setup=setup, **parameters)
+        table = stdout.splitlines()[-len(plan) - 1 :]
+        assert table[0].split()[:2] == ["run", "data"]
+        for line, run in zip(table[1:], plan, strict=True):
+            assert line.split()[:2] == [run.id, run.config.side]
+            assert re.fullmatch(r"\d+\.\d\d", line.split()[2]), line
+            config = json.loads((out / run.id / "config.json").read_text())
+            assert config["smoke"] is True and (out / run.id / "results.json").exists()
+            assert len((out / run.id / "metrics.csv").read_text().splitlines()) == 3
+        return table
+
+    return check

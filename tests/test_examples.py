@@ -40,35 +40,10 @@ wrn = EXAMPLES["cifar100_wrn"]
 EVERY_EXPERIMENT = [(n, e) for n in NAMES for e in EXAMPLES[n].experiments]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny runs in this process, one thread: the test machine is shared."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _main(capsys, *args, example=cli):
     """Run the example's ``main`` in this process; its standard output."""
     example.main([*args])
     return capsys.readouterr().out
-
-
-def check_smoke(experiment, out, stdout, setup=protocols.DENSENET_CIFAR):
-    """Every run of the smoke plan finished, says it is a smoke run, and is in the table."""
-    plan = protocols.build(experiment, setup=setup, **protocols.smoke_parameters(experiment, setup))
-    table = stdout.splitlines()[-len(plan) - 1 :]
-    assert table[0].split()[:2] == ["run", "data"]
-    for line, run in zip(table[1:], plan, strict=True):
-        assert line.split()[:2] == [run.id, run.config.side]
-        assert re.fullmatch(r"\d+\.\d\d", line.split()[2]), line
-        config = json.loads((out / run.id / "config.json").read_text())
-        assert config["smoke"] is True and (out / run.id / "results.json").exists()
-        assert len((out / run.id / "metrics.csv").read_text().splitlines()) == 3
-    return table
 
 
 def run_example(name, *args, timeout=300, **kwargs):
@@ -287,7 +262,7 @@ def test_a_finished_run_with_other_settings_is_refused(tmp_path, capsys, one_thr
         if n != "imagenet100_densenet121" and (n, e) != ("cifar100_wrn", "paired")
     ],
 )
-def test_smoke_runs_every_step(name, experiment, tmp_path, capsys, one_thread):
+def test_smoke_runs_every_step(name, experiment, tmp_path, capsys, one_thread, check_smoke):
     example = EXAMPLES[name]
     out = tmp_path / "out"
     args = ["--experiment", experiment, "--smoke", "--device", "cpu", "--out", str(out)]
@@ -300,7 +275,7 @@ def test_smoke_runs_every_step(name, experiment, tmp_path, capsys, one_thread):
     assert "training" not in again and again.splitlines()[-len(table) :] == table
 
 
-def test_wrn_smoke_as_ci_runs_it(tmp_path):
+def test_wrn_smoke_as_ci_runs_it(tmp_path, check_smoke):
     """``python examples/cifar100_wrn.py --smoke`` end to end in a process of its own, well
     under two minutes; its runs are tiny WRNs."""
     out = tmp_path / "out"
@@ -317,7 +292,7 @@ def test_wrn_smoke_as_ci_runs_it(tmp_path):
     )
 
 
-def test_stop_after_says_how_to_continue(tmp_path, capsys, one_thread):
+def test_stop_after_says_how_to_continue(tmp_path, capsys, one_thread, check_smoke):
     args = ["--smoke", "--device", "cpu", "--out", str(tmp_path / "out")]
     stdout = _main(capsys, *args, "--stop-after", "3")
     assert "stopped in split0/binary/pretrain after --stop-after 3 epochs" in stdout
@@ -342,7 +317,7 @@ def _doc_commands():
     return commands
 
 
-def test_torchrun_smoke_as_the_docs_show(tmp_path):
+def test_torchrun_smoke_as_the_docs_show(tmp_path, check_smoke):
     (command,) = [c for c in _doc_commands() if c.startswith("torchrun") and "--smoke" in c]
     assert command.startswith(
         "torchrun --nproc_per_node=2 examples/cifar100_densenet.py --smoke --device cpu --out "
@@ -363,7 +338,9 @@ def test_the_docs_show_every_example():
 
 
 @pytest.mark.parametrize("command", [c for c in _doc_commands() if c.startswith("python ")])
-def test_doc_commands_work_as_written(command, tmp_path, capsys, monkeypatch, one_thread):
+def test_doc_commands_work_as_written(
+    command, tmp_path, capsys, monkeypatch, one_thread, check_smoke
+):
     """The commands on synthetic data run exactly as written, from an empty folder (here,
     in this process); those that need CIFAR-100 or ImageNet are planned, with --list added."""
     monkeypatch.chdir(tmp_path)

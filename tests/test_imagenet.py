@@ -5,7 +5,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -48,19 +47,6 @@ def _example():
 
 
 EXAMPLE = _example()
-
-
-def _check_smoke(out, stdout):
-    """Every run of the smoke plan finished, says it is a smoke run, and is in the table."""
-    plan = protocols.build("paired", setup=SETUP, **protocols.smoke_parameters("paired", SETUP))
-    table = stdout.splitlines()[-len(plan) - 1 :]
-    assert table[0].split()[:2] == ["run", "data"]
-    for line, run in zip(table[1:], plan, strict=True):
-        assert line.split()[:2] == [run.id, run.config.side]
-        assert re.fullmatch(r"\d+\.\d\d", line.split()[2]), line
-        config = json.loads((out / run.id / "config.json").read_text())
-        assert config["smoke"] is True and (out / run.id / "results.json").exists()
-        assert len((out / run.id / "metrics.csv").read_text().splitlines()) == 3
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +210,7 @@ def test_timm_densenet121_is_torchvisions():
         torch.testing.assert_close(ours.eval()(x), reference.eval()(x))
 
 
-def test_smoke_as_ci_runs_it(tmp_path):
+def test_smoke_as_ci_runs_it(tmp_path, check_smoke):
     """``python examples/imagenet100_densenet121.py --smoke`` end to end in a process of its
     own, well under two minutes: every step on a generated folder, DataLoader included."""
     out = tmp_path / "out"
@@ -236,7 +222,7 @@ def test_smoke_as_ci_runs_it(tmp_path):
     seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-3000:]
     assert seconds < 60, seconds
-    _check_smoke(out, result.stdout)
+    check_smoke("paired", out, result.stdout, SETUP)
     config = json.loads((out / "split0/binary/pretrain/config.json").read_text())
     assert (config["model"], config["num_workers"], config["batch_size"]) == ("densenet121", 0, 16)
     assert config["model_kwargs"] == {"growth_rate": 4, "block_config": [1, 1, 1, 1]}

@@ -193,15 +193,6 @@ def _rows(run_dir):
     ]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny runs, one thread: on a busy CPU threads that wait for each other are slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_interrupted_smoke_sweep_resumes_to_the_same_result(tmp_path, one_thread):
     plan, source = _smoke(), SyntheticCifar100()
     straight, split = tmp_path / "straight", tmp_path / "interrupted"
