@@ -2,6 +2,7 @@ import argparse
 import csv
 import json
 import shutil
+import uuid
 
 import pytest
 import torch
@@ -568,3 +569,22 @@ def test_compiled_run_matches_eager(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_compile_happens_once_whatever_the_last_batch_and_evaluation(tmp_path):
+    # 40 images in batches of 16 leave a short batch of 8; every epoch also evaluates.
+    # Before, each of those was a compile of its own (a dynamic-shape one for the short
+    # batch, another for evaluation), and a third when the head's first-forward check flipped.
+    seen = []
+
+    def counting(graph, example_inputs):
+        seen.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return graph.forward
+
+    name = f"auxtransfer_counting_{uuid.uuid4().hex}"
+    torch._dynamo.register_backend(counting, name=name)
+    torch._dynamo.reset()
+    config = _config(epochs=3, binary_weight=0.3, compile=True, compile_backend=name)
+    train_run(config, tmp_path / "run", _data(40, 0), _data(20, 1), mean=MEAN, std=STD)
+    assert len(seen) == 1
+    assert (16, 3, 32, 32) in seen[0]  # the full training batch, and no other shape

@@ -49,6 +49,8 @@ class BinaryRelabeled(Dataset[tuple[Any, Any, Tensor]]):
             )
         self.dataset = dataset
         self.partition = as_partition(partition)
+        # y_b of each class, made once: an item then costs a lookup and a copy.
+        self._columns = list(self.partition.t().contiguous().unbind(0))
         self.targets = _targets_of(dataset)
         self.binary_targets: Tensor | None = None
         if self.targets is not None:
@@ -74,9 +76,11 @@ class BinaryRelabeled(Dataset[tuple[Any, Any, Tensor]]):
                 f"Expected `dataset` items to be (x, y) pairs, but item {index} is {describe(item)}."
             )
         x, y = item
+        if type(y) is int and 0 <= y < len(self._columns):  # the common case, checked fast
+            return x, y, self._columns[y].clone()
         label = _as_label(y, index)
         self._check_label(label, index)
-        return x, y, self.partition[:, label].clone()
+        return x, y, self._columns[label].clone()
 
     def __repr__(self) -> str:
         n, c = self.partition.shape

@@ -268,7 +268,8 @@ class RandomPartitionHead(nn.Module):
         stores: list[list[Tensor]] = [[] for _ in layers]
         for layer, store in zip(layers, stores, strict=True):
             setattr(layer, self._store, store)
-        verify = not self._verified and not torch.compiler.is_compiling()
+        # Compiling first: dynamo then never reads (and guards on) `_verified`.
+        verify = not torch.compiler.is_compiling() and not self._verified
         outputs: list[Any] = []
         watch = (
             layers[0].register_forward_hook(lambda m, a, out: outputs.append(out))

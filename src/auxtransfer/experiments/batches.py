@@ -226,19 +226,21 @@ class DeviceBatches:
         total = len(self.labels)
         offsets = torch.randint(0, 2 * self.pad + 1, (total, 2), generator=generator)
         flips = torch.rand(total, generator=generator) < 0.5
+        # One copy to the device per epoch; batches are cut there (no copy per batch).
+        full, original = full.to(self.device), original.to(self.device)
+        offsets, flips = offsets.to(self.device), flips.to(self.device) & self.flip
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = full[start : start + self.batch_size]
             if len(index) == 0:
                 break
-            self.last_batch_original = original[start : start + self.batch_size].to(self.device)
-            on_device = index.to(self.device)
-            images = self.images[on_device]
+            self.last_batch_original = original[start : start + self.batch_size]
+            images = self.images[index]
             if self.train and (self.pad or self.flip):
-                images = _crop_flip(images, offsets[index], flips[index] & self.flip, pad=self.pad)
+                images = _crop_flip(images, offsets[index], flips[index], pad=self.pad)
             x = ((images.float() - self._mean) / self._std).to(self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = self.labels[on_device]
+            y = self.labels[index]
             if self.partition is None:
                 yield x, y
             else:

@@ -19,6 +19,8 @@ from ..losses import combined_loss_terms
 from .batches import DeviceBatches, LoaderBatches
 
 __all__ = [
+    "batch_loss",
+    "eval_sums",
     "evaluate",
     "group_names",
     "head_learning_rate",
@@ -68,39 +70,64 @@ def train_one_epoch(
     batches.set_epoch(epoch)
     model.train()
     device = batches.device
-    binary = batches.partition is not None
     sums = torch.zeros(6, device=device, dtype=torch.float64)
     for batch in batches:
-        x, y = batch[0], batch[1]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
-        # One per-sample loss serves the step and the metrics. Metrics count each image
-        # once: the wrap-around repeats that even out the DDP ranks take part in the step,
-        # not in the sums (a 0/1 weight, not a boolean index, so the step never waits for
-        # the device).
-        kept = batches.last_batch_original.double()
-        if binary:
-            logits, aux_logits = out[0].float(), out[1].float()
-            terms = combined_loss_terms(
-                (logits, aux_logits), y, batch[2], binary_weight, reduction="none"
-            )
-            per_sample = terms.total
-            binary_wrong = (aux_logits.argmax(-1) != batch[2]).double().mean(1)
-            sums[2] += (terms.binary.detach().double() * kept).sum()
-            sums[3] += (binary_wrong * kept).sum()
-            main = terms.main.detach()
-        else:
-            logits = out.float()
-            per_sample = main = F.cross_entropy(logits, y, reduction="none")
-        loss = per_sample.mean()
+            out = model(batch[0])
+        loss = batch_loss(out, batch, batches.last_batch_original, binary_weight, sums)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sums[0] += (per_sample.detach().double() * kept).sum()
-        sums[1] += ((logits.argmax(1) != y).double() * kept).sum()
-        sums[4] += kept.sum()
-        sums[5] += (main.detach().double() * kept).sum()
     return sums
+
+
+def batch_loss(
+    out: Any, batch: Sequence[Tensor], kept: Tensor, binary_weight: float, sums: Tensor
+) -> Tensor:
+    """The mean loss of one training batch, to step on; adds its metrics into ``sums``.
+
+    One per-sample loss serves the step and the metrics. Metrics count each image once:
+    the wrap-around repeats that even out the DDP ranks (``kept`` False) take part in the
+    step, not in the sums (a 0/1 weight, not a boolean index, so nothing waits for the
+    device).
+
+    Args:
+        out: The model's output: logits, or ``(logits, aux_logits)`` when ``batch``
+            carries binary labels.
+        batch: ``(images, labels)`` or ``(images, labels, binary_labels)``.
+        kept: ``[B]`` bool, the samples to count in the metrics.
+        binary_weight: Weight of the binary term of the combined loss.
+        sums: ``[6]`` float64, added to in place: loss, errors, binary loss, binary
+            errors, images, class term of the loss.
+    """
+    y = batch[1]
+    weight = kept.double()
+    if len(batch) > 2:
+        logits, aux_logits = out[0].float(), out[1].float()
+        terms = combined_loss_terms(
+            (logits, aux_logits), y, batch[2], binary_weight, reduction="none"
+        )
+        per_sample, main = terms.total, terms.main.detach()
+        binary_wrong = (aux_logits.argmax(-1) != batch[2]).double().mean(1)
+        sums[2] += (terms.binary.detach().double() * weight).sum()
+        sums[3] += (binary_wrong * weight).sum()
+    else:
+        logits = out.float()
+        per_sample = F.cross_entropy(logits, y, reduction="none")
+        main = per_sample.detach()
+    sums[0] += (per_sample.detach().double() * weight).sum()
+    sums[1] += ((logits.argmax(1) != y).double() * weight).sum()
+    sums[4] += weight.sum()
+    sums[5] += (main.double() * weight).sum()
+    return per_sample.mean()
+
+
+def eval_sums(out: Any, y: Tensor, sums: Tensor) -> None:
+    """Add one evaluation batch's summed cross-entropy and errors into ``sums`` (``[2]``
+    float64); ``out`` is the logits, or a tuple whose first item is the logits."""
+    logits = (out[0] if isinstance(out, tuple) else out).float()
+    sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+    sums[1] += (logits.argmax(1) != y).sum()
 
 
 def train_averages(sums: Tensor, *, world: int = 1, binary: bool = False) -> dict[str, Any]:
@@ -148,9 +175,7 @@ def evaluate(
     for x, y in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(x)
-        logits = (out[0] if isinstance(out, tuple) else out).float()
-        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-        sums[1] += (logits.argmax(1) != y).sum()
+        eval_sums(out, y, sums)
         count += len(y)
     loss, wrong = sums.tolist()
     return loss / count, 100.0 * wrong / count

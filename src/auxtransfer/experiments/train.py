@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from ..heads import RandomPartitionHead
 from .batches import DeviceBatches, LoaderBatches
 from .checkpoint import gather_rng_states, load_checkpoint, save_checkpoint, save_weights
+from .graphs import GraphTrainer
 from .loop import (
     evaluate,
     head_learning_rate,
@@ -129,6 +130,7 @@ def train_run(
     progress: bool = False,
     stop_after: int | None = None,
     param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
+    cuda_graphs: bool = True,
 ) -> dict[str, Any] | None:
     """Train ``config.model`` on ``train_data``, evaluating on ``test_data`` every epoch.
 
@@ -158,6 +160,10 @@ def train_run(
             ``lr_table``, each group takes the rate of its ``"role"``. Every group's rate is
             logged (``lr_groups``), named by its ``"addresses"`` where it has them. Default:
             one group at ``config.lr``, or a transfer run's kept and new groups.
+        cuda_graphs: Replay every full training and evaluation batch as a CUDA graph
+            ([`GraphTrainer`][auxtransfer.experiments.GraphTrainer]) where that is possible: on
+            CUDA, in one process, without ``config.compile``. Not a setting of the run: a
+            run may be resumed with it on or off.
 
     Returns:
         The content of ``results.json``, or None when ``stop_after`` stopped the run early.
@@ -191,6 +197,12 @@ def train_run(
 
     trainer = _wrap_for_training(net, config, device, world)
     use_amp = config.amp and device.type == "cuda"
+    # After the checkpoint is loaded: the recorded steps read the tensors where they are.
+    graphs = (
+        GraphTrainer(net, optimizer, binary_weight=config.binary_weight, amp=use_amp)
+        if cuda_graphs and device.type == "cuda" and world == 1 and not config.compile
+        else None
+    )
     bar = _progress(progress and rank == 0, config.epochs, start_epoch)
     last_epoch = (
         config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after - 1)
@@ -203,15 +215,13 @@ def train_run(
         )  # fmt: skip
         lr = head_learning_rate(optimizer.param_groups)
         lr_groups = format_learning_rates(learning_rates(optimizer.param_groups))
-        sums = train_one_epoch(
-            trainer,
-            batches,
-            optimizer,
-            epoch=epoch,
-            binary_weight=config.binary_weight,
-            amp=use_amp,
-        )
-        test_loss, test_error = evaluate(trainer, tests, amp=use_amp)
+        if graphs is not None:
+            sums = graphs.train_one_epoch(batches, epoch=epoch)
+            test_loss, test_error = graphs.evaluate(tests)
+        else:
+            sums = train_one_epoch(trainer, batches, optimizer, epoch=epoch,
+                binary_weight=config.binary_weight, amp=use_amp)  # fmt: skip
+            test_loss, test_error = evaluate(trainer, tests, amp=use_amp)
         averages = train_averages(sums, world=world, binary=partition is not None)
         row = {
             "phase": config.phase,
@@ -357,15 +367,47 @@ def _build_optimizer(
 def _wrap_for_training(
     net: nn.Module, config: RunConfig, device: torch.device, world: int
 ) -> nn.Module:
-    """``net`` in DDP under ``torchrun``, compiled with ``config.compile``."""
+    """``net`` in DDP under ``torchrun``; with ``config.compile``, compiled for its full
+    training batches."""
     trainer: nn.Module = net
     if world > 1:
         trainer = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
     if config.compile:
-        trainer = torch.compile(trainer, backend=config.compile_backend)  # type: ignore[assignment]
+        trainer = CompiledTraining(trainer, batch_size=config.batch_size,
+            backend=config.compile_backend)  # fmt: skip
     return trainer
+
+
+class CompiledTraining(nn.Module):
+    """A model compiled once, for its full training batches; everything else runs eagerly.
+
+    ``torch.compile`` specialises on what it sees, and recompiles when that changes: for
+    the short last batch of an epoch (a second, dynamic-shape compile of forward and
+    backward), then for evaluation (eval mode, no gradients). For DenseNet-BC-100 with
+    inductor that is several minutes before the first epoch ends. Here the compiled module
+    sees only full training batches (``dynamic=False``), so it is compiled once; the last
+    short batch and evaluation (a fifth of an epoch's images, forward only) run the same
+    model eagerly.
+
+    Args:
+        model: The model (or its DDP wrapper).
+        batch_size: The training batch size, the one shape compiled.
+        backend: ``torch.compile``'s backend.
+    """
+
+    def __init__(self, model: nn.Module, *, batch_size: int, backend: str = "inductor") -> None:
+        super().__init__()
+        self.model = model
+        self.batch_size = batch_size
+        # Not a submodule: the compiled wrapper shares ``model``'s parameters.
+        self._compiled = [torch.compile(model, backend=backend, dynamic=False)]
+
+    def forward(self, x: Tensor) -> Any:
+        if self.training and torch.is_grad_enabled() and x.shape[0] == self.batch_size:
+            return self._compiled[0](x)
+        return self.model(x)
 
 
 def _check_settings(
