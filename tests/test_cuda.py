@@ -84,12 +84,12 @@ def test_inductor_compile_matches_eager(name):
     torch.testing.assert_close(compiled.aux_logits, eager.aux_logits, rtol=1e-3, atol=1e-3)
 
 
-def _graph_case(n=40, batch_size=8, binary=True, channels_last=False):
+def _graph_case(n=44, batch_size=8, binary=True, channels_last=False, drop_rate=0.0):
     from auxtransfer.experiments import DeviceBatches
     from auxtransfer.models import cifar_densenet_bc_100
 
     torch.manual_seed(0)
-    model = cifar_densenet_bc_100(num_classes=5, depth=10, growth_rate=4)
+    model = cifar_densenet_bc_100(num_classes=5, depth=10, growth_rate=4, drop_rate=drop_rate)
     if binary:
         model = RandomPartitionHead(model, num_partitions=2, seed=3)
     model = model.cuda()
@@ -108,39 +108,107 @@ def _graph_case(n=40, batch_size=8, binary=True, channels_last=False):
     return model, batches(True, batch_size), batches(False, 12)
 
 
-@pytest.mark.parametrize(("binary", "channels_last"), [(False, False), (True, True)])
-def test_captured_steps_equal_the_plain_loop(binary, channels_last, monkeypatch):
-    import copy
+def _train_side_by_side(reference, captured, batches, tests, *, lr=0.02, epochs=3):
+    """Train both for ``epochs`` (a tenfold rate drop at the last), the same dropout masks
+    for both; after each epoch yield both models, their sums and their evaluations."""
+    for epoch in range(1, epochs + 1):
+        rate = lr if epoch < epochs else lr / 10
+        results = []
+        for run in (reference, captured):
+            run["optimizer"].param_groups[0]["lr"] = rate
+            torch.cuda.manual_seed(100 + epoch)
+            sums = run["train"](batches, epoch)
+            results.append((sums, run["evaluate"](tests)))
+        yield epoch, results
 
-    from auxtransfer.experiments.graphs import GraphTrainer
+
+def _runner(model, trainer=None):
     from auxtransfer.experiments.loop import evaluate, train_one_epoch
+
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4, nesterov=True
+    )
+    if trainer is None:
+        return {"model": model, "optimizer": optimizer,
+                "train": lambda b, e: train_one_epoch(model, b, optimizer, epoch=e, binary_weight=0.3),
+                "evaluate": lambda t: evaluate(model, t)}  # fmt: skip
+    steps = trainer(model, optimizer, binary_weight=0.3)
+    return {"model": model, "optimizer": optimizer, "steps": steps,
+            "train": lambda b, e: steps.train_one_epoch(b, epoch=e), "evaluate": steps.evaluate}  # fmt: skip
+
+
+CASES = [(False, False, 0.0), (True, True, 0.0), (True, False, 0.2)]
+
+
+@pytest.mark.parametrize(("binary", "channels_last", "drop_rate"), CASES)
+def test_replays_equal_the_same_steps_run_eagerly(binary, channels_last, drop_rate, monkeypatch):
+    # The capture itself, isolated: the eager side runs the very arithmetic the graph
+    # records (the rate as a tensor), so only the recording could make them differ.
+    import copy
+    import functools
+
+    from auxtransfer.experiments import graphs
 
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    plain, batches, tests = _graph_case(binary=binary, channels_last=channels_last)
-    captured = copy.deepcopy(plain)
-    optimizers = [
-        torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
-        for m in (plain, captured)
-    ]
-    trainer = GraphTrainer(captured, optimizers[1], binary_weight=0.3)
-    for epoch, lr in ((1, 0.1), (2, 0.1), (3, 0.01)):  # a learning-rate drop at epoch 3
-        for optimizer in optimizers:
-            optimizer.param_groups[0]["lr"] = lr
-        expected = train_one_epoch(plain, batches, optimizers[0], epoch=epoch, binary_weight=0.3)
-        sums = trainer.train_one_epoch(batches, epoch=epoch)
-        torch.testing.assert_close(sums, expected, rtol=1e-4, atol=1e-4)
-        for (name, p), q in zip(plain.named_parameters(), captured.parameters(), strict=True):
-            torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5, msg=f"{name}, epoch {epoch}")
-        for b, c in zip(plain.buffers(), captured.buffers(), strict=True):
-            torch.testing.assert_close(c, b, rtol=1e-3, atol=1e-5)
-        assert trainer.evaluate(tests) == pytest.approx(evaluate(plain, tests), rel=1e-3, abs=1e-3)
-    assert trainer.captured == (True, True)  # 5 full batches per epoch, 3 full test batches
-    # The drop took effect in the replayed steps: at rate 0 a replay changes nothing.
-    before = [p.detach().clone() for p in captured.parameters()]
-    optimizers[1].param_groups[0]["lr"] = 0.0
-    trainer.train_one_epoch(batches, epoch=4)
-    assert all(torch.equal(p, q) for p, q in zip(captured.parameters(), before, strict=True))
+    update = graphs._Group.update
+    monkeypatch.setattr(graphs._Group, "update", lambda self, captured: update(self, True))
+    model, batches, tests = _graph_case(
+        binary=binary, channels_last=channels_last, drop_rate=drop_rate
+    )
+    eager = _runner(model, functools.partial(graphs.GraphTrainer, capture=False))
+    replayed = _runner(copy.deepcopy(model), graphs.GraphTrainer)
+    for epoch, ((sums, evaluation), (replay_sums, replay_evaluation)) in _train_side_by_side(
+        eager, replayed, batches, tests
+    ):
+        torch.testing.assert_close(replay_sums, sums, rtol=1e-5, atol=1e-6)
+        assert replay_evaluation == pytest.approx(evaluation, rel=1e-5, abs=1e-6)
+        pairs = zip(eager["model"].named_parameters(), replayed["model"].parameters(), strict=True)
+        for (name, p), q in pairs:
+            torch.testing.assert_close(
+                q, p, rtol=1e-5, atol=1e-6, msg=lambda m, at=f"{name}, epoch {epoch}": f"{at}: {m}"
+            )
+        for b, c in zip(eager["model"].buffers(), replayed["model"].buffers(), strict=True):
+            torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6)
+    # 5 full batches and a short one per epoch; 3 full test batches and a short one.
+    assert replayed["steps"].captured == (True, True)
+
+
+@pytest.mark.parametrize(("binary", "channels_last", "drop_rate"), CASES)
+def test_captured_steps_follow_the_plain_loop(binary, channels_last, drop_rate):
+    # Against the plain loop: the same up to the update's last bit, which a tiny network
+    # amplifies over a few steps (measured on CPU: up to 5e-4 relative at rate 0.02), so
+    # the tolerance is loose; a missing rate change or other dropout masks are far off.
+    import copy
+
+    from auxtransfer.experiments.graphs import GraphTrainer
+
+    model, batches, tests = _graph_case(
+        binary=binary, channels_last=channels_last, drop_rate=drop_rate
+    )
+    plain, captured = _runner(model), _runner(copy.deepcopy(model), GraphTrainer)
+    for epoch, ((sums, evaluation), (captured_sums, captured_evaluation)) in _train_side_by_side(
+        plain, captured, batches, tests
+    ):
+        loss_terms = [0, 2, 4, 5]  # losses and image counts; errors within two predictions
+        torch.testing.assert_close(
+            captured_sums[loss_terms], sums[loss_terms], rtol=1e-2, atol=1e-3
+        )
+        torch.testing.assert_close(captured_sums[[1, 3]], sums[[1, 3]], rtol=0, atol=2.0)
+        assert captured_evaluation[0] == pytest.approx(evaluation[0], rel=1e-2)
+        pairs = zip(plain["model"].named_parameters(), captured["model"].parameters(), strict=True)
+        for (name, p), q in pairs:
+            torch.testing.assert_close(
+                q, p, rtol=1e-2, atol=1e-3, msg=lambda m, at=f"{name}, epoch {epoch}": f"{at}: {m}"
+            )
+    assert captured["steps"].captured == (True, True)
+    # The rate is read at every epoch by the replays too: at rate 0 nothing moves.
+    before = [p.detach().clone() for p in captured["model"].parameters()]
+    captured["optimizer"].param_groups[0]["lr"] = 0.0
+    captured["steps"].train_one_epoch(batches, epoch=4)
+    assert all(
+        torch.equal(p, q) for p, q in zip(captured["model"].parameters(), before, strict=True)
+    )
 
 
 def test_train_run_with_graphs_matches_the_plain_loop(tmp_path):

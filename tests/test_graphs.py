@@ -10,7 +10,7 @@ import torch
 
 from auxtransfer import RandomPartitionHead
 from auxtransfer.experiments import DeviceBatches
-from auxtransfer.experiments.graphs import GraphTrainer
+from auxtransfer.experiments.graphs import GraphTrainer, _Group
 from auxtransfer.experiments.loop import evaluate, train_one_epoch
 from auxtransfer.models import cifar_densenet_bc_100
 
@@ -47,7 +47,7 @@ def _sgd(model, **settings):
         (True, {"momentum": 0.5, "dampening": 0.1, "maximize": False}),
     ],
 )
-def test_graph_ready_step_equals_the_plain_loop(one_thread, binary, settings):
+def test_graph_ready_step_equals_the_plain_loop(binary, settings):
     plain = _model(binary)
     ready = copy.deepcopy(plain)
     plain_opt, ready_opt = _sgd(plain, **settings), _sgd(ready, **settings)
@@ -126,3 +126,45 @@ def test_changed_sgd_settings_are_refused(one_thread):
     optimizer.param_groups[0]["momentum"] = 0.5
     with pytest.raises(ValueError, match="stay what the recorded step bakes in"):
         trainer.train_one_epoch(batches, epoch=2)
+
+
+def test_replaced_gradients_are_refused(one_thread):
+    model = _model(False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trainer = GraphTrainer(model, optimizer)
+    batches = _batches(model)
+    trainer.train_one_epoch(batches, epoch=1)
+    trainer.train_one_epoch(batches, epoch=2)  # untouched: fine
+    optimizer.zero_grad()  # set_to_none: the step would update stale gradients
+    with pytest.raises(RuntimeError, match=r"gradients and momentum buffers .* were replaced"):
+        trainer.train_one_epoch(batches, epoch=3)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_recorded_update_is_sgd_to_the_last_bit(nesterov):
+    # What a replay computes (the rate as a tensor) against SGD itself, one step apart.
+    torch.manual_seed(0)
+    params = [torch.randn(50, 7, requires_grad=True), torch.randn(13, requires_grad=True)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    start = [p.detach().clone() for p in params]
+    settings = {"lr": 0.3, "momentum": 0.9, "weight_decay": 1e-2, "nesterov": nesterov}
+    reference, ours = torch.optim.SGD(params, **settings), torch.optim.SGD(twins, **settings)
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        for p, q, g in zip(params, twins, grads, strict=True):
+            p.grad = g.clone()
+            if step == 0:
+                q.grad = g.clone()
+            else:
+                q.grad.copy_(g)  # in place, as backward adds into the zeroed gradients
+        reference.step()
+        if step == 0:
+            ours.step()  # the first step is SGD's own (it makes the momentum buffers)
+            group = _Group(ours.param_groups[0], twins, ours.state)
+            group.refresh_rate()
+            continue
+        group.update(captured=True)
+        for p, q in zip(params, twins, strict=True):
+            torch.testing.assert_close(q, p, rtol=2e-7, atol=2e-7)
+    assert all((p - s).abs().min() > 1e-3 for p, s in zip(twins, start, strict=True))  # moved
+    assert group.rate.dtype == torch.float32 and float(group.rate) == pytest.approx(-0.3)

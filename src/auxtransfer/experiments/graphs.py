@@ -22,9 +22,10 @@ place of record: its ``param_groups`` set the rates, its ``state`` holds the mom
 buffers, its ``state_dict`` is what a checkpoint saves. The first step is the
 optimizer's own ``step()``: it makes the momentum buffers as SGD does.
 
-Without capture (``capture=False``, the only choice on CPU) the trainer runs the same steps
-eagerly: the graph-ready step, checked against the plain loop of
-[`loop`][auxtransfer.experiments.loop] on any device.
+Without capture (``capture=False``, the only choice on CPU) the trainer runs the same
+steps eagerly, and they are SGD's to the bit: tested against the plain loop of
+[`loop`][auxtransfer.experiments.loop]. A recorded step differs from them in the last bit of
+the update (it multiplies by the rate tensor, then adds).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class _Group:
         self.grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
         momentum = group.get("momentum", 0.0)
         self.buffers = [state[p]["momentum_buffer"] for p in params] if momentum else []
-        self.rate = torch.zeros((), device=params[0].device, dtype=params[0].dtype)
+        # float32 whatever the parameters' dtype, as SGD applies its rate.
+        self.rate = torch.zeros((), device=params[0].device, dtype=torch.float32)
         self.rate_value: float | None = None
 
     def refresh_rate(self) -> None:
@@ -65,8 +67,13 @@ class _Group:
             self.rate_value = lr
 
     @torch.no_grad()
-    def update(self) -> None:
-        """One SGD step of the group, as ``torch.optim.SGD`` after its first step."""
+    def update(self, captured: bool) -> None:
+        """One SGD step of the group, as ``torch.optim.SGD`` after its first step.
+
+        Eagerly the step is SGD's to the bit: ``p += -lr * g`` with the rate as a Python
+        number. A recorded step cannot read a Python number at replay, so it multiplies by
+        the rate tensor first and adds then: one more rounding, in the last bit.
+        """
         weight_decay, momentum, dampening, nesterov, maximize = self.settings
         grads: list[Tensor] | tuple[Tensor, ...] = self.grads
         if maximize:
@@ -80,7 +87,10 @@ class _Group:
                 grads = torch._foreach_add(grads, self.buffers, alpha=momentum)
             else:
                 grads = self.buffers
-        torch._foreach_add_(self.params, torch._foreach_mul(grads, self.rate))
+        if captured:
+            torch._foreach_add_(self.params, torch._foreach_mul(grads, self.rate))
+        else:
+            torch._foreach_add_(self.params, grads, alpha=-self.group["lr"])
 
 
 def _default_settings() -> tuple[tuple[str, Any], ...]:
@@ -187,6 +197,7 @@ class GraphTrainer:
         self._sums.zero_()
         if self._groups is not None:
             self._check_settings()
+            self._check_tensors()
             for group in self._groups:
                 group.refresh_rate()
         for batch in batches:
@@ -197,7 +208,7 @@ class GraphTrainer:
                 self._step(inputs)
             else:
                 if self._train is None:
-                    self._train = self._record(self._step, inputs, train=True)
+                    self._train = self._record(self._recorded_step, inputs, train=True)
                 _replay(self._train, inputs)
         return self._sums.clone()
 
@@ -244,7 +255,7 @@ class GraphTrainer:
             made.refresh_rate()
         self._groups = groups
 
-    def _step(self, inputs: list[Tensor]) -> None:
+    def _step(self, inputs: list[Tensor], captured: bool = False) -> None:
         """One training step on the update's own tensors (what the graph records)."""
         assert self._groups is not None
         torch._foreach_zero_([g for group in self._groups for g in group.grads])
@@ -253,7 +264,10 @@ class GraphTrainer:
         )
         loss.backward()  # adds into the zeroed gradients, in place
         for group in self._groups:
-            group.update()
+            group.update(captured)
+
+    def _recorded_step(self, inputs: list[Tensor]) -> None:
+        self._step(inputs, captured=True)
 
     def _eval_step(self, inputs: list[Tensor]) -> None:
         eval_sums(self._forward(inputs[0]), inputs[1], self._eval_sums)
@@ -276,21 +290,44 @@ class GraphTrainer:
         static = [t.clone() for t in inputs]
         saved = self._state_tensors(train)
         before = [t.clone() for t in saved]
-        rng = torch.cuda.get_rng_state(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                step(static)
-        torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step(static)
-        with torch.no_grad():
-            for tensor, value in zip(saved, before, strict=True):
-                tensor.copy_(value)
-        torch.cuda.set_rng_state(rng, self.device)
+        # On the model's device whatever the current one is; warm-up and capture on one
+        # stream of this graph's own (a stream shared by graphs shares their cuBLAS
+        # workspace); "thread_local": a DataLoader's pin-memory thread may use CUDA meanwhile.
+        with torch.cuda.device(self.device):
+            rng = torch.cuda.get_rng_state(self.device)
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            try:
+                with torch.cuda.stream(stream):
+                    for _ in range(self.warmup):
+                        step(static)
+                with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                    step(static)
+            finally:
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                with torch.no_grad():
+                    for tensor, value in zip(saved, before, strict=True):
+                        tensor.copy_(value)
+                torch.cuda.set_rng_state(rng, self.device)
         return graph, static
+
+    def _check_tensors(self) -> None:
+        """The gradients and momentum buffers are still those the recorded step uses."""
+        assert self._groups is not None
+        state = self.optimizer.state
+        for group in self._groups:
+            grads = [p.grad for p in group.params]
+            buffers = [state[p].get("momentum_buffer") for p in group.params]
+            if any(a is not b for a, b in zip(grads, group.grads, strict=True)) or (
+                group.buffers
+                and any(a is not b for a, b in zip(buffers, group.buffers, strict=True))
+            ):
+                raise RuntimeError(
+                    "Expected the gradients and momentum buffers that the recorded step "
+                    "updates, but they were replaced (by zero_grad(set_to_none=True) or "
+                    "the optimizer's load_state_dict, say): make a new GraphTrainer."
+                )
 
     def _state_tensors(self, train: bool) -> list[Tensor]:
         """Every tensor a step changes: weights, buffers, momentum, the sums."""
