@@ -66,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--densenet", type=float, help="DenseNet-BC-100 training images/s")
     parser.add_argument("--wrn", type=float, help="WRN-28-10 training images/s")
     args = parser.parse_args(argv)
-    rates = rates_from(args.rates) if args.rates else {}
+    try:
+        rates = rates_from(args.rates) if args.rates else {}
+    except (OSError, ValueError, AttributeError) as error:
+        parser.error(f"argument --rates: expected a benchmarks/run.py --json table, but {error}")
     for model, given in (("DenseNet-BC-100", args.densenet), ("WRN-28-10", args.wrn)):
         if given is not None:
             if given <= 0:

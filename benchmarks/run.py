@@ -1,6 +1,6 @@
 """The benchmark table: every speed ratio of the project, measured side by side in one process.
 
-Each ratio times two (or three) ways of doing the same work on the same device, interleaved
+Each ratio times two (or more) ways of doing the same work on the same device, interleaved
 (a, b, a, b, ...) so that load on a shared machine affects them alike, after a warm-up
 round; each side's median counts. The table prints each ratio beside its goal and whether
 the goal holds; ``--json FILE`` saves it.
@@ -12,18 +12,35 @@ the goal holds; ``--json FILE`` saves it.
     frozen_step        train step frozen through block "2" / full step (goal <= 0.55)
     batches            DeviceBatches / the faster of torchvision's PIL pipeline through a
                        DataLoader with 0 and --workers workers (goal >= 5x on CPU)
-    loop_vs_reference  training images/s of train_one_epoch over DeviceBatches / a loop
-                       written as CIFAR code of 2017 was: fp32, PIL transforms, DataLoader,
-                       eager, the loss read every step; same model, same device
-                       (goal >= 10x on GPU; reported on CPU too)
+    loop_vs_reference  training images/s of our loop over DeviceBatches, as train_run trains
+                       (on CUDA GraphTrainer, every step replayed as a CUDA graph; on CPU
+                       train_one_epoch) / a loop written as CIFAR code of 2017 was: fp32,
+                       PIL transforms, DataLoader, eager, the loss read every step; same
+                       model, same device (goal >= 10x on GPU; reported on CPU too)
+    graph_vs_eager_densenet, graph_vs_eager_wrn
+                       training images/s of GraphTrainer / of train_one_epoch (eager):
+                       DenseNet-BC-100 at batch 64, WRN-28-10 at batch 128 (CUDA; no goal)
+    jobsN_vs_jobs1     aggregate training images/s of N runs at once / of one run, for each
+                       N of --jobs-counts but 1 (goal >= 2.5x on GPU for N = 4; the others
+                       no goal)
 
-On CUDA the model steps and our loop run in bf16 autocast with channels-last (the setting
-of the GPU goals) and the table adds training images/s of both CIFAR models (eager; a step
-captured as a CUDA graph and concurrent runs on one GPU are not measured: neither exists
-yet). All data are synthetic CIFAR-shaped images (no download).
+On CUDA the model steps and our loops run in bf16 autocast with channels-last (the setting
+of the GPU goals). The images/s table adds, on CUDA, both CIFAR models eager and as a CUDA
+graph (``cifar_densenet_bc_100_b64_eager``, ``cifar_densenet_bc_100_b64_graph``,
+``cifar_wrn_28_10_b128_eager``, ``cifar_wrn_28_10_b128_graph``), and concurrent runs:
+``jobsN`` is N processes started with "spawn", each training its own DenseNet-BC-100
+through GraphTrainer on synthetic data made on its device (worker i on cuda:(i % GPUs)
+for ``--device cuda``); after one untimed warm-up epoch (which records the CUDA graph)
+they wait for each other, then each times a few epochs: their images over the slowest
+one's seconds. ``--jobs-counts`` picks the Ns (default: 1 2 4 8 on CUDA, none on CPU,
+where the workers run GraphTrainer's steps eagerly). A measurement whose worker crashed
+or timed out is marked failed in the table and in the JSON (``"failed"``: what failed and
+why), and the script then exits with status 1. The tiny preset (tests) measures a tiny
+DenseNet-BC eager and through GraphTrainer on any device, so that the CPU runs the code
+of the CUDA rows. All data are synthetic CIFAR-shaped images (no download).
 
     python benchmarks/run.py --quick --json bench.json   # CPU, a few minutes
-    python benchmarks/run.py --device cuda --json bench.json
+    python benchmarks/run.py --device cuda --json bench.json   # about 2 minutes on an H100
 """
 
 from __future__ import annotations
@@ -31,17 +48,21 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import gc
 import json
 import math
+import multiprocessing
 import os
 import shlex
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import timm
@@ -58,7 +79,8 @@ from auxtransfer import (
     class_partition,
     freeze_until,
 )
-from auxtransfer.experiments import DeviceBatches
+from auxtransfer.experiments import DeviceBatches, GraphTrainer
+from auxtransfer.experiments.jobs import job_devices, job_threads
 from auxtransfer.experiments.loop import train_one_epoch
 
 # The torchvision CIFAR pipeline of the paper's era lives in batches_speed.py (this folder).
@@ -78,6 +100,11 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         return timm.create_model(self.name, num_classes=NUM_CLASSES, **self.kwargs)
+
+    @property
+    def family(self) -> str:
+        """``densenet`` or ``wrn``: the model's name in a ratio's name."""
+        return self.name.split("_")[1]
 
 
 DENSENET = ModelSpec("DenseNet-BC-100", "cifar_densenet_bc_100")
@@ -102,22 +129,79 @@ class Sizes:
     data_images: int
     data_batch: int
     data_repeats: int
-    cuda_images: int  # per epoch of each CIFAR model's images/s (CUDA only)
+    # Images/s of each (model, batch), eager and through GraphTrainer (none: skipped).
+    model_rates: tuple[tuple[ModelSpec, int], ...]
+    model_images: int  # per epoch
+    model_repeats: int
+    # Concurrent runs (--jobs-counts): what each worker process trains.
+    jobs_model: ModelSpec
+    jobs_batch: int
+    jobs_images: int  # per epoch, per worker
+    jobs_epochs: int  # timed, after one untimed warm-up epoch
+    jobs_timeout: float  # seconds for all the workers of one jobsN to report
+
+
+CIFAR_MODELS = ((DENSENET, 64), (WRN, 128))
 
 
 def sizes_for(preset: str, device: torch.device) -> Sizes:
     """``full`` (the default), ``quick`` (a few minutes on 2 CPU cores) or ``tiny`` (tests)."""
     if preset == "tiny":
-        return Sizes(TINY_DENSENET, 8, 3, TINY_DENSENET, 64, 16, 2, 256, 64, 2, 256)
+        return Sizes(
+            step_model=TINY_DENSENET, step_batch=8, step_repeats=3,
+            loop_model=TINY_DENSENET, loop_images=64, loop_batch=16, loop_repeats=2,
+            data_images=256, data_batch=64, data_repeats=2,
+            model_rates=((TINY_DENSENET, 16),), model_images=64, model_repeats=2,
+            jobs_model=TINY_DENSENET, jobs_batch=16, jobs_images=64, jobs_epochs=2,
+            jobs_timeout=300,
+        )  # fmt: skip
     if device.type == "cuda":
         if preset == "quick":
-            return Sizes(DENSENET, 64, 10, DENSENET, 2_048, 64, 2, 5_000, 128, 2, 2_048)
-        return Sizes(DENSENET, 64, 20, DENSENET, 5_000, 64, 3, 10_000, 128, 3, 5_000)
+            return Sizes(
+                step_model=DENSENET, step_batch=64, step_repeats=10,
+                loop_model=DENSENET, loop_images=2_048, loop_batch=64, loop_repeats=2,
+                data_images=5_000, data_batch=128, data_repeats=2,
+                model_rates=CIFAR_MODELS, model_images=1_280, model_repeats=2,
+                jobs_model=DENSENET, jobs_batch=64, jobs_images=1_600, jobs_epochs=2,
+                jobs_timeout=150,
+            )  # fmt: skip
+        # About 2 minutes on an H100, at ~950 images/s for an eager DenseNet-BC-100 step at
+        # batch 64 (launch-bound; the fp32 reference loop about the same), ~6,000 through
+        # GraphTrainer, ~12,000 for WRN-28-10 at batch 128. Start-up and imports ~5 s;
+        # aux_step and frozen_step 2 x 21 eager steps each, ~6 s; relabel_epoch and batches,
+        # PIL pipelines over 80,000 and 120,000 images, ~15 s; loop_vs_reference 4 epochs of
+        # 5,000 images each way, ~21 s reference + ~4 s ours + capture; the CIFAR models 4
+        # epochs of 2,560 images each way, ~11 s eager DenseNet + ~5 s the rest; jobs1, 2,
+        # 4, 8: 1 + 3 epochs of 3,200 images per worker (~2 s at jobs1, ~5 s at jobs8 if
+        # the GPU is shared well) after ~10 s of start-up each (spawn, imports, CUDA
+        # context, capture), ~55 s. Total ~125 s.
+        return Sizes(
+            step_model=DENSENET, step_batch=64, step_repeats=20,
+            loop_model=DENSENET, loop_images=5_000, loop_batch=64, loop_repeats=3,
+            data_images=10_000, data_batch=128, data_repeats=3,
+            model_rates=CIFAR_MODELS, model_images=2_560, model_repeats=3,
+            jobs_model=DENSENET, jobs_batch=64, jobs_images=3_200, jobs_epochs=3,
+            jobs_timeout=180,
+        )  # fmt: skip
     if preset == "quick":
         # A DenseNet-BC-100 step at batch 8 takes about half a second on 2 quiet cores; an
         # epoch of it would take minutes, so the loops run a smaller DenseNet-BC.
-        return Sizes(DENSENET, 8, 5, SMALL_DENSENET, 512, 32, 3, 4_000, 128, 3, 0)
-    return Sizes(DENSENET, 64, 15, DENSENET, 512, 64, 3, 10_000, 128, 3, 0)
+        return Sizes(
+            step_model=DENSENET, step_batch=8, step_repeats=5,
+            loop_model=SMALL_DENSENET, loop_images=512, loop_batch=32, loop_repeats=3,
+            data_images=4_000, data_batch=128, data_repeats=3,
+            model_rates=(), model_images=0, model_repeats=0,
+            jobs_model=SMALL_DENSENET, jobs_batch=32, jobs_images=256, jobs_epochs=2,
+            jobs_timeout=900,
+        )  # fmt: skip
+    return Sizes(
+        step_model=DENSENET, step_batch=64, step_repeats=15,
+        loop_model=DENSENET, loop_images=512, loop_batch=64, loop_repeats=3,
+        data_images=10_000, data_batch=128, data_repeats=3,
+        model_rates=(), model_images=0, model_repeats=0,
+        jobs_model=DENSENET, jobs_batch=64, jobs_images=512, jobs_epochs=2,
+        jobs_timeout=1_800,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,13 +224,26 @@ class Goal:
         return value <= self.bound if self.op == "<=" else value >= self.bound
 
 
+# The ratios with a goal; the others (graph_vs_eager_*, jobsN_vs_jobs1 but jobs4) inform.
 GOALS = {
     "aux_step": Goal("<=", 1.02),
     "relabel_epoch": Goal("<=", 1.02),
     "frozen_step": Goal("<=", 0.55),
     "batches": Goal(">=", 5.0, ("cpu",)),
     "loop_vs_reference": Goal(">=", 10.0, ("cuda",)),
+    "jobs4_vs_jobs1": Goal(">=", 2.5, ("cuda",)),
 }
+
+
+def judged(name: str, value: float | None, device: torch.device) -> dict[str, Any]:
+    """The ``goals`` entry of a ratio: its goal (None: none) and whether it holds (None: not
+    judged on ``device``, or no goal). A measurement that failed (``value`` None) does not
+    hold its goal where the goal is judged."""
+    goal = GOALS.get(name)
+    if goal is None:
+        return {"goal": None, "holds": None}
+    holds = goal.holds(math.nan if value is None else value, device)
+    return {"goal": str(goal), "holds": None if holds is None else value is not None and holds}
 
 
 def synchronize(device: torch.device) -> None:
@@ -250,12 +347,14 @@ def measure_frozen_step(sizes: Sizes, device: torch.device, fast: bool) -> tuple
     return full_s, frozen_s
 
 
-def synthetic_cifar(images: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """uint8 CIFAR-shaped images and labels of ``NUM_CLASSES`` classes."""
-    g = torch.Generator().manual_seed(seed)
+def synthetic_cifar(
+    images: int, seed: int = 0, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """uint8 CIFAR-shaped images and labels of ``NUM_CLASSES`` classes, made on ``device``."""
+    g = torch.Generator(device=device).manual_seed(seed)
     return (
-        torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=g),
-        torch.randint(0, NUM_CLASSES, (images,), generator=g),
+        torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=g, device=device),
+        torch.randint(0, NUM_CLASSES, (images,), generator=g, device=device),
     )
 
 
@@ -309,15 +408,31 @@ def measure_batches(sizes: Sizes, device: torch.device, workers: int) -> tuple[f
 
 
 def our_epoch(
-    model: nn.Module, images: Tensor, labels: Tensor, batch: int, device: torch.device, fast: bool
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batch: int,
+    device: torch.device,
+    fast: bool,
+    *,
+    graphs: bool | None = None,
 ) -> Callable[[], object]:
-    """An epoch of ``train_one_epoch`` over ``DeviceBatches``, as ``train_run`` trains."""
+    """An epoch of our loop over ``DeviceBatches``, as ``train_run`` trains: ``graphs`` None
+    picks what it picks, ``GraphTrainer`` on CUDA (every full batch's step replayed as a
+    CUDA graph; its first epoch records it) and ``train_one_epoch`` elsewhere; True is
+    ``GraphTrainer`` on any device (it captures on CUDA only, and steps eagerly elsewhere),
+    False ``train_one_epoch``."""
     batches = DeviceBatches(
         images, labels, batch_size=batch, mean=MEAN, std=STD, device=device, channels_last=fast
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     epochs = iter(range(1, 1_000_000))
+    if graphs is None:
+        graphs = device.type == "cuda"
     # .tolist() reads the epoch's sums: the one read of a real run's epoch.
+    if graphs:
+        trainer = GraphTrainer(model, optimizer, amp=fast)
+        return lambda: trainer.train_one_epoch(batches, epoch=next(epochs)).tolist()
     return lambda: train_one_epoch(model, batches, optimizer, epoch=next(epochs), amp=fast).tolist()
 
 
@@ -361,17 +476,198 @@ def measure_loops(
     return ours_s, reference_s
 
 
-def measure_cuda_models(sizes: Sizes, device: torch.device) -> dict[str, float]:
-    """Training images/s (eager, bf16, channels-last) of both CIFAR models at their batch."""
-    images, labels = synthetic_cifar(sizes.cuda_images)
+def measure_models(
+    sizes: Sizes, device: torch.device, fast: bool
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Training images/s of each model of ``sizes.model_rates`` at its batch, through
+    ``train_one_epoch`` (``..._eager``) and through ``GraphTrainer`` (``..._graph``), and
+    ``graph_vs_eager_<model>``, the one over the other. Same initial weights, one model
+    each (a recorded step holds on to its model's gradients)."""
+    images, labels = synthetic_cifar(sizes.model_images)
     runs, names = [], []
-    for spec, batch in ((DENSENET, 64), (WRN, 128)):
+    for spec, batch in sizes.model_rates:
         torch.manual_seed(0)
-        model = on_device(spec.build(), device, True)
-        runs.append(timed(device, our_epoch(model, images, labels, batch, device, True)))
-        names.append(f"{spec.name}_b{batch}_eager")
-    medians = interleaved_medians(runs, repeats=sizes.loop_repeats)
-    return {name: sizes.cuda_images / s for name, s in zip(names, medians, strict=True)}
+        eager = on_device(spec.build(), device, fast)
+        graph = copy.deepcopy(eager)
+        for kind, model in (("eager", eager), ("graph", graph)):
+            epoch = our_epoch(model, images, labels, batch, device, fast, graphs=kind == "graph")
+            runs.append(timed(device, epoch))
+            names.append(f"{spec.name}_b{batch}_{kind}")
+    # The warm-up round takes GraphTrainer's first epoch, which records its step.
+    medians = interleaved_medians(runs, repeats=sizes.model_repeats)
+    rates = {name: sizes.model_images / s for name, s in zip(names, medians, strict=True)}
+    ratios = {
+        f"graph_vs_eager_{spec.family}": rates[f"{spec.name}_b{batch}_graph"]
+        / rates[f"{spec.name}_b{batch}_eager"]
+        for spec, batch in sizes.model_rates
+    }
+    return rates, ratios
+
+
+@dataclass(frozen=True)
+class JobTask:
+    """What one worker process of a ``jobsN`` measurement does."""
+
+    index: int
+    device: str
+    model: ModelSpec
+    batch: int
+    images: int
+    epochs: int
+    fast: bool
+    threads: int | None
+    timeout: float
+    crash: str | None = None  # "raise" or "exit": fail on purpose (tests of the failure path)
+
+
+def job_worker(task: JobTask, barrier: Any, reports: Any) -> None:
+    """One worker of a ``jobsN`` measurement, in a process of its own ("spawn": a function at
+    the top of the module). Trains through ``GraphTrainer`` on data made on its device: one
+    untimed warm-up epoch, the barrier, then ``task.epochs`` timed epochs. Reports
+    ``(index, ("done", images, seconds))`` or ``(index, ("failed", traceback))``."""
+    try:
+        if task.crash == "exit":
+            os._exit(70)  # as a crash ends a process: no report
+        if task.crash == "raise":
+            raise RuntimeError(f"worker {task.index} raised on purpose (crash={task.crash!r})")
+        if task.threads is not None:
+            torch.set_num_threads(task.threads)
+        device = torch.device(task.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # the graph is recorded on the current device
+        torch.manual_seed(task.index)
+        model = on_device(task.model.build(), device, task.fast)
+        images, labels = synthetic_cifar(task.images, seed=task.index, device=device)
+        epoch = our_epoch(model, images, labels, task.batch, device, task.fast, graphs=True)
+        epoch()  # warm-up; on CUDA it records the step
+        synchronize(device)
+        barrier.wait(task.timeout)
+        seconds = timed(device, lambda: [epoch() for _ in range(task.epochs)])()
+        reports.put((task.index, ("done", task.images * task.epochs, seconds)))
+    except Exception:
+        reports.put((task.index, ("failed", traceback.format_exc())))
+
+
+def run_jobs(
+    count: int,
+    sizes: Sizes,
+    device: torch.device,
+    fast: bool,
+    log: Callable[[str], None],
+    crash: tuple[int, str] | None = None,
+) -> float | str:
+    """Aggregate training images/s of ``count`` workers at once (``job_worker``): the sum of
+    their images over the slowest one's seconds; or, when a worker failed, died or did not
+    report within ``sizes.jobs_timeout`` seconds, why (a line; the traceback goes to
+    ``log``). The other workers are then stopped: nothing waits for a dead one.
+
+    ``crash``: ``(i, "raise" or "exit")`` makes worker i (where there is one) fail.
+    """
+    context = multiprocessing.get_context("spawn")  # no CUDA state of this process inherited
+    barrier = context.Barrier(count)
+    reports = context.Queue()
+    threads = job_threads(device, count)
+    processes = []
+    for index, where in enumerate(job_devices(device, count)):
+        task = JobTask(
+            index, str(where), sizes.jobs_model, sizes.jobs_batch, sizes.jobs_images,
+            sizes.jobs_epochs, fast, threads, sizes.jobs_timeout,
+            crash[1] if crash is not None and crash[0] == index else None,
+        )  # fmt: skip
+        processes.append(
+            context.Process(
+                target=job_worker,
+                args=(task, barrier, reports),
+                name=f"jobs{count} worker {index}",
+                daemon=True,
+            )
+        )
+    done: dict[int, tuple[float, float]] = {}
+    failure: str | None = None
+    ended: dict[int, float] = {}  # worker -> when it was first seen ended without a report
+    deadline = time.monotonic() + sizes.jobs_timeout
+    try:
+        for process in processes:
+            process.start()
+        while failure is None and len(done) < count:
+            try:
+                index, report = reports.get(timeout=0.5)
+            except Empty:
+                now = time.monotonic()
+                for index, process in enumerate(processes):
+                    if index in done or process.exitcode is None:
+                        continue
+                    # A report put before the end is in the queue by then: allow for reading it.
+                    if now - ended.setdefault(index, now) > 2.0:
+                        failure = (
+                            f"worker {index} ended with exit code {process.exitcode} "
+                            f"without reporting"
+                        )
+                        break
+                if failure is None and now > deadline:
+                    failure = (
+                        f"timed out: {count - len(done)} of {count} workers had not reported "
+                        f"after {sizes.jobs_timeout:g} s"
+                    )
+                continue
+            if report[0] == "done":
+                done[index] = (float(report[1]), float(report[2]))
+            else:
+                lines = report[1].strip().splitlines()
+                log(f"jobs{count}: worker {index} failed:\n{report[1].rstrip()}")
+                failure = f"worker {index}: {lines[-1] if lines else 'failed'}"
+    finally:
+        if failure is not None or len(done) < count:
+            barrier.abort()  # the others stop waiting for the failed one
+        grace = time.monotonic() + (30.0 if failure is None else 3.0)
+        for process in processes:
+            if process.pid is not None:
+                process.join(timeout=max(0.1, grace - time.monotonic()))
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                process.kill()
+                process.join(timeout=10)
+        reports.close()
+    if failure is not None:
+        log(f"jobs{count} failed: {failure}")
+        return failure
+    images = sum(images for images, _ in done.values())
+    return images / max(seconds for _, seconds in done.values())
+
+
+def measure_jobs(
+    sizes: Sizes,
+    device: torch.device,
+    fast: bool,
+    counts: Sequence[int],
+    log: Callable[[str], None],
+    crash: tuple[int, str] | None = None,
+) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """``jobsN`` (aggregate images/s of N workers, ``run_jobs``) for each N of ``counts``,
+    ``jobsN_vs_jobs1`` for each N but 1 (where 1 is one of them), and what failed and why."""
+    rates: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()  # the workers' memory, not this process's cache
+    for count in counts:
+        log(f"jobs{count} ...")
+        outcome = run_jobs(count, sizes, device, fast, log, crash)
+        if isinstance(outcome, str):
+            failed[f"jobs{count}"] = outcome
+        else:
+            rates[f"jobs{count}"] = outcome
+    ratios: dict[str, float] = {}
+    if 1 in counts:
+        for count in counts:
+            name = f"jobs{count}_vs_jobs1"
+            if count == 1:
+                continue
+            if f"jobs{count}" in rates and "jobs1" in rates:
+                ratios[name] = rates[f"jobs{count}"] / rates["jobs1"]
+            else:
+                failed[name] = "jobs1 failed" if "jobs1" in failed else f"jobs{count} failed"
+    return rates, ratios, failed
 
 
 def device_name(device: torch.device) -> str:
@@ -382,19 +678,27 @@ def device_name(device: torch.device) -> str:
 
 
 def measure(
-    sizes: Sizes, device: torch.device, workers: int, log: Callable[[str], None]
+    sizes: Sizes,
+    device: torch.device,
+    workers: int,
+    log: Callable[[str], None],
+    jobs_counts: Sequence[int] = (),
+    crash: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
     fast = device.type == "cuda"  # bf16 autocast and channels-last
     precision = "bf16, channels-last" if fast else "fp32"
+    graph = "GraphTrainer, captured" if fast else "GraphTrainer, eager on CPU"
     step = f"{sizes.step_model.label}, batch {sizes.step_batch}, {precision}, median of {sizes.step_repeats} steps"
     data = f"{sizes.data_images:,} images, batch {sizes.data_batch}, median of {sizes.data_repeats} epochs"
     loop = (
         f"{sizes.loop_model.label}, {sizes.loop_images:,} images, batch {sizes.loop_batch}, "
-        f"median of {sizes.loop_repeats} epochs; reference: fp32, {workers} workers"
+        f"median of {sizes.loop_repeats} epochs; ours: "
+        f"{graph if fast else 'train_one_epoch'}; reference: fp32, {workers} workers"
     )
     ratios: dict[str, float] = {}
     rates: dict[str, float] = {}
     settings: dict[str, str] = {}
+    failed: dict[str, str] = {}
 
     log("aux_step ...")
     plain_s, aux_s = measure_aux_step(sizes, device, fast)
@@ -423,25 +727,72 @@ def measure(
     rates["our_loop"] = sizes.loop_images / ours_s
     rates["reference_loop"] = sizes.loop_images / reference_s
 
-    if device.type == "cuda":
-        log("CIFAR models ...")
-        rates.update(measure_cuda_models(sizes, device))
-    return {"ratios": ratios, "images_per_s": rates, "settings": settings}
+    if sizes.model_rates:
+        log("models, eager and through GraphTrainer ...")
+        model_rates, model_ratios = measure_models(sizes, device, fast)
+        rates.update(model_rates)
+        ratios.update(model_ratios)
+        for spec, batch in sizes.model_rates:
+            settings[f"graph_vs_eager_{spec.family}"] = (
+                f"{spec.label}, batch {batch}, {precision}, {sizes.model_images:,} images, "
+                f"median of {sizes.model_repeats} epochs; {graph} / train_one_epoch"
+            )
+
+    if jobs_counts:
+        jobs_rates, jobs_ratios, jobs_failed = measure_jobs(
+            sizes, device, fast, jobs_counts, log, crash
+        )
+        rates.update(jobs_rates)
+        ratios.update(jobs_ratios)
+        failed.update(jobs_failed)
+        settings["jobs"] = (
+            f"N processes at once, each {sizes.jobs_model.label}, batch {sizes.jobs_batch}, "
+            f"{precision}, {graph}, {sizes.jobs_images:,} images x {sizes.jobs_epochs} epochs "
+            f"after 1 warm-up epoch; their images / the slowest one's seconds"
+        )
+        for count in jobs_counts:
+            if count != 1 and 1 in jobs_counts:
+                settings[f"jobs{count}_vs_jobs1"] = f"jobs{count} / jobs1 images/s"
+
+    # Every ratio, measured or failed, in the order measured.
+    names = [name for name in settings if name in ratios or name in failed]
+    assert set(ratios) <= set(names), "every ratio needs a setting"
+    goals = {name: judged(name, ratios.get(name), device) for name in names}
+    return {
+        "ratios": ratios,
+        "images_per_s": rates,
+        "settings": settings,
+        "goals": goals,
+        "failed": failed,
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:
+    failed = result.get("failed", {})
     lines = [
         f"{result['device']}, torch {result['torch']}, {result['date']}, {result['preset']} sizes",
         "",
-        f"{'ratio':<18} {'value':>8}  {'goal':<16} {'holds':<6} setting",
+        f"{'ratio':<24} {'value':>8}  {'goal':<16} {'holds':<6} setting",
     ]
-    for name, value in result["ratios"].items():
-        goal = result["goals"][name]
+    for name, goal in result["goals"].items():
         holds = {True: "yes", False: "NO", None: "-"}[goal["holds"]]
-        text = goal["goal"] if goal["holds"] is not None else f"({goal['goal']})"
-        lines.append(f"{name:<18} {value:>8.3f}  {text:<16} {holds:<6} {result['settings'][name]}")
+        text = "-" if goal["goal"] is None else goal["goal"]
+        if goal["goal"] is not None and goal["holds"] is None:
+            text = f"({text})"
+        value = f"{result['ratios'][name]:>8.3f}" if name in result["ratios"] else f"{'failed':>8}"
+        setting = result["settings"][name]
+        if name in failed:
+            setting = f"FAILED: {failed[name]}; {setting}"
+        lines.append(f"{name:<24} {value}  {text:<16} {holds:<6} {setting}")
     lines += ["", f"{'images/s':<34} {'value':>10}"]
     lines += [f"{name:<34} {value:>10,.0f}" for name, value in result["images_per_s"].items()]
+    lines += [
+        f"{name:<34} {'failed':>10}  {reason}"
+        for name, reason in failed.items()
+        if name not in result["goals"]
+    ]
+    if "jobs" in result["settings"]:
+        lines.append(f"(jobsN: {result['settings']['jobs']})")
     lines += ["", f"measured in {result['seconds']:.0f} s"]
     return "\n".join(lines)
 
@@ -461,6 +812,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="run.py",
         description=__doc__,
         formatter_class=type(
             "Formatter",
@@ -486,6 +838,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="intra-op CPU threads (torch.set_num_threads); on a machine busy with other "
         "work, 1 gives steadier figures: every parallel op waits for its slowest thread",
     )
+    parser.add_argument(
+        "--jobs-counts",
+        type=int,
+        nargs="*",
+        metavar="N",
+        default=argparse.SUPPRESS,
+        help="measure N concurrent runs (jobsN) for each N; the flag alone: none (default: "
+        "1 2 4 8 on CUDA, none on CPU)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="save the table here")
     args = parser.parse_args(argv)
     try:
@@ -500,6 +861,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--threads: expected a count >= 1, but got {args.threads}")
     if args.workers < 0:
         parser.error(f"--workers: expected a count >= 0, but got {args.workers}")
+    if "jobs_counts" not in args:
+        args.jobs_counts = [1, 2, 4, 8] if args.device.type == "cuda" else []
+    if any(n < 1 for n in args.jobs_counts):
+        parser.error(f"--jobs-counts: expected counts >= 1, but got {args.jobs_counts}")
+    args.jobs_counts = sorted(set(args.jobs_counts))
     if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
         parser.error(f"--json: expected a file in an existing folder, but got {str(args.json)!r}")
     return args
@@ -510,12 +876,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"
     sizes = sizes_for(preset, args.device)
     torch.set_num_threads(args.threads)
+    if args.device.type == "cuda" and args.device.index is not None:
+        torch.cuda.set_device(args.device)  # where GraphTrainer records its graphs
     started = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
-    measured = measure(sizes, args.device, args.workers, log)
+    measured = measure(sizes, args.device, args.workers, log, args.jobs_counts)
     result: dict[str, Any] = {
         "device": device_name(args.device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -523,10 +891,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": shlex.join(["python", "benchmarks/run.py", *(argv or sys.argv[1:])]),
         "preset": preset,
         **measured,
-        "goals": {
-            name: {"goal": str(goal), "holds": goal.holds(measured["ratios"][name], args.device)}
-            for name, goal in GOALS.items()
-        },
         "seconds": time.perf_counter() - started,
     }
     bad = [
@@ -537,8 +901,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(format_table(result))
     if args.json is not None:
         write_json(args.json, result)
+    if result["failed"]:
+        print(
+            f"run.py: {len(result['failed'])} measurement(s) failed: "
+            + "; ".join(f"{name}: {why}" for name, why in result["failed"].items()),
+            file=sys.stderr,
+        )
     return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["failed"] else 0)

@@ -48,3 +48,20 @@ def test_rates_prefer_the_graphed_figure(projection, tmp_path, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if "DenseNet-BC-100  paired" in x)
     hours = 1100 * (25_000 + 5_000 / 3) / 6000 / 3600
     assert line.endswith(f"{hours:6.1f} h")
+
+
+@pytest.mark.parametrize(
+    ("content", "match"), [(None, "No such file"), ("[1, 2]", "list"), ("{", "Expecting")]
+)
+def test_a_missing_or_foreign_table_is_a_one_line_error(
+    projection, tmp_path, capsys, content, match
+):
+    path = tmp_path / "run.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as stop:
+        projection.main(["--rates", str(path)])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --rates: expected a benchmarks/run.py --json table" in error
+    assert match in error

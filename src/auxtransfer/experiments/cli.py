@@ -12,7 +12,8 @@ they differ), builds the experiment's plan and checks every setting before anyth
 written: a bad one ends with one line naming its flag (``parser.error``). ``--list`` prints
 the run ids; otherwise the plan (or the ``--run`` ids) is executed, skipping finished runs
 and resuming an unfinished one, and a summary table printed. Under ``torchrun`` every run
-trains with DDP and rank 0 writes and prints.
+trains with DDP and rank 0 writes and prints; ``--jobs N`` trains N runs at once instead,
+each in a process of its own, and ends with exit status 1 when one of them failed.
 """
 
 from __future__ import annotations
@@ -322,8 +323,10 @@ class Example:
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK")  # fmt: skip
         p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
         p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-        p.add_argument("--compile", action="store_true", help="torch.compile every model")
-        p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs of training (a job with a time limit); calling again continues")  # fmt: skip
+        p.add_argument("--compile", action="store_true", help="torch.compile every model, once, for its full training batches (the short last batch and evaluation run eagerly); the steps are then not replayed as CUDA graphs")  # fmt: skip
+        p.add_argument("--no-cuda-graphs", action="store_true", help="replay training and evaluation steps eagerly instead of as CUDA graphs (they are used on CUDA in one process without --compile)")  # fmt: skip
+        p.add_argument("--jobs", type=int, default=1, metavar="N", help="N runs at once as separate processes, on one GPU or spread over the GPUs of CUDA_VISIBLE_DEVICES with --device cuda; a failing run is reported with its log and the others go on")  # fmt: skip
+        p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs of training (a job with a time limit; with --jobs, of each run); calling again continues")  # fmt: skip
         p.add_argument("--smoke", action="store_true", help=f"{self.smoke}, {protocols.SMOKE_EPOCHS}-epoch runs, one split: every step in seconds; the runs say they are not results")  # fmt: skip
         return p
 
@@ -402,6 +405,12 @@ class Example:
             return
         if args.stop_after is not None and args.stop_after < 1:
             parser.error(f"argument --stop-after: expected at least 1 epoch, got {args.stop_after}")
+        if args.jobs < 1:
+            parser.error(f"argument --jobs: expected at least 1 run at a time, got {args.jobs}")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if args.jobs > 1 and world > 1:
+            parser.error(f"argument --jobs: expected 1 under torchrun, where every run trains on "
+                         f"all {world} processes with DDP, got {args.jobs}")  # fmt: skip
         try:
             device = torch.device(args.device)
         except RuntimeError as error:
@@ -423,7 +432,10 @@ class Example:
             parser.error(f"argument --run: {error}")
         with contextlib.ExitStack() as scratch:
             source = self._checked_source(args, parser, plan, scratch)
-            self._execute(args, plan, source, device)
+            failed = self._execute(args, plan, source, device)
+        if failed:
+            parser.exit(1, f"{parser.prog}: error: {len(failed)} run(s) failed: {', '.join(failed)} "
+                           f"(see their logs above); run the same command again once fixed\n")  # fmt: skip
 
     def _checked_source(
         self,
@@ -472,7 +484,8 @@ class Example:
 
     def _execute(
         self, args: argparse.Namespace, plan: plans.Plan, source: DataSource, device: torch.device
-    ) -> None:
+    ) -> list[str]:
+        """Execute the plan, print its summary and how to go on; the ids of failed runs."""
         device = plans.distributed_device(device)
         rank = dist.get_rank() if dist.is_initialized() else 0
         record = self.data.record(source)
@@ -484,21 +497,28 @@ class Example:
         say = print if rank == 0 else None
         outcomes = plans.execute(
             plan, args.out, source, ids=args.run, device=device, progress=rank == 0 and sys.stderr.isatty(),
-            stop_after=args.stop_after, report=say,
+            stop_after=args.stop_after, jobs=args.jobs, cuda_graphs=not args.no_cuda_graphs, report=say,
         )  # fmt: skip
+        failed = [o.id for o in outcomes if o.status == "failed"]
         if rank == 0:
             if args.smoke:
                 print("smoke runs: a tiny model on synthetic data, every step once; not results")
             print(plans.format_summary(plans.summarise(plan, args.out, args.run)))
-            left = len(plan.select(args.run)) - sum(o.status != "stopped" for o in outcomes)
-            if outcomes and outcomes[-1].status == "stopped":
-                print(f"stopped in {outcomes[-1].id} after --stop-after {args.stop_after} epochs: "
+            stopped = [o.id for o in outcomes if o.status == "stopped"]
+            finished = sum(o.status in plans.FINISHED_STATUSES for o in outcomes)
+            left = len(plan.select(args.run)) - finished
+            if args.jobs > 1 and stopped:
+                print(f"stopped {len(stopped)} run(s) after --stop-after {args.stop_after} epochs "
+                      f"each, {left} run(s) left: run the same command again to continue")  # fmt: skip
+            elif stopped:
+                print(f"stopped in {stopped[0]} after --stop-after {args.stop_after} epochs: "
                       f"run the same command again to continue")  # fmt: skip
-            elif left > 0:
+            elif left > 0 and not failed:
                 print(f"stopped after --stop-after {args.stop_after} epochs with {left} run(s) "
                       f"left: run the same command again to continue")  # fmt: skip
         if dist.is_initialized():
             dist.destroy_process_group()
+        return failed
 
 
 def _rates(schedule: protocols.Schedule, role: int) -> str:

@@ -24,7 +24,7 @@ optimizer's own ``step()``: it makes the momentum buffers as SGD does.
 
 Without capture (``capture=False``, the only choice on CPU) the trainer runs the same
 steps eagerly, and they are SGD's to the bit: tested against the plain loop of
-[`loop`][auxtransfer.experiments.loop]. A recorded step differs from them in the last bit of
+``auxtransfer.experiments.loop``. A recorded step differs from them in the last bit of
 the update (it multiplies by the rate tensor, then adds).
 """
 
@@ -107,7 +107,7 @@ class GraphTrainer:
     """Train and evaluate a model with every full batch's step replayed as a CUDA graph.
 
     The drop-in counterpart of ``train_one_epoch`` and ``evaluate``
-    ([`loop`][auxtransfer.experiments.loop]): the same batches, the same loss, the same
+    (``auxtransfer.experiments.loop``): the same batches, the same loss, the same
     update and the same sums, with one launch per step on CUDA. The first training step
     runs eagerly (``optimizer.step()``, which makes the momentum buffers); the step is
     recorded at the second full batch, after a few warm-up steps whose effect on the

@@ -12,7 +12,9 @@ resumed, the others started. So the same call, repeated after a stop, completes 
 and any scheduler can spread a plan over machines one id at a time. Before anything is
 written every selected run is checked: its id is in the plan, the run it transfers from
 is finished or selected too, and a run directory that already holds a run holds one with
-the same settings. Under ``torchrun`` every run trains with DDP and rank 0 writes.
+the same settings. Under ``torchrun`` every run trains with DDP and rank 0 writes. With
+``jobs=N`` up to N runs train at once, each in a process of its own (``jobs``), a transfer
+once the run it needs has finished.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .._checks import check_int
+from . import jobs as run_jobs
 from .rundir import RunDir, as_json
 from .sources import DataSource, run_data_for
 from .train import RunConfig, train_run
 
 __all__ = [
+    "FINISHED_STATUSES",
     "Plan",
     "PlannedRun",
     "RunDirConflictError",
@@ -249,6 +254,10 @@ def distributed_device(device: str | torch.device) -> torch.device:
     return device
 
 
+#: The statuses of a run that has finished: its results are there.
+FINISHED_STATUSES = ("skipped", "trained", "resumed")
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     """What ``execute`` did with one run.
@@ -256,14 +265,18 @@ class RunOutcome:
     Attributes:
         id: The run's id.
         status: ``"skipped"`` (already finished), ``"trained"`` (started and finished),
-            ``"resumed"`` (continued and finished) or ``"stopped"`` (``stop_after`` ended
-            it; the next call resumes it).
-        results: The content of its ``results.json`` (None when stopped).
+            ``"resumed"`` (continued and finished), ``"stopped"`` (``stop_after`` ended
+            it; the next call resumes it); with ``jobs > 1`` also ``"failed"`` (its
+            process raised or died; the others went on) and ``"blocked"`` (not started:
+            the run it transfers from failed, stopped or was blocked).
+        results: The content of its ``results.json`` (None unless it finished).
+        error: Why it failed (the exception and its log) or was blocked; None otherwise.
     """
 
     id: str
     status: str
     results: dict[str, Any] | None
+    error: str | None = None
 
 
 def execute(
@@ -275,6 +288,8 @@ def execute(
     device: str | torch.device = "cpu",
     progress: bool = False,
     stop_after: int | None = None,
+    jobs: int = 1,
+    cuda_graphs: bool = True,
     train: Callable[..., dict[str, Any] | None] = train_run,
     report: Callable[[str], None] | None = None,
 ) -> list[RunOutcome]:
@@ -285,30 +300,65 @@ def execute(
     touching its files, an unfinished one resumed, a new one started. Under ``torchrun``
     call it on every rank: each run trains with DDP and rank 0 writes.
 
+    With ``jobs > 1`` up to ``jobs`` runs train at once, each in a process of its own
+    that appends its output to ``<run dir>/train.log``: a run starts once the run it
+    transfers from has finished, the first ready runs in plan order as processes end. A
+    run that fails is reported with the end of its log and the others go on; the runs
+    that need it are not started (``"failed"``, ``"blocked"``).
+
     Args:
         plan: The plan.
         out: The output folder; run ``id`` lives in ``out/id``.
         source: The data (``check_data`` first; with a download, rank 0 loads first).
         ids: The runs to execute, in any order (None: all).
-        device: This process's device.
-        progress: A progress bar per run (rank 0).
+        device: This process's device; with ``jobs > 1``, ``"cuda"`` without an index
+            spreads the runs over the visible GPUs (``jobs.job_devices``).
+        progress: A progress bar per run (rank 0; none with ``jobs > 1``).
         stop_after: Train at most this many epochs in this call, then stop, leaving the
             run in progress unfinished (a job with a time limit); the next call resumes it.
+            With ``jobs > 1`` the budget is per run: every run started trains at most
+            ``stop_after`` epochs, and the runs that need a stopped run wait for the next
+            call.
+        jobs: Runs at once, each in a process of its own (1: one after the other, here;
+            not under ``torchrun``). The processes are started with ``"spawn"``, so
+            ``train`` and ``source`` must pickle, and a script that calls this needs the
+            ``if __name__ == "__main__":`` guard. On the CPU each process uses
+            ``os.cpu_count() // jobs`` threads (at most as many as this process) unless
+            ``OMP_NUM_THREADS`` is set.
+        cuda_graphs: Passed on to ``train`` (``train_run``'s CUDA graphs).
         train: The function that trains one run (``train_run``'s signature).
-        report: Called with a line before each run (rank 0), e.g. ``print``.
+        report: Called with a line before each run (rank 0), e.g. ``print``; with
+            ``jobs > 1`` also when a run ends, fails (with its log) or is not started.
 
     Returns:
-        A ``RunOutcome`` per selected run that was reached, in plan order.
+        A ``RunOutcome`` per selected run that was reached, in plan order (with
+        ``jobs > 1``, per selected run).
+
+    Raises:
+        ValueError: A check failed, ``jobs`` is below 1 or above 1 under ``torchrun``.
+        TypeError: ``jobs`` is not an int; with ``jobs > 1``, ``train`` or ``source``
+            does not pickle.
     """
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"Expected `stop_after` to be at least 1 epoch, but got {stop_after}.")
+    jobs = check_int("jobs", jobs, minimum=1)
+    distributed = dist.is_available() and dist.is_initialized()
+    if jobs > 1 and (distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        raise ValueError(
+            f"Expected `jobs` to be 1 under torchrun, where every run trains on all the "
+            f"processes with DDP, but got {jobs}."
+        )
     states = check_plan(plan, out, ids)
     check_data(plan, source, ids)
+    if jobs > 1:
+        return _execute_jobs(
+            states, Path(out), source, jobs=jobs, device=device, stop_after=stop_after,
+            cuda_graphs=cuda_graphs, train=train, report=report,
+        )  # fmt: skip
     # Epochs an unfinished run has logged, for the budget of stop_after.
     done = {
         run.id: _epochs_done(Path(out) / run.id) for run, state in states if state == "unfinished"
     }
-    distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     if distributed:
         # Every rank has read the run directories before rank 0 writes anything.
@@ -341,6 +391,7 @@ def execute(
             resume=state == "unfinished",
             progress=progress,
             stop_after=None if budget == math.inf else int(budget),
+            cuda_graphs=cuda_graphs,
         )
         if distributed:
             dist.barrier()  # rank 0 has written results.json before any rank goes on
@@ -353,6 +404,97 @@ def execute(
         if budget <= 0:
             break
     return outcomes
+
+
+def _execute_jobs(
+    states: list[tuple[PlannedRun, str]],
+    out: Path,
+    source: DataSource,
+    *,
+    jobs: int,
+    device: str | torch.device,
+    stop_after: int | None,
+    cuda_graphs: bool,
+    train: Callable[..., dict[str, Any] | None],
+    report: Callable[[str], None] | None,
+) -> list[RunOutcome]:
+    """``execute``'s runs, up to ``jobs`` at once, each in a process of its own."""
+    payload = run_jobs.pickled(train, source)
+    devices = run_jobs.job_devices(device, jobs)
+    threads = run_jobs.job_threads(devices[0], jobs)
+    say = report or (lambda line: None)
+    outcomes = {
+        run.id: RunOutcome(run.id, "skipped", RunDir(out / run.id).read_results())
+        for run, state in states
+        if state == "finished"
+    }
+    waiting = [(run, state) for run, state in states if state != "finished"]
+    if waiting:
+        source.load()  # a download happens once, here; each process then loads its own copy
+    unsettled = {run.id for run, _ in waiting}  # waiting or running
+    running: dict[int, tuple[PlannedRun, str, run_jobs.RunProcess]] = {}  # by job slot
+    try:
+        while waiting or running:
+            for run, state in list(waiting):  # plan order: a run comes after the one it needs
+                needed = run.requires
+                if needed is not None and needed in unsettled:
+                    continue
+                before = outcomes.get(needed) if needed is not None else None
+                free = [slot for slot in range(jobs) if slot not in running]
+                if before is None or before.status in FINISHED_STATUSES:
+                    if not free:
+                        continue
+                    slot = free[0]
+                    job = run_jobs.RunJob(
+                        run.id, run.config, out / run.id, str(devices[slot]),
+                        state == "unfinished", stop_after, cuda_graphs, threads,
+                    )  # fmt: skip
+                    verb = "resuming" if job.resume else "training"
+                    say(f"{verb} {run.id} ({run.config.epochs} epochs) [job {slot + 1} on {job.device}]")  # fmt: skip
+                    running[slot] = (run, state, run_jobs.RunProcess(job, payload))
+                else:
+                    why = "was not started" if before.status == "blocked" else before.status
+                    error = f"it transfers from {needed}, which {why}"
+                    outcomes[run.id] = RunOutcome(run.id, "blocked", None, error)
+                    unsettled.discard(run.id)
+                    say(f"not starting {run.id}: {error}")
+                waiting.remove((run, state))
+            if not running:
+                break  # the runs left, if any, were not started
+            ended = run_jobs.wait([process for _, _, process in running.values()])
+            for slot, (run, state, process) in list(running.items()):
+                if process in ended:
+                    del running[slot]
+                    unsettled.discard(run.id)
+                    outcomes[run.id] = _ended(run, state, process, f"[job {slot + 1}]", say)
+    finally:
+        for _, _, process in running.values():  # interrupted: no process is left behind
+            process.stop()
+    return [outcomes[run.id] for run, _ in states]
+
+
+def _ended(
+    run: PlannedRun,
+    state: str,
+    process: run_jobs.RunProcess,
+    where: str,
+    say: Callable[[str], None],
+) -> RunOutcome:
+    """The outcome of a run whose process has ended, reported in a line (the end of its
+    log, when it failed)."""
+    status, results, error = process.outcome()
+    if status == "finished":
+        say(f"finished {run.id} {where}")
+        return RunOutcome(run.id, "resumed" if state == "unfinished" else "trained", results)
+    if status == "stopped":
+        epochs = process.job.stop_after
+        say(f"stopped {run.id} after {epochs} epochs {where}: the next call resumes it")
+        return RunOutcome(run.id, "stopped", None)
+    log = process.job.log
+    tail = run_jobs.log_tail(log)
+    say("\n".join([f"failed {run.id} {where}: {error}",
+                   f"  log: {log}, its last {len(tail)} lines:", *(f"    {t}" for t in tail)]))  # fmt: skip
+    return RunOutcome(run.id, "failed", None, f"{error} (log: {log})")
 
 
 def summarise(

@@ -1,0 +1,219 @@
+"""Runs of a plan in processes of their own: the workers of ``execute(..., jobs=N)``.
+
+``RunProcess`` trains one run in a new process started with ``"spawn"`` (a fresh
+interpreter that imports what it needs and shares no state with the caller) and tells how
+it ended (``RunProcess.outcome``): ``"finished"`` with the run's results, ``"stopped"``
+(``stop_after``) or ``"failed"`` with the exception, or how the process died. The process
+gets the run's settings and directory, and the training function and the data source
+pickled (``pickled``): it cuts the run's data out of the source itself (``run_data_for``).
+Everything it prints, warnings and tracebacks included, is appended to
+``<run dir>/train.log``; ``wait`` blocks until one of several processes has ended.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .sources import DataSource, run_data_for
+from .train import RunConfig
+
+__all__ = [
+    "LOG_NAME",
+    "RunJob",
+    "RunProcess",
+    "job_devices",
+    "job_threads",
+    "log_tail",
+    "pickled",
+    "wait",
+]
+
+#: The file in a run directory that a run's process writes its output to.
+LOG_NAME = "train.log"
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """What a process needs to train one run, besides the training function and the data.
+
+    Attributes:
+        id: The run's id.
+        config: Its settings.
+        run_dir: Its run directory.
+        device: Where it trains, e.g. ``"cuda:1"``.
+        resume: Continue it from its ``last.pt``.
+        stop_after: Train at most this many epochs (None: to the end).
+        cuda_graphs: ``train_run``'s ``cuda_graphs``.
+        threads: Torch threads of the process (None: torch's default).
+    """
+
+    id: str
+    config: RunConfig
+    run_dir: Path
+    device: str
+    resume: bool
+    stop_after: int | None
+    cuda_graphs: bool
+    threads: int | None
+
+    @property
+    def log(self) -> Path:
+        """The file the process writes its output to, ``<run dir>/train.log``."""
+        return self.run_dir / LOG_NAME
+
+
+def pickled(train: Callable[..., Any], source: DataSource) -> tuple[bytes, bytes]:
+    """``train`` and ``source`` pickled, as each run's process receives them.
+
+    Raises:
+        TypeError: One of them does not pickle (a lambda, a local function, an open file).
+    """
+    blobs = []
+    for name, value in (("train", train), ("source", source)):
+        try:
+            blobs.append(pickle.dumps(value))
+        except (pickle.PicklingError, TypeError, AttributeError) as error:
+            raise TypeError(
+                f"Expected `{name}` to pickle, since with `jobs` > 1 each run trains in a process "
+                f"of its own (a function defined at the top of a module pickles), but got "
+                f"{value!r}: {error}"
+            ) from None
+    return blobs[0], blobs[1]
+
+
+def job_devices(device: str | torch.device, jobs: int) -> list[torch.device]:
+    """The device of each of ``jobs`` slots: ``"cuda"`` without an index spreads them over
+    the visible GPUs (slot ``i`` on ``cuda:(i % torch.cuda.device_count())``); any other
+    device (``"cpu"``, ``"cuda:1"``) takes every slot.
+
+    Raises:
+        ValueError: ``device`` is ``"cuda"`` and no GPU is visible.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or device.index is not None:
+        return [device] * jobs
+    count = torch.cuda.device_count()
+    if count < 1:
+        raise ValueError(
+            "Expected a visible GPU to spread the jobs over with `device` 'cuda', but "
+            "torch.cuda.device_count() is 0 (CUDA_VISIBLE_DEVICES?)."
+        )
+    return [torch.device("cuda", slot % count) for slot in range(jobs)]
+
+
+def job_threads(device: str | torch.device, jobs: int) -> int | None:
+    """The torch threads of each of ``jobs`` processes on ``device``.
+
+    On the CPU, a share of the cores, ``os.cpu_count() // jobs`` (at least 1, at most as
+    many as this process uses); None (torch's default) on a GPU or when
+    ``OMP_NUM_THREADS`` is set, which the processes inherit.
+    """
+    if torch.device(device).type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // jobs))
+
+
+class RunProcess:
+    """One run training in a process of its own, started at once.
+
+    Args:
+        job: The run.
+        payload: The training function and the data source, ``pickled``.
+    """
+
+    def __init__(self, job: RunJob, payload: tuple[bytes, bytes]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.job = job
+        self.connection, child_end = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=_train_in_process, args=(job, payload, child_end), name=f"run {job.id}"
+        )
+        self.process.start()
+        child_end.close()  # the pipe reads EOF once the process has ended, even unannounced
+
+    def outcome(self) -> tuple[str, dict[str, Any] | None, str | None]:
+        """``(status, results, error)`` once the process has ended (``wait``):
+        ``("finished", results, None)``, ``("stopped", None, None)`` or ``("failed", None,
+        why)``: the exception and the first line of its message, or how the process died."""
+        try:
+            ended: tuple[str, dict[str, Any] | None, str | None] = self.connection.recv()
+        except EOFError:
+            self.process.join()
+            code = self.process.exitcode
+            died = (
+                f"killed by {signal.Signals(-code).name}"
+                if code is not None and code < 0
+                else f"ended with exit code {code}"
+            )
+            ended = ("failed", None, f"its process {died} before reporting an outcome")
+        self.process.join()
+        self.connection.close()
+        return ended
+
+    def stop(self) -> None:
+        """End the process if it is still running (a call interrupted)."""
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+        self.connection.close()
+
+
+def wait(processes: Sequence[RunProcess]) -> list[RunProcess]:
+    """Block until at least one of ``processes`` has ended; those that have."""
+    by_connection = {process.connection: process for process in processes}
+    return [by_connection[c] for c in wait_for(list(by_connection))]  # type: ignore[index]
+
+
+def log_tail(path: Path, lines: int = 20) -> list[str]:
+    """The last ``lines`` lines of a log (none when it does not exist)."""
+    if not path.exists():
+        return []
+    return path.read_text(errors="replace").splitlines()[-lines:]
+
+
+def _train_in_process(job: RunJob, payload: tuple[bytes, bytes], connection: Connection) -> None:
+    """The process of one run: output to its log, the run trained, the outcome sent."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(job.log, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    verb = "resuming" if job.resume else "training"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"--- {stamp} {verb} {job.id} on {job.device} (process {os.getpid()})", flush=True)
+    try:
+        if job.threads is not None:
+            torch.set_num_threads(job.threads)
+        train, source = pickle.loads(payload[0]), pickle.loads(payload[1])
+        device = torch.device(job.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        train_data, test_data = run_data_for(job.config, source)
+        results = train(
+            job.config, job.run_dir, train_data, test_data, mean=source.mean, std=source.std,
+            device=device, resume=job.resume, progress=False, stop_after=job.stop_after,
+            cuda_graphs=job.cuda_graphs,
+        )  # fmt: skip
+    except BaseException as error:  # an interrupt too: the parent is told, the log has it
+        traceback.print_exc()
+        sys.stderr.flush()
+        first = str(error).strip().split("\n", 1)[0]  # the log holds the rest
+        why = f"{type(error).__name__}: {first}" if first else type(error).__name__
+        connection.send(("failed", None, why))
+        sys.exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    connection.send(("stopped", None, None) if results is None else ("finished", results, None))

@@ -1,0 +1,237 @@
+"""Runs of a plan at once, each in a process of its own (``execute(..., jobs=N)``,
+``--jobs N``): the numbers of one run after the other, skip and resume, ``stop_after``,
+dependency order, a failing run, and bad input. Every process starts a fresh interpreter
+(seconds on a busy CPU), so the plans are the smoke plan or a part of it."""
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from auxtransfer.experiments import plan as plans
+from auxtransfer.experiments import protocols
+from auxtransfer.experiments.jobs import LOG_NAME
+from auxtransfer.experiments.plan import execute
+from auxtransfer.experiments.rundir import RunDir
+from auxtransfer.experiments.sources import SyntheticCifar100
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE, BINARY = "split0/baseline/pretrain", "split0/binary/pretrain"
+BASELINE_FT, BINARY_FT = "split0/baseline/finetune", "split0/binary/finetune"
+
+
+def _smoke():
+    return protocols.build("paired", **protocols.smoke_parameters("paired"))
+
+
+def _example():
+    """The ``Example`` of examples/cifar100_densenet.py."""
+    path = ROOT / "examples" / "cifar100_densenet.py"
+    spec = importlib.util.spec_from_file_location("cifar100_densenet", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EXAMPLE
+
+
+@pytest.fixture
+def child_threads(monkeypatch):
+    """One torch thread in every run's process too (they inherit OMP_NUM_THREADS): the
+    numbers of one thread here, and a shared test machine."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def _numbers(run_dir):
+    """What a run computed: its results, every metrics row but its time, its last weights."""
+    run = RunDir(run_dir)
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in run.read_metrics()]
+    weights = torch.load(run.checkpoint_path, weights_only=True)["model"]
+    return run.read_results(), rows, weights
+
+
+def _snapshot(folder):
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_two_jobs_give_the_numbers_of_one_in_dependency_order(tmp_path, one_thread, child_threads):
+    plan, source, ids = _smoke(), SyntheticCifar100(), [BASELINE, BINARY, BINARY_FT]
+    one = execute(plan, tmp_path / "one", source, ids=ids)
+    lines = []
+    two = execute(plan, tmp_path / "two", source, ids=ids, jobs=2, report=lines.append)
+    assert [(o.id, o.status) for o in two] == [(i, "trained") for i in ids]
+    # Both pre-trainings start at once, one per job slot; the transfer in a free slot once
+    # its own pre-training has finished, whichever ends first.
+    assert lines[:2] == [
+        f"training {BASELINE} (2 epochs) [job 1 on cpu]",
+        f"training {BINARY} (2 epochs) [job 2 on cpu]",
+    ]
+    slots = [re.sub(r"\[job \d", "[job k", line) for line in lines[2:]]
+    assert sorted(slots) == sorted([
+        f"finished {BASELINE} [job k]", f"finished {BINARY} [job k]",
+        f"training {BINARY_FT} (2 epochs) [job k on cpu]", f"finished {BINARY_FT} [job k]",
+    ])  # fmt: skip
+    assert slots.index(f"finished {BINARY} [job k]") < slots.index(
+        f"training {BINARY_FT} (2 epochs) [job k on cpu]"
+    )
+    started = RunDir(tmp_path / "two" / BINARY_FT).config_path.stat().st_mtime_ns
+    assert started >= RunDir(tmp_path / "two" / BINARY).results_path.stat().st_mtime_ns
+    for a, b in zip(one, two, strict=True):
+        assert a.results == b.results
+        results, rows, weights = _numbers(tmp_path / "one" / a.id)
+        results_2, rows_2, weights_2 = _numbers(tmp_path / "two" / b.id)
+        assert results == results_2 and rows == rows_2, a.id
+        assert weights.keys() == weights_2.keys()
+        assert all(torch.equal(weights[k], weights_2[k]) for k in weights), a.id
+        # Trained in a process of its own, which wrote its log; none in this process.
+        (header, *_) = (tmp_path / "two" / b.id / LOG_NAME).read_text().splitlines()
+        pid = re.fullmatch(rf"--- [\d: -]+ training {b.id} on cpu \(process (\d+)\)", header)
+        assert pid and int(pid.group(1)) != os.getpid(), header
+        assert not (tmp_path / "one" / a.id / LOG_NAME).exists()
+
+
+def test_one_call_skips_resumes_stops_and_goes_on_after_a_failure(
+    tmp_path, capsys, one_thread, child_threads
+):
+    """``--experiment heads``: three pre-trainings, a transfer from each. One finished, the
+    transfer from it stopped after an epoch, one pre-training with a broken checkpoint,
+    one new: three runs at once, each stopped after at most one epoch (``--stop-after``)."""
+    example, out = _example(), tmp_path / "out"
+    base = ["--experiment", "heads", "--smoke", "--device", "cpu", "--out", str(out)]
+    finished, resumed = "split0/baseline/pretrain", "split0/baseline/finetune"
+    broken, blocked = "split0/b0.1x1/pretrain", "split0/b0.1x1/finetune"
+    stopped, waits = "split0/b0.1x2/pretrain", "split0/b0.1x2/finetune"
+    example.main([*base, "--run", finished])
+    example.main([*base, "--run", resumed, "--stop-after", "1"])
+    parser = example.build_parser()
+    args = parser.parse_args(base)
+    plan = protocols.build("heads", setup=example.setup, **example.parameters(args, parser))
+    # An unfinished run whose checkpoint cannot be read: resuming it fails.
+    RunDir(out / broken).write_config(plan[broken].config.to_json())
+    RunDir(out / broken).checkpoint_path.write_bytes(b"not a checkpoint")
+    untouched, first_row = _snapshot(out / finished), RunDir(out / resumed).read_metrics()[0]
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exit_info:
+        example.main([*base, "--jobs", "3", "--stop-after", "1"])
+    assert exit_info.value.code == 1
+    stdout, stderr = capsys.readouterr()
+    lines = stdout.splitlines()
+    assert lines[:3] == [
+        f"resuming {broken} (2 epochs) [job 1 on cpu]",
+        f"training {stopped} (2 epochs) [job 2 on cpu]",
+        f"resuming {resumed} (2 epochs) [job 3 on cpu]",
+    ]
+    # The failure: its first line, the end of its log; the transfer from it not started.
+    log = out / broken / LOG_NAME
+    tail = log.read_text().splitlines()[-20:]
+    error = next(line for line in tail if line.startswith("ValueError: "))
+    assert error.startswith(f"ValueError: Expected {out / broken / 'last.pt'} to be an auxtransfer")
+    report = [
+        f"failed {broken} [job 1]: {error}",
+        f"  log: {log}, its last {len(tail)} lines:",
+        *(f"    {line}" for line in tail),
+    ]
+    failed = lines.index(report[0])
+    assert lines[failed : failed + len(report)] == report
+    assert f"not starting {blocked}: it transfers from {broken}, which failed" in lines[failed:]
+    # The others: skipped untouched, resumed to the end (one epoch was left), stopped after
+    # one epoch and the transfer from it not started.
+    assert _snapshot(out / finished) == untouched  # the same bytes and times, no log
+    rows = RunDir(out / resumed).read_metrics()
+    assert rows[0] == first_row and [r["epoch"] for r in rows] == ["1", "2"]
+    assert RunDir(out / resumed).is_finished() and f"finished {resumed} [job 3]" in lines
+    assert [r["epoch"] for r in RunDir(out / stopped).read_metrics()] == ["1"]
+    assert f"stopped {stopped} after 1 epochs [job 2]: the next call resumes it" in lines
+    assert f"not starting {waits}: it transfers from {stopped}, which stopped" in lines
+    assert not (out / blocked).exists() and not (out / waits).exists()
+    headers = [line.split()[3] for line in (out / resumed / LOG_NAME).read_text().splitlines()
+               if line.startswith("--- ")]  # fmt: skip
+    assert headers == ["resuming"]
+    # The summary table and how to go on, then the one-line error.
+    table = lines[-8:-1]
+    assert [line.split()[:3] for line in table] == [
+        ["run", "data", "final"],
+        [finished, "A", f"{RunDir(out / finished).read_results()['final_test_error']:.2f}"],
+        [broken, "A", "unfinished"],
+        [stopped, "A", "unfinished"],
+        [resumed, "B", f"{RunDir(out / resumed).read_results()['final_test_error']:.2f}"],
+        [blocked, "B", "new"],
+        [waits, "B", "new"],
+    ]
+    assert lines[-1] == (
+        "stopped 1 run(s) after --stop-after 1 epochs each, 4 run(s) left: run the same "
+        "command again to continue"
+    )
+    assert stderr.splitlines() == [
+        f"{parser.prog}: error: 1 run(s) failed: {broken} (see their logs above); "
+        f"run the same command again once fixed"
+    ]
+    assert (out / broken / "last.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_the_command_line_passes_jobs_and_cuda_graphs_on(tmp_path, monkeypatch, one_thread):
+    calls = []
+
+    def record(plan, out, source, **kwargs):
+        calls.append(kwargs)
+        return []
+
+    monkeypatch.setattr(plans, "execute", record)
+    argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path / "out")]
+    _example().main([*argv, "--jobs", "3", "--no-cuda-graphs"])
+    _example().main(argv)
+    assert [(c["jobs"], c["cuda_graphs"]) for c in calls] == [(3, False), (1, True)]
+
+
+def test_cuda_graphs_reach_train_one_run_at_a_time(tmp_path):
+    seen = []
+
+    def train(config, run_dir, train_data, test_data, **kwargs):
+        seen.append(kwargs["cuda_graphs"])
+        return None  # stopped: the call ends here
+
+    execute(_smoke(), tmp_path, SyntheticCifar100(), train=train, cuda_graphs=False)
+    execute(_smoke(), tmp_path, SyntheticCifar100(), train=train)
+    assert seen == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("jobs", "error", "message"),
+    [
+        (0, ValueError, "Expected `jobs` to be an int >= 1, but got 0."),
+        (2.0, TypeError, "Expected `jobs` to be an int >= 1, but got 2.0 (float)."),
+        ("2", TypeError, "Expected `jobs` to be an int >= 1, but got '2' (str)."),
+        (True, TypeError, "Expected `jobs` to be an int >= 1, but got True (bool)."),
+    ],
+)
+def test_bad_jobs_are_refused_before_anything_is_written(tmp_path, jobs, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        execute(_smoke(), tmp_path / "out", SyntheticCifar100(), jobs=jobs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_jobs_under_torchrun_and_unpicklable_training_are_refused(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(TypeError, match=r"Expected `train` to pickle, since with `jobs` > 1"):
+        execute(_smoke(), out, SyntheticCifar100(), jobs=2, train=lambda *a, **k: None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"Expected `jobs` to be 1 under torchrun, .* but got 2\."):
+        execute(_smoke(), out, SyntheticCifar100(), jobs=2)
+    argv = ["--smoke", "--device", "cpu", "--out", str(out)]
+    for jobs, message in [
+        ("2", "argument --jobs: expected 1 under torchrun, where every run trains on all 2 "
+              "processes with DDP, got 2"),
+        ("0", "argument --jobs: expected at least 1 run at a time, got 0"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            _example().main([*argv, "--jobs", jobs])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 2 and err[1].endswith(f"error: {message}"), err
+    assert not out.exists()
