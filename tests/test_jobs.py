@@ -235,3 +235,43 @@ def test_jobs_under_torchrun_and_unpicklable_training_are_refused(tmp_path, monk
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 2 and err[1].endswith(f"error: {message}"), err
     assert not out.exists()
+
+
+def test_job_devices_spread_over_the_visible_gpus(monkeypatch):
+    from auxtransfer.experiments.jobs import job_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [d.index for d in job_devices("cuda", 6)] == [0, 1, 2, 3, 0, 1]
+    assert job_devices("cuda:1", 3) == [torch.device("cuda", 1)] * 3
+    assert job_devices("cpu", 2) == [torch.device("cpu")] * 2
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match="device_count\\(\\) is 0"):
+        job_devices("cuda", 2)
+
+
+def test_job_threads_share_the_cores_this_process_may_use(monkeypatch):
+    from auxtransfer.experiments import jobs
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine's: not what counts
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
+    assert jobs.job_threads("cpu", 2) == 4
+    assert jobs.job_threads("cpu", 16) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert jobs.job_threads("cpu", 2) == 2  # no more than one process alone would take
+    assert jobs.job_threads("cuda:0", 2) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert jobs.job_threads("cpu", 2) is None
+
+
+def test_sources_pickle_without_their_data():
+    import pickle
+
+    source = SyntheticCifar100(train_per_class=20, test_per_class=2, seed=5)
+    train, _ = source.load()
+    blob = pickle.dumps(source)
+    assert len(blob) < 10_000 < train[0].numel()  # the images stay behind
+    copy = pickle.loads(blob)
+    assert copy._data is None and source._data is not None
+    assert torch.equal(copy.load()[0][0], train[0]) and torch.equal(copy.load()[0][1], train[1])

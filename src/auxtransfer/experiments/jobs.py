@@ -12,11 +12,14 @@ Everything it prints, warnings and tracebacks included, is appended to
 
 from __future__ import annotations
 
+import collections
+import faulthandler
 import multiprocessing
 import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -39,6 +42,7 @@ __all__ = [
     "job_threads",
     "log_tail",
     "pickled",
+    "usable_cores",
     "wait",
 ]
 
@@ -118,13 +122,20 @@ def job_devices(device: str | torch.device, jobs: int) -> list[torch.device]:
 def job_threads(device: str | torch.device, jobs: int) -> int | None:
     """The torch threads of each of ``jobs`` processes on ``device``.
 
-    On the CPU, a share of the cores, ``os.cpu_count() // jobs`` (at least 1, at most as
-    many as this process uses); None (torch's default) on a GPU or when
+    On the CPU, a share of the cores this process may use, ``usable_cores() // jobs`` (at
+    least 1, at most as many threads as this process uses); None (torch's default) on a GPU or when
     ``OMP_NUM_THREADS`` is set, which the processes inherit.
     """
     if torch.device(device).type != "cpu" or "OMP_NUM_THREADS" in os.environ:
         return None
-    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // jobs))
+    return max(1, min(torch.get_num_threads(), usable_cores() // jobs))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a SLURM or ``taskset`` limit), else all."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class RunProcess:
@@ -151,8 +162,8 @@ class RunProcess:
         why)``: the exception and the first line of its message, or how the process died."""
         try:
             ended: tuple[str, dict[str, Any] | None, str | None] = self.connection.recv()
-        except EOFError:
-            self.process.join()
+        except (EOFError, OSError, pickle.UnpicklingError):  # died before or while telling
+            _join(self.process)
             code = self.process.exitcode
             died = (
                 f"killed by {signal.Signals(-code).name}"
@@ -160,7 +171,7 @@ class RunProcess:
                 else f"ended with exit code {code}"
             )
             ended = ("failed", None, f"its process {died} before reporting an outcome")
-        self.process.join()
+        _join(self.process)
         self.connection.close()
         return ended
 
@@ -168,7 +179,7 @@ class RunProcess:
         """End the process if it is still running (a call interrupted)."""
         if self.process.is_alive():
             self.process.terminate()
-        self.process.join()
+        _join(self.process)
         self.connection.close()
 
 
@@ -182,15 +193,42 @@ def log_tail(path: Path, lines: int = 20) -> list[str]:
     """The last ``lines`` lines of a log (none when it does not exist)."""
     if not path.exists():
         return []
-    return path.read_text(errors="replace").splitlines()[-lines:]
+    with path.open(errors="replace") as log:
+        return [line.rstrip("\n") for line in collections.deque(log, maxlen=lines)]
+
+
+def _join(process: multiprocessing.process.BaseProcess, timeout: float = 30.0) -> None:
+    """Wait for ``process`` to end; kill it when it hangs on its way out."""
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+def _end_with_parent() -> None:
+    """End this process when its parent ends, however it ends (SIGKILL included): no run
+    trains on, orphaned, into a directory that the next call also writes."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait_for([parent.sentinel])
+        os._exit(1)  # the checkpoints are written atomically
+
+    threading.Thread(target=watch, name="end with parent", daemon=True).start()
 
 
 def _train_in_process(job: RunJob, payload: tuple[bytes, bytes], connection: Connection) -> None:
     """The process of one run: output to its log, the run trained, the outcome sent."""
+    _end_with_parent()
     job.run_dir.mkdir(parents=True, exist_ok=True)
     with open(job.log, "a") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
+    # Line by line, and a crash's traceback too: what a killed process printed last stays.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    faulthandler.enable()
     verb = "resuming" if job.resume else "training"
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     print(f"--- {stamp} {verb} {job.id} on {job.device} (process {os.getpid()})", flush=True)

@@ -322,9 +322,9 @@ def execute(
         jobs: Runs at once, each in a process of its own (1: one after the other, here;
             not under ``torchrun``). The processes are started with ``"spawn"``, so
             ``train`` and ``source`` must pickle, and a script that calls this needs the
-            ``if __name__ == "__main__":`` guard. On the CPU each process uses
-            ``os.cpu_count() // jobs`` threads (at most as many as this process) unless
-            ``OMP_NUM_THREADS`` is set.
+            ``if __name__ == "__main__":`` guard. On the CPU each process takes its share
+            of the cores this process may use (at most as many threads as this process)
+            unless ``OMP_NUM_THREADS`` is set.
         cuda_graphs: Passed on to ``train`` (``train_run``'s CUDA graphs).
         train: The function that trains one run (``train_run``'s signature).
         report: Called with a line before each run (rank 0), e.g. ``print``; with
@@ -492,8 +492,9 @@ def _ended(
         return RunOutcome(run.id, "stopped", None)
     log = process.job.log
     tail = run_jobs.log_tail(log)
-    say("\n".join([f"failed {run.id} {where}: {error}",
-                   f"  log: {log}, its last {len(tail)} lines:", *(f"    {t}" for t in tail)]))  # fmt: skip
+    shown = f"  log: {log}, its last {len(tail)} lines:" if tail else (
+        f"  no log at {log}: the error came before the process wrote one (see above)")  # fmt: skip
+    say("\n".join([f"failed {run.id} {where}: {error}", shown, *(f"    {t}" for t in tail)]))
     return RunOutcome(run.id, "failed", None, f"{error} (log: {log})")
 
 

@@ -83,7 +83,17 @@ class DatasetSource(DataSource, Protocol):
         ``per_class`` and ``seed`` (as ``run_data`` reads them)."""
 
 
-class Cifar100:
+class _Loadable:
+    """A source that loads its data once and keeps it; pickled without it (a run's process
+    under ``--jobs`` loads its own copy rather than receive 180 MB through a pipe)."""
+
+    _data: Any
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_data": None}
+
+
+class Cifar100(_Loadable):
     """CIFAR-100 from ``root/cifar-100-python``, downloaded there when asked.
 
     Args:
@@ -123,7 +133,7 @@ class Cifar100:
         return self._data
 
 
-class SyntheticCifar100:
+class SyntheticCifar100(_Loadable):
     """Random images shaped like CIFAR-100, for smoke runs: no download, a few seconds.
 
     Every class has its own coarse colour pattern (a random 4x4 image, scaled up to 32x32)
