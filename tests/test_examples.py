@@ -419,3 +419,36 @@ def test_slurm_array_script(tmp_path):
         "split0/binary/pretrain",
     ]
     assert not (out / "split0" / "baseline").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "download"])
+def test_unloadable_data_is_one_line_naming_the_flag_and_writes_nothing(
+    damage, tmp_path, capsys, monkeypatch
+):
+    # A damaged CIFAR-100 file, or a download that fails (no network): one line, exit 2,
+    # before the first run writes anything.
+    import torchvision
+
+    root, out = tmp_path / "data", tmp_path / "out"
+    args = ["--out", str(out), "--data-root", str(root), "--run", "split0/baseline/pretrain"]
+    if damage == "garbage":
+        (root / "cifar-100-python").mkdir(parents=True)
+        for split in ("train", "test"):
+            (root / "cifar-100-python" / split).write_bytes(b"not a pickle")
+        expected = "to be a CIFAR-100 batch with 'data' and 'fine_labels'"
+    else:
+
+        def offline(*args, **kwargs):
+            raise OSError("[Errno -3] Temporary failure in name resolution")
+
+        monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+        args.append("--download")
+        expected = "downloading it failed (OSError: [Errno -3]"
+    with pytest.raises(SystemExit) as exit_info:
+        EXAMPLES["cifar100_densenet"].main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error: argument --data-root: " in err[-1]
+    assert expected in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert not out.exists()

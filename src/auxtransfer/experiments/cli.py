@@ -425,13 +425,23 @@ class Example:
         if any(p.exists() and not p.is_dir() for p in (out, *out.parents)):
             parser.error(f"argument --out: expected a folder, but {args.out!r} is (inside) a file")
         try:
-            plans.check_plan(plan, args.out, args.run)
+            states = plans.check_plan(plan, args.out, args.run)
         except plans.RunDirConflictError as error:
             parser.error(f"argument --out: {error}")
         except ValueError as error:
             parser.error(f"argument --run: {error}")
         with contextlib.ExitStack() as scratch:
             source = self._checked_source(args, parser, plan, scratch)
+            if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and any(
+                state != "finished" for _, state in states
+            ):
+                # Loaded (or downloaded) now, before anything is written: a failed download
+                # or a damaged file is one line, not a traceback from inside the first run.
+                # Under torchrun rank 0 loads first, inside execute.
+                try:
+                    source.load()
+                except (FileNotFoundError, ValueError) as error:
+                    parser.error(f"argument --data-root: {error}")
             failed = self._execute(args, plan, source, device)
         if failed:
             parser.exit(1, f"{parser.prog}: error: {len(failed)} run(s) failed: {', '.join(failed)} "
