@@ -56,7 +56,6 @@ import os
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -82,6 +81,7 @@ from auxtransfer import (
 from auxtransfer.experiments import DeviceBatches, GraphTrainer
 from auxtransfer.experiments.jobs import job_devices, job_threads
 from auxtransfer.experiments.loop import train_one_epoch
+from auxtransfer.experiments.rundir import replace_atomically
 
 # The torchvision CIFAR pipeline of the paper's era lives in batches_speed.py (this folder).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -814,19 +814,6 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write to a temporary file beside ``path``, then ``os.replace`` it."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="run.py",
@@ -917,7 +904,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise RuntimeError(f"Expected finite measurements, but got {bad} (a zero time?)")
     print(format_table(result))
     if args.json is not None:
-        write_json(args.json, result)
+        text = json.dumps(result, indent=2) + "\n"
+        replace_atomically(args.json, lambda tmp: tmp.write_text(text))
     if result["failed"]:
         print(
             f"run.py: {len(result['failed'])} measurement(s) failed: "

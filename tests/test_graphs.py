@@ -76,7 +76,11 @@ def test_graph_ready_step_equals_the_plain_loop(binary, settings):
     assert not torch.equal(next(plain.parameters()), next(_model(binary).parameters()))
 
 
-def test_learning_rate_is_read_at_every_epoch(one_thread):
+def test_learning_rate_is_read_at_every_epoch(one_thread, monkeypatch):
+    # Through the arithmetic a replay records: the rate from the device tensor, refreshed
+    # at each epoch (the eager steps read the group's rate directly).
+    update = _Group.update
+    monkeypatch.setattr(_Group, "update", lambda self, captured: update(self, True))
     model = _model(False)
     start = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

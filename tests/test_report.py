@@ -113,7 +113,7 @@ def test_variance_decomposition_by_hand():
     split = 2 * (2.0**2 + 2.5**2 + 0.5**2)  # 21
     condition = 3 * (0.5**2 + 0.5**2)  # 1.5
     assert (v.total, v.split, v.condition) == pytest.approx((total, split, condition))
-    assert v.residual == pytest.approx(total - split - condition)  # 1.0
+    assert v.residual == pytest.approx(1.0)  # 23.5 - 21 - 1.5
     assert v.split_fraction == pytest.approx(21 / 23.5)
     assert v.condition_fraction == pytest.approx(1.5 / 23.5)
     assert v.residual_fraction == pytest.approx(1 / 23.5)
@@ -134,9 +134,11 @@ def test_variance_decomposition_with_replications_by_hand():
     split = 4 * (11 - 12) ** 2 + 2 * (14 - 12) ** 2
     condition = 3 * ((12 - 12) ** 2 + (12 - 12) ** 2)
     assert (v.total, v.split, v.condition) == pytest.approx((total, split, condition))
-    assert v.residual == pytest.approx(total - split - condition)
-    assert v.df_residual == 2 * 3 - 2 - 1
-    assert v.split_fraction + v.condition_fraction + v.residual_fraction == pytest.approx(1)
+    # Residual by hand: the fit is 11 on split 0 and 14 on split 1 (no condition effect),
+    # leaving -1, 1, 0, 0 on split 0 and 0, 0 on split 1.
+    assert v.residual == pytest.approx(2.0)
+    assert v.df_residual == 3  # 6 values - 1 - 1 (2 splits) - 1 (2 conditions)
+    assert v.residual_fraction == pytest.approx(2 / 14)
 
 
 @pytest.mark.parametrize(

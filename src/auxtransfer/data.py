@@ -50,13 +50,14 @@ class BinaryRelabeled(Dataset[tuple[Any, Any, Tensor]]):
         self.dataset = dataset
         self.partition = as_partition(partition)
         # y_b of each class, made once: an item then costs a lookup and a copy.
-        self._columns = list(self.partition.t().contiguous().unbind(0))
+        columns = self.partition.t().contiguous()
+        self._columns = list(columns.unbind(0))
         self.targets = _targets_of(dataset)
         self.binary_targets: Tensor | None = None
         if self.targets is not None:
             for index, label in enumerate(self.targets.tolist()):
                 self._check_label(label, index)
-            self.binary_targets = self.partition.t()[self.targets].contiguous()
+            self.binary_targets = columns[self.targets]
 
     def _check_label(self, label: int, index: int) -> None:
         num_classes = self.partition.shape[1]

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from . import plan as plans
 from . import protocols
 from .imagenet import ImageNet100, write_smoke_folder
-from .rundir import as_json, replace_atomically
+from .rundir import as_json, differing_keys, replace_atomically
 from .sources import Cifar100, DataSource, SyntheticCifar100
 
 __all__ = ["CifarData", "DataFlags", "Example", "FlagError", "Given", "ImageNetData"]
@@ -484,7 +484,7 @@ class Example:
             if not isinstance(saved, dict):
                 parser.error(f"argument --out: {path} is not a data record (not a JSON object)")
             mine = as_json(record)
-            differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            differ = differing_keys(saved, mine)
             if differ:
                 named = [f for k in differ for f in self.data.flags.get(k, k).split("/")]
                 flags = "/".join(dict.fromkeys(named))

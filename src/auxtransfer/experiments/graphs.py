@@ -50,21 +50,16 @@ class _Group:
 
     def __init__(self, group: dict[str, Any], params: list[Tensor], state: dict[Any, Any]) -> None:
         self.group = group
-        self.settings = tuple(group.get(name, default) for name, default in _default_settings())
+        self.settings = _settings(group)
         self.params = params
         self.grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
-        momentum = group.get("momentum", 0.0)
-        self.buffers = [state[p]["momentum_buffer"] for p in params] if momentum else []
+        self.buffers = [state[p]["momentum_buffer"] for p in params] if group["momentum"] else []
         # float32 whatever the parameters' dtype, as SGD applies its rate.
         self.rate = torch.zeros((), device=params[0].device, dtype=torch.float32)
-        self.rate_value: float | None = None
 
     def refresh_rate(self) -> None:
-        """Copy the group's ``"lr"`` into the device tensor the update reads (when changed)."""
-        lr = float(self.group["lr"])
-        if lr != self.rate_value:
-            self.rate.fill_(-lr)
-            self.rate_value = lr
+        """Copy the group's ``"lr"`` into the device tensor the update reads."""
+        self.rate.fill_(-float(self.group["lr"]))
 
     @torch.no_grad()
     def update(self, captured: bool) -> None:
@@ -93,14 +88,9 @@ class _Group:
             torch._foreach_add_(self.params, grads, alpha=-self.group["lr"])
 
 
-def _default_settings() -> tuple[tuple[str, Any], ...]:
-    return (
-        ("weight_decay", 0.0),
-        ("momentum", 0.0),
-        ("dampening", 0.0),
-        ("nesterov", False),
-        ("maximize", False),
-    )
+def _settings(group: dict[str, Any]) -> tuple[Any, ...]:
+    """The settings of an SGD group that the recorded update bakes in, as in ``_BAKED``."""
+    return tuple(group[name] for name in _BAKED)
 
 
 class GraphTrainer:
@@ -180,6 +170,7 @@ class GraphTrainer:
         self.binary_weight, self.amp = float(binary_weight), amp
         self.capture, self.warmup = capture, warmup
         self._groups: list[_Group] | None = None  # set by the first step
+        self._grads: list[Tensor] = []  # every group's gradients, zeroed by each step
         self._sums = torch.zeros(6, device=self.device, dtype=torch.float64)
         self._eval_sums = torch.zeros(2, device=self.device, dtype=torch.float64)
         self._train: tuple[torch.cuda.CUDAGraph, list[Tensor]] | None = None
@@ -254,11 +245,12 @@ class GraphTrainer:
         for made in groups:
             made.refresh_rate()
         self._groups = groups
+        self._grads = [g for group in groups for g in group.grads]
 
     def _step(self, inputs: list[Tensor], captured: bool = False) -> None:
         """One training step on the update's own tensors (what the graph records)."""
         assert self._groups is not None
-        torch._foreach_zero_([g for group in self._groups for g in group.grads])
+        torch._foreach_zero_(self._grads)
         loss = batch_loss(
             self._forward(inputs[0]), inputs[:-1], inputs[-1], self.binary_weight, self._sums
         )
@@ -275,7 +267,7 @@ class GraphTrainer:
     def _check_settings(self) -> None:
         assert self._groups is not None
         for group in self._groups:
-            now = tuple(group.group.get(name, default) for name, default in _default_settings())
+            now = _settings(group.group)
             if now != group.settings:
                 raise ValueError(
                     f"Expected the SGD settings {_BAKED} of every group to stay what the "

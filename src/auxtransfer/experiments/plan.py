@@ -20,6 +20,7 @@ once the run it needs has finished.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import posixpath
@@ -34,7 +35,7 @@ import torch.distributed as dist
 
 from .._checks import check_int
 from . import jobs as run_jobs
-from .rundir import RunDir, as_json
+from .rundir import RunDir, as_json, differing_keys
 from .sources import DataSource, run_data_for
 from .train import RunConfig, train_run
 
@@ -121,9 +122,10 @@ class Plan:
         """The run ids, in dependency order."""
         return [run.id for run in self.runs]
 
-    @property
-    def ids_set(self) -> set[str]:
-        return {run.id for run in self.runs}
+    @functools.cached_property
+    def ids_set(self) -> frozenset[str]:
+        """The run ids, as a set (made once: the runs do not change)."""
+        return frozenset(run.id for run in self.runs)
 
     def __iter__(self) -> Iterator[PlannedRun]:
         return iter(self.runs)
@@ -196,7 +198,7 @@ def check_plan(
         state = run_state(out / run.id)
         if state != "new":
             saved = RunDir(out / run.id).read_config()
-            differ = _differences(saved, as_json(run.config.to_json()))
+            differ = differing_keys(saved, as_json(run.config.to_json()))
             if differ:
                 raise RunDirConflictError(
                     f"{out / run.id} holds a{'' if state == 'unfinished' else ' finished'} run of "
@@ -551,10 +553,6 @@ def format_summary(rows: Sequence[dict[str, Any]]) -> str:
 def _epochs_done(run_dir: Path) -> int:
     run = RunDir(run_dir)
     return len(run.read_metrics()) if run.metrics_path.exists() else 0
-
-
-def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
 
 def _closest(run_id: str, ids: list[str], limit: int = 8) -> str:

@@ -30,7 +30,7 @@ import math
 import posixpath
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -584,11 +584,8 @@ WRN_CIFAR = Setup(
     "WRN-28-10 on CIFAR-100",
     RunOptions(model="cifar_wrn_28_10", batch_size=128, weight_decay=5e-4),
     parameters={"freeze_at": WRN_FREEZE_AT, "reset_at": WRN_RESET_AT},
-    smoke_options=RunOptions(
-        model="cifar_wrn_28_10",
-        model_kwargs={"depth": 10, "widen_factor": 1},
-        batch_size=16,
-        smoke=True,
+    smoke_options=replace(
+        SMOKE_OPTIONS, model="cifar_wrn_28_10", model_kwargs={"depth": 10, "widen_factor": 1}
     ),
     smoke_parameters={"freeze_at": ("0", "2.0", "3"), "reset_at": ("1", "3")},
 )
@@ -600,11 +597,10 @@ DENSENET121_IMAGENET = Setup(
     "DenseNet-121 on ImageNet-100",
     RunOptions(model="densenet121", batch_size=256, weight_decay=1e-4),
     parameters={"pretrain": IMAGENET_PRETRAIN, "transfer": IMAGENET_FINETUNE},
-    smoke_options=RunOptions(
+    smoke_options=replace(
+        SMOKE_OPTIONS,
         model="densenet121",
         model_kwargs={"growth_rate": 4, "block_config": (1, 1, 1, 1)},
-        batch_size=16,
-        smoke=True,
     ),
     experiments=("paired",),
 )

@@ -21,6 +21,7 @@ __all__ = [
     "METRIC_FIELDS",
     "RunDir",
     "as_json",
+    "differing_keys",
     "format_learning_rates",
     "parse_learning_rates",
     "replace_atomically",
@@ -35,6 +36,16 @@ METRIC_FIELDS = (
     "phase", "epoch", "lr", "train_loss", "train_error", "test_loss", "test_error",
     "train_binary_loss", "train_binary_error", "seconds", "lr_groups", "train_main_loss",
 )  # fmt: skip
+
+
+def differing_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The keys whose values differ between two settings (missing on one side counts), sorted.
+
+    Example:
+        >>> differing_keys({"lr": 0.1, "epochs": 2}, {"lr": 0.1, "seed": 1})
+        ['epochs', 'seed']
+    """
+    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
 
 def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
@@ -190,9 +201,7 @@ class RunDir:
         if resume and self.config_path.exists():
             previous, current = self.read_config(), as_json(config)
             if previous != current:
-                changed = sorted(
-                    k for k in set(previous) | set(current) if previous.get(k) != current.get(k)
-                )
+                changed = differing_keys(previous, current)
                 raise ValueError(
                     f"Expected the settings of the run in {self.path} to resume it, but these differ: {changed}."
                 )

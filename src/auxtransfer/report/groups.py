@@ -28,6 +28,7 @@ __all__ = [
     "families",
     "pair",
     "split_label",
+    "split_order",
     "transfers",
 ]
 
@@ -192,7 +193,7 @@ def pair(
     without a partner.
     """
     pairs, unpaired = [], []
-    splits = sorted({t.split for t in [*baseline, *binary]}, key=_split_order)
+    splits = sorted({t.split for t in [*baseline, *binary]}, key=split_order)
     for split in splits:
         base = sorted((t for t in baseline if t.split == split), key=lambda t: t.seed)
         bin_ = sorted((t for t in binary if t.split == split), key=lambda t: t.seed)
@@ -256,7 +257,8 @@ def _condition_order(condition: Condition) -> tuple[bool, int, float]:
     return (not condition.is_baseline, condition.heads, condition.weight)
 
 
-def _split_order(split: int | None) -> tuple[bool, int]:
+def split_order(split: int | None) -> tuple[bool, int]:
+    """Sort key of splits: ``None`` (runs without ``split_seed``) first, then by seed."""
     return (split is not None, split or 0)
 
 

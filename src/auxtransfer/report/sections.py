@@ -16,7 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .gather import Run
-from .groups import Condition, Family, Transfer, pair, split_label
+from .groups import Condition, Family, Transfer, pair, split_label, split_order
 from .stats import paired_test, variance_decomposition
 
 __all__ = [
@@ -188,7 +188,7 @@ def _mean_curves(family: Family) -> list[dict[str, Any]]:
 
 def _per_split(family: Family) -> list[dict[str, Any]]:
     rows = []
-    splits = sorted({t.split for t in family.transfers}, key=lambda s: (s is not None, s or 0))
+    splits = sorted({t.split for t in family.transfers}, key=split_order)
     for split in splits:
         for condition in family.conditions:
             runs = [t for t in family.at(None, condition) if t.split == split]
@@ -217,10 +217,10 @@ def _sweep(family: Family, conditions: Sequence[Condition]) -> dict[str, Any]:
     own differences)."""
     errors = {c: _by_split(family.at(None, c)) for c in conditions}
     common = set.intersection(*(set(e) for e in errors.values()))
-    common_splits = sorted(common, key=lambda s: (s is not None, s or 0))
+    common_splits = sorted(common, key=split_order)
     rows = []
     for condition in conditions:
-        by_split = sorted(errors[condition].items(), key=_split_item)
+        by_split = sorted(errors[condition].items(), key=lambda item: split_order(item[0]))
         means = {s: sum(v) / len(v) for s, v in by_split}
         rows.append({
             "condition": condition.name, "weight": condition.weight, "heads": condition.heads,
@@ -250,16 +250,12 @@ def _heads(family: Family) -> dict[str, Any] | None:
     return _sweep(family, chosen)
 
 
-def _split_item(item: tuple[int | None, Any]) -> tuple[bool, int]:
-    return (item[0] is not None, item[0] or 0)
-
-
 def _long_tail(family: Family) -> list[dict[str, Any]]:
     """Table 1: per split and condition, B's mean final error over replications, with the
     paper's value beside the first two splits (its splits are other random ones)."""
     rows = []
     comparable = family.setting.get("per_class") == PAPER_LONG_TAIL_PER_CLASS
-    splits = sorted({t.split for t in family.transfers}, key=lambda s: (s is not None, s or 0))
+    splits = sorted({t.split for t in family.transfers}, key=split_order)
     for number, split in enumerate(splits, 1):
         for condition in family.conditions:
             errors = [t.run.final_error for t in family.at(None, condition) if t.split == split]
@@ -321,5 +317,5 @@ def _comparisons(family: Family) -> list[dict[str, Any]]:
 
 
 def _splits_text(runs: Sequence[Transfer]) -> str:
-    splits = sorted({t.split for t in runs}, key=lambda s: (s is not None, s or 0))
+    splits = sorted({t.split for t in runs}, key=split_order)
     return ", ".join(split_label(s) for s in splits)
