@@ -387,3 +387,10 @@ def test_run_options_num_workers_reach_every_run():
     assert {run.config.num_workers for run in plan} == {6}
     with pytest.raises(ValueError, match="`num_workers` to be an int >= 0"):
         RunOptions(num_workers=-1)
+
+
+@pytest.mark.parametrize("rates", [None, [[0.1, 0.01, 0.001]]])
+def test_schedule_adjusted_refuses_zero_epochs_with_milestones_too(rates):
+    # `epochs or self.epochs` took 0 for "not given": 175 epochs trained instead of a refusal.
+    with pytest.raises(ValueError, match="`epochs` to be an int >= 1, but got 0"):
+        PRETRAIN.adjusted(epochs=0, milestones=[126, 151], rates=rates)

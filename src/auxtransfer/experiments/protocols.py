@@ -184,7 +184,7 @@ class Schedule:
         too, those are taken as they are. ``rates`` replaces the rates of each role that is
         not None (before scaling).
         """
-        base = self
+        new = self.rates
         if rates is not None:
             if len(rates) != len(self.rates):
                 raise ValueError(
@@ -194,12 +194,9 @@ class Schedule:
                 tuple(old) if given is None else tuple(given)
                 for old, given in zip(self.rates, rates, strict=True)
             )
-            if milestones is None:
-                base = Schedule(self.epochs, self.milestones, new)
-            else:
-                return Schedule(epochs or self.epochs, tuple(milestones), new)
         if milestones is not None:
-            return Schedule(epochs or self.epochs, tuple(milestones), base.rates)
+            return Schedule(self.epochs if epochs is None else epochs, tuple(milestones), new)
+        base = Schedule(self.epochs, self.milestones, new)
         return base if epochs is None else base.scaled(epochs)
 
 
