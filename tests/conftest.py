@@ -26,6 +26,68 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if not left_out.intersection(item.keywords)]
 
 
+# Hugging Face image classifiers from tiny configs (no download): (config, model) class
+# names in `transformers` and the config's arguments. Any test that takes `hf_family` runs
+# once per family.
+_TINY_VIT = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=16,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=32,
+)
+HF_FAMILIES = {
+    "resnet": (
+        "ResNetConfig",
+        "ResNetForImageClassification",
+        dict(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 2, 1, 1]),
+    ),
+    "regnet": (
+        "RegNetConfig",
+        "RegNetForImageClassification",
+        dict(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 2, 1, 1], groups_width=8),
+    ),
+    "convnext": (
+        "ConvNextConfig",
+        "ConvNextForImageClassification",
+        dict(hidden_sizes=[8, 16, 16, 32], depths=[1, 2, 1, 1]),
+    ),
+    "vit": ("ViTConfig", "ViTForImageClassification", _TINY_VIT),
+    "beit": (
+        "BeitConfig",
+        "BeitForImageClassification",
+        dict(_TINY_VIT, use_relative_position_bias=True, layer_scale_init_value=0.1),
+    ),
+    "swin": (
+        "SwinConfig",
+        "SwinForImageClassification",
+        dict(
+            image_size=32, patch_size=4, embed_dim=8, depths=[1, 2], num_heads=[1, 2], window_size=2
+        ),
+    ),
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "hf_family" in metafunc.fixturenames:
+        metafunc.parametrize("hf_family", list(HF_FAMILIES))
+
+
+@pytest.fixture
+def hf_build(hf_family):
+    """Builds the family's tiny model with `num_labels` classes (10 by default)."""
+    import transformers
+
+    config_name, model_name, kwargs = HF_FAMILIES[hf_family]
+
+    def build(num_labels=10):
+        config = getattr(transformers, config_name)(**kwargs, num_labels=num_labels)
+        return getattr(transformers, model_name)(config)
+
+    return build
+
+
 @pytest.fixture
 def regnet_on_meta(monkeypatch: pytest.MonkeyPatch) -> None:
     # RegNet computes its stage widths with tensor ops while being built; run just that

@@ -30,6 +30,31 @@ def test_freezing_page_tables_match_the_code(key, model):
     assert found.group(1) == format_layers(model())
 
 
+BACKBONES = Path(__file__).resolve().parents[1] / "docs" / "backbones.md"
+
+
+def test_backbones_page_shows_what_the_code_prints(capsys):
+    text = BACKBONES.read_text()
+    found = re.search(r"<!-- layers: hf_resnet -->\n```text\n(.*?)\n```", text, re.S)
+    assert found
+    model = build("transformers:ResNetForImageClassification", 10)
+    assert found.group(1) == format_layers(model)
+    code = re.search(r"<!-- example: custom -->\n```python\n(.*?)\n```", text, re.S)
+    shown = re.search(r"<!-- output: custom -->\n```text\n(.*?)\n```", text, re.S)
+    assert code and shown
+    namespace: dict = {}
+    exec(code.group(1), namespace)
+    assert capsys.readouterr().out == shown.group(1) + "\n"
+    # The page's last claim: a module name inside a block cuts there.
+    model = namespace["Net"]()
+    namespace["freeze_until"](model, "body.1.0")
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {
+        "stem.weight", "stem.bias", "body.0.0.weight", "body.0.0.bias", "body.0.1.weight",
+        "body.0.1.bias", "body.1.0.weight", "body.1.0.bias",
+    }  # fmt: skip
+
+
 ROOT = Path(__file__).resolve().parents[1]
 # A Sphinx role as written (:func:`x`) or as mkdocstrings renders it (:func:<code>x</code>).
 _ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|exc|obj):(?:`|<code>)")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from auxtransfer import freeze_until, layer_groups, reset_after, unfreeze
+from auxtransfer import freeze_until, layer_groups, layer_names, layerwise_lr, reset_after, unfreeze
 
 
 def densenet_bc():
@@ -496,3 +496,93 @@ def test_reset_after_with_a_factory_keeps_the_wrappers_partition():
     assert torch.equal(net.partition, partition)
     net.reset_parameters()
     assert torch.equal(net.partition, partition)
+
+
+class _Custom(nn.Module):
+    """A user's own model: no group_matcher, no torchvision table."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(
+            *[
+                nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+                for _ in range(4)
+            ]
+        )
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.body(self.stem(x)).mean((2, 3)))
+
+
+def _under(model, *prefixes):
+    return {
+        n for n, _ in model.named_parameters() if n.startswith(tuple(p + "." for p in prefixes))
+    }
+
+
+def test_a_custom_model_gets_one_address_per_block_and_exact_cuts():
+    torch.manual_seed(0)
+    model = _Custom()
+    assert layer_names(model) == ["stem", "body.0", "body.1", "body.2", "body.3", "head"]
+    summary = freeze_until(model, "body.1")
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == _under(model, "stem", "body.0", "body.1")
+    assert len(frozen) == 10
+    assert summary.addresses == ("stem", "body.0", "body.1")
+    assert set(summary.frozen_norms) == {"body.0.1", "body.1.1"}
+    unfreeze(model)
+
+    groups = layerwise_lr(model, until="body.1", lr=0.01, new_lr=0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in groups[0]["params"]} == _under(model, "stem", "body.0", "body.1")
+
+    before = _snapshot(model)
+    summary = reset_after(model, "body.1", seed=4, init=_Custom)
+    torch.manual_seed(4)
+    fresh = _Custom().state_dict()
+    assert set(summary.tensors) == {
+        n for n in before if n.startswith(("body.2.", "body.3.", "fc."))
+    }
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, fresh[name] if name in summary.tensors else before[name]), name
+
+
+def test_a_module_name_inside_a_group_cuts_the_group_there():
+    # torchvision's ResNet map has "3.1" as one address; "layer3.1.conv1" is finer.
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    upto = _under(model, "conv1", "bn1", "layer1", "layer2", "layer3.0") | {"layer3.1.conv1.weight"}
+    summary = freeze_until(model, "layer3.1.conv1")
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == upto
+    assert summary.addresses[-2:] == ("3.0", "layer3.1.conv1")
+    assert "layer3.1.bn1" not in summary.frozen_norms
+    unfreeze(model)
+
+    groups = layerwise_lr(model, until="layer3.1.conv1", lr=0.01, new_lr=0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in groups[0]["params"]} == upto
+    assert groups[0]["addresses"] == ("stem", "layer3.1.conv1")
+    assert groups[1]["addresses"] == ("3.1", "head")
+
+    before = _snapshot(model)
+    summary = reset_after(model, "layer3.1.conv1", seed=2)
+    assert summary.addresses[0] == "3.1"
+    assert "layer3.1.conv1.weight" not in summary.tensors
+    assert "layer3.1.bn1.weight" in summary.tensors
+    assert {n for n in summary.tensors if n in names.values()} == set(names.values()) - upto
+    for name in upto:
+        assert torch.equal(model.state_dict()[name], before[name]), name
+
+    # A whole module is exactly that module: DenseNet's transition after block 2 runs after
+    # it, so it is not part of "features.denseblock2" (the address "2" includes it).
+    densenet = densenet_bc()
+    freeze_until(densenet, "features.denseblock2")
+    frozen = {n for n, p in densenet.named_parameters() if not p.requires_grad}
+    assert not any(n.startswith("features.transition2.") for n in frozen)
+    assert "features.denseblock2.denselayer16.conv2.weight" in frozen
+    freeze_until(densenet, "2")
+    frozen = {n for n, p in densenet.named_parameters() if not p.requires_grad}
+    assert "features.transition2.conv.weight" in frozen

@@ -1,4 +1,5 @@
-"""The layer map on every torchvision classification model and across timm families."""
+"""The layer map on every torchvision classification model, across timm families and on
+Hugging Face image classifiers."""
 
 import warnings
 
@@ -23,6 +24,9 @@ def _input_size(model, name):
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if cfg.get("input_size"):
         return tuple(cfg.get("test_input_size") or cfg["input_size"])
+    image_size = getattr(getattr(model, "config", None), "image_size", None)
+    if isinstance(image_size, int):  # Hugging Face
+        return (3, image_size, image_size)
     return (3, 299, 299) if name == "inception_v3" else (3, 224, 224)
 
 
@@ -136,6 +140,13 @@ def test_every_timm_model_with_group_matcher(name):
     if not hasattr(model, "group_matcher"):
         pytest.skip("no group_matcher")  # opt-in sweep over the models that have one
     check_layer_map(model, name)
+
+
+def test_hugging_face(hf_family, hf_build):
+    with torch.device("meta"):
+        model = hf_build()
+    check_layer_map(model, hf_family)
+    assert len(layer_groups(model)) >= 5
 
 
 def test_fallback_model_in_forward_order():

@@ -175,7 +175,7 @@ def test_callable_timm_matchers_get_a_stem_and_module_names():
     assert len(set(layer_names(cait))) == len(layer_names(cait))
 
 
-def test_fallback_uses_children_and_warns_when_it_finds_one_group():
+def test_fallback_descends_into_repeated_layers_and_warns_when_it_finds_one_group():
     class Plain(nn.Module):
         def __init__(self):
             super().__init__()
@@ -184,14 +184,19 @@ def test_fallback_uses_children_and_warns_when_it_finds_one_group():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert layer_names(Plain()) == ["body", "out"]
+        assert layer_names(Plain()) == ["body.0", "body.2", "out"]
 
     class Single(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+            self.body = nn.Sequential(nn.Linear(4, 2), nn.BatchNorm1d(2))
 
-    with pytest.warns(UserWarning, match=r"single layer group in Single"):
+    # The warning says what the one address covers, and what to type instead.
+    with pytest.warns(
+        UserWarning,
+        match=r"single layer group, 'body', in Single: .* so an address freezes or resets all "
+        r"of 'body' at once\. To cut inside it, pass a full module name such as 'body\.0'",
+    ):
         assert layer_names(Single()) == ["body"]
 
 
@@ -241,3 +246,21 @@ def test_cli_prints_the_version_from_its_one_source(capsys):
     assert capsys.readouterr().out == f"auxtransfer {auxtransfer.__version__}\n"
     # pyproject.toml reads the version from auxtransfer/__init__.py: the metadata agrees.
     assert importlib.metadata.version("auxtransfer") == auxtransfer.__version__
+
+
+def test_cli_builds_any_importable_model(capsys):
+    # A factory by import path (called with num_classes=), a Hugging Face class from its
+    # default config; both on the meta device.
+    assert cli(["layers", "torchvision.models:resnet18", "--num-classes", "7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "# torchvision.models:resnet18 from torchvision.models.resnet.ResNet"
+    assert lines[-2].split() == ["head", "3,591", "fc"]
+    assert cli(["layers", "transformers:ResNetForImageClassification"]) == 0
+    out = capsys.readouterr().out
+    assert "\nstem " in out
+    assert "\n1.0 " in out
+    assert "resnet.encoder.stages.1.layers.0" in out
+    with pytest.raises(SystemExit, match=r"cannot import model 'no_such_package:Net'"):
+        cli(["layers", "no_such_package:Net"])
+    with pytest.raises(SystemExit, match=r"built int, not an nn.Module"):
+        cli(["layers", "builtins:int"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
 from collections.abc import Sequence
@@ -16,10 +17,15 @@ from .layers import LayerGroup, layer_groups
 
 
 def build(name: str, num_classes: int | None, source: str = "auto") -> nn.Module:
-    """A timm or torchvision model by name, built on the meta device (no weights, no memory).
+    """A model by name, built on the meta device (no weights, no memory).
 
-    ``source="auto"`` takes timm's model where both libraries have the name.
+    A timm or torchvision model name (``source="auto"`` takes timm's where both libraries
+    have it), or an import path ``package.module:name`` of an ``nn.Module`` class or a
+    function returning one, called without arguments (with ``num_classes=`` when given);
+    a Hugging Face model class is built from its default config.
     """
+    if ":" in name:
+        return _import_model(name, num_classes)
     import timm
     import torchvision
 
@@ -34,7 +40,31 @@ def build(name: str, num_classes: int | None, source: str = "auto") -> nn.Module
         if in_torchvision and source in ("auto", "torchvision"):
             return torchvision.models.get_model(name, weights=None, **kwargs)
     where = {"auto": "timm or torchvision", "timm": "timm", "torchvision": "torchvision"}[source]
-    raise SystemExit(f"unknown model {name!r}: expected a {where} model name")
+    raise SystemExit(
+        f"unknown model {name!r}: expected a {where} model name, or package.module:name "
+        f"of a model class or factory"
+    )
+
+
+def _import_model(path: str, num_classes: int | None) -> nn.Module:
+    module_name, _, attribute = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise SystemExit(f"cannot import model {path!r}: {error}") from None
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config_class = getattr(factory, "config_class", None)
+        if isinstance(factory, type) and config_class is not None:  # Hugging Face
+            config = config_class()
+            if num_classes is not None:
+                config.num_labels = num_classes
+            model = factory(config)
+        else:
+            model = factory() if num_classes is None else factory(num_classes=num_classes)
+    if not isinstance(model, nn.Module):
+        raise SystemExit(f"model {path!r} built {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def _covering_modules(model: nn.Module, group: LayerGroup) -> list[str]:
@@ -78,11 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m auxtransfer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"auxtransfer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    layers = commands.add_parser(
-        "layers", help="print the address table of a timm or torchvision model"
-    )
+    layers = commands.add_parser("layers", help="print the address table of a model")
     layers.add_argument(
-        "model", help="a timm or torchvision model name, e.g. resnet50 or densenet121"
+        "model",
+        help="a timm or torchvision model name (resnet50, densenet121), or package.module:name "
+        "of a model class or factory (transformers:ViTForImageClassification, "
+        "mypackage.nets:MyNet)",
     )
     layers.add_argument(
         "--num-classes", type=int, default=None, help="classifier size (default: the model's)"
@@ -95,9 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     model = build(args.model, args.num_classes, args.source)
-    library = (
-        "timm" if type(model).__module__.startswith(("timm.", "auxtransfer.")) else "torchvision"
-    )
+    origin = type(model).__module__
+    if ":" in args.model:
+        library = f"{origin}.{type(model).__name__}"
+    elif origin.startswith(("timm.", "auxtransfer.")):
+        library = "timm"
+    else:
+        library = "torchvision"
     print(f"# {args.model} from {library}")
     print(format_layers(model))
     return 0

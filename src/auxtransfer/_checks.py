@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 from typing import Any
 
 import torch
@@ -89,3 +91,15 @@ def check_labels(name: str, labels: Tensor, num_classes: int) -> None:
         raise ValueError(
             f"Expected `{name}` to hold class indices in [0, {num_classes}), but got {bad}."
         )
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` that points at the first caller outside
+    auxtransfer, however deep inside the package the warning is raised."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level

@@ -8,12 +8,13 @@ constructor gives, and can be copied into the model.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -24,7 +25,8 @@ __all__: list[str] = []
 
 
 class Twin(NamedTuple):
-    """A freshly built model and where it came from: ``"init"``, ``"timm"`` or ``"torchvision"``."""
+    """A freshly built model and where it came from: ``"init"``, ``"timm"``,
+    ``"torchvision"`` or ``"transformers"``."""
 
     module: nn.Module
     source: str
@@ -42,8 +44,8 @@ def build_twin(
 ) -> Twin | None:
     """A new model like ``model``, built on the CPU after ``torch.manual_seed(seed)``.
 
-    ``init`` (a callable returning a fresh model) is used when given. Otherwise a timm model
-    is rebuilt by its architecture name, and a torchvision classification model by the
+    ``init`` (a callable returning a fresh model) is used when given. Otherwise a Hugging
+    Face model is rebuilt from its config, a timm model by its architecture name, and a torchvision classification model by the
     builder whose model (with ``classes_now`` classes, by default ``num_classes``) has the
     tensors ``match`` names (default: all of ``model``'s; leave a replaced classifier out),
     both with ``num_classes`` classes (neither when it is None) and default arguments. The
@@ -70,6 +72,10 @@ def build_twin(
             return Twin(twin, "init")
         if num_classes is None:
             return None
+        if is_transformers_model(model):
+            torch.manual_seed(seed)
+            twin = _transformers_twin(model, num_classes)
+            return Twin(twin, "transformers") if not _misfits(twin, wanted) else None
         architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
         if isinstance(architecture, str):
             import timm
@@ -105,6 +111,25 @@ def _misfits(twin: nn.Module, wanted: dict[str, tuple[int, ...]]) -> list[str]:
     """Names in ``wanted`` that ``twin`` lacks or holds with another shape."""
     have = {name: tuple(t.shape) for name, t in twin.state_dict(keep_vars=True).items()}
     return [name for name, shape in wanted.items() if have.get(name) != shape]
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face ``transformers`` model (without importing it
+    unless the model's class comes from there)."""
+    if not type(model).__module__.startswith("transformers."):
+        return False
+    import transformers
+
+    return isinstance(model, transformers.PreTrainedModel)
+
+
+def _transformers_twin(model: nn.Module, num_classes: int) -> nn.Module:
+    """``type(model)(config)``: a Hugging Face model initialises its weights in its
+    constructor (``post_init``), from its own config; here with ``num_classes`` labels."""
+    config: Any = copy.deepcopy(getattr(model, "config"))  # noqa: B009  (typed as a module)
+    if getattr(config, "num_labels", num_classes) != num_classes:
+        config.num_labels = num_classes
+    return type(model)(config)
 
 
 def torchvision_model_class(model: nn.Module) -> bool:

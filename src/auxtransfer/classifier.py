@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
 
 from ._checks import check_int, check_seed, describe
-from ._twin import build_twin
+from ._twin import build_twin, is_transformers_model
 
 __all__ = ["find_classifier", "reset_classifier"]
 
@@ -78,12 +78,14 @@ def find_classifier(model: nn.Module) -> str:
 
 
 def reset_classifier(model: nn.Module, num_classes: int, *, seed: int = 0) -> nn.Module:
-    """Give any timm or torchvision model a fresh classifier for ``num_classes`` classes.
+    """Give any timm, torchvision or Hugging Face model a fresh classifier for ``num_classes`` classes.
 
     timm models (and the CIFAR models of [`auxtransfer.models`][auxtransfer.models]) use
     their own ``reset_classifier``. For torchvision models the new layer is taken from a
     freshly built model of the same architecture, so it is initialised as that family's
-    constructor does (zeros for ViT, ``normal(0, 0.01)`` for VGG, ...). Any other model gets
+    constructor does (zeros for ViT, ``normal(0, 0.01)`` for VGG, ...); for a Hugging Face
+    model, from ``type(model)(config)`` with ``num_labels=num_classes``, and its
+    ``config.num_labels`` (and ``num_labels``) follow. Any other model gets
     a new layer of the same type as the old one with PyTorch's default initialisation. The
     new layer sits where the old one was, on its device and in its dtype.
 
@@ -94,7 +96,7 @@ def reset_classifier(model: nn.Module, num_classes: int, *, seed: int = 0) -> nn
     classifiers keep their class count (build those with ``aux_logits=False`` for transfer).
 
     Args:
-        model: A timm or torchvision model, or any model whose classifier
+        model: A timm, torchvision or Hugging Face model, or any model whose classifier
             [`find_classifier`][auxtransfer.find_classifier] finds.
         num_classes: The new number of classes, at least 1 (0 removes the classifier from
             timm models, as their own ``reset_classifier(0)`` does).
@@ -131,6 +133,12 @@ def reset_classifier(model: nn.Module, num_classes: int, *, seed: int = 0) -> nn
     setattr(model.get_submodule(parent), attribute, new)
     if isinstance(getattr(model, "num_classes", None), int):
         object.__setattr__(model, "num_classes", num_classes)
+    if is_transformers_model(model):
+        # A Hugging Face model reads its class count (for its own loss) from these.
+        config: Any = getattr(model, "config")  # noqa: B009  (typed as a module)
+        config.num_labels = num_classes
+        if isinstance(getattr(model, "num_labels", None), int):
+            object.__setattr__(model, "num_labels", num_classes)
     return model
 
 

@@ -13,9 +13,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ._checks import check_seed, describe
-from ._twin import build_twin, torchvision_model_class
+from ._twin import build_twin, is_transformers_model, torchvision_model_class
 from .classifier import classifier_widths, find_classifier
-from .layers import layer_groups, resolve
+from .layers import cut, layer_groups
 
 __all__ = ["FreezeSummary", "ResetSummary", "freeze_until", "reset_after", "unfreeze"]
 
@@ -103,10 +103,11 @@ def freeze_until(
     the conversion builds new norm layers, which do not keep the eval hold.
 
     Args:
-        model: A timm or torchvision model, or any module
+        model: A timm, torchvision or Hugging Face model, or any module
             [`layer_names`][auxtransfer.layer_names] maps.
         address: The last address to freeze: ``"2.9"``, a whole block ``"2"``, ``"stem"``,
-            ``"head"`` or a full module name.
+            ``"head"`` or a full module name (exactly that module and what runs before
+            it, cutting a group of the map where the module ends inside it).
         bn: ``"freeze"`` or ``"update"``, see above.
 
     Returns:
@@ -123,8 +124,7 @@ def freeze_until(
         raise TypeError(f"Expected `bn` to be 'freeze' or 'update', but got {describe(bn)}.")
     if bn not in ("freeze", "update"):
         raise ValueError(f"Expected `bn` to be 'freeze' or 'update', but got {bn!r}.")
-    groups = layer_groups(model)
-    last = resolve(model, groups, address)
+    groups, last = cut(model, address)
     frozen_groups = groups[: last + 1]
     parameters = dict(model.named_parameters())
     names = [t for g in frozen_groups for t in g.tensors if t in parameters]
@@ -199,12 +199,13 @@ class ResetSummary:
         tensors: Names of the parameters and buffers re-initialised.
         skipped: Parameters after the address that no initialiser covers (left as they were).
         init: How they were initialised, ``"+"``-joined where several parts of the model
-            needed different ways: ``"init"`` (the ``init`` factory), ``"timm"`` or
-            ``"torchvision"`` (a freshly built model of the same architecture),
+            needed different ways: ``"init"`` (the ``init`` factory), ``"timm"``,
+            ``"torchvision"`` or ``"transformers"`` (a freshly built model of the same
+            architecture),
             ``"init_weights"`` (the model's own ``init_weights()``), ``"modules"`` (each
             module's ``reset_parameters()``, PyTorch's defaults).
         unfrozen: Parameters [`freeze_until`][auxtransfer.freeze_until] had frozen that
-            trainable again because they were re-initialised.
+            are trainable again because they were re-initialised.
     """
 
     addresses: tuple[str, ...]
@@ -225,8 +226,9 @@ def reset_after(
 
     The new values are those of a model built afresh: for a timm model,
     ``timm.create_model`` of its architecture; for a torchvision classification model, the
-    torchvision builder whose model has its layers; either with its current number of
-    classes, on the CPU, after ``torch.manual_seed(seed)``. So the layers after ``address``
+    torchvision builder whose model has its layers; for a Hugging Face model,
+    ``type(model)(model.config)``; each with its current number of classes, on the CPU,
+    after ``torch.manual_seed(seed)``. So the layers after ``address``
     get exactly what the model's own constructor gives them, whatever initialisation scheme
     that is (fan-out Kaiming, truncated normal, zero biases, ...). A model wrapped in another
     (a [`RandomPartitionHead`][auxtransfer.RandomPartitionHead], any container) is found
@@ -251,13 +253,13 @@ def reset_after(
     caller's random state is unchanged afterwards.
 
     Args:
-        model: A timm or torchvision model, or any module
+        model: A timm, torchvision or Hugging Face model, or any module
             [`layer_names`][auxtransfer.layer_names] maps.
         address: The last address to keep; everything after it is re-initialised.
         seed: Seeds the new weights.
         init: Builds a fresh model of the same architecture (it must hold every tensor
-            that is reset, with the same shape), for models that are neither timm's nor
-            torchvision's.
+            that is reset, with the same shape), for models that are neither timm's,
+            torchvision's nor Hugging Face's.
 
     Returns:
         A [`ResetSummary`][auxtransfer.ResetSummary].
@@ -279,15 +281,16 @@ def reset_after(
         raise TypeError(
             f"Expected `init` to be a callable returning a fresh model, but got {describe(init)}."
         )
-    groups = layer_groups(model)
-    last = resolve(model, groups, address)
+    groups, last = cut(model, address)
     reset_groups = groups[last + 1 :]
     if not reset_groups:
         raise ValueError(
             f"Expected `address` to leave layers after it, but {address!r} is the last one."
         )
-    tensors = [t for g in reset_groups for t in g.tensors]
     state = model.state_dict(keep_vars=True)
+    # Buffers left out of the state dict (persistent=False: index tables and other
+    # constants derived from the architecture) are no weights to re-initialise.
+    tensors = [t for g in reset_groups for t in g.tensors if t in state]
     kept = {id(state[t]) for g in groups[: last + 1] for t in g.tensors if t in state}
     parameters = dict(model.named_parameters())
     tied = [t for t in tensors if t in state and id(state[t]) in kept]
@@ -333,7 +336,7 @@ def reset_after(
     if init_used == "modules":
         warnings.warn(
             f"reset_after used PyTorch's default initialisation for {type(model).__name__}: no "
-            f"fresh model of its architecture could be built (not a timm or torchvision "
+            f"fresh model of its architecture could be built (not a timm, torchvision or Hugging Face "
             f"model, or one whose layers no builder with default arguments has) and it has no "
             f"init_weights(); pass `init=` (a callable returning a fresh model) to use the "
             f"model's own.",
@@ -369,7 +372,7 @@ def _twins(
     model: nn.Module, tensors: list[str], seed: int, init: Callable[[], nn.Module] | None
 ) -> Iterator[_Source]:
     """(name prefix, fresh model, the names it initialises, how) for each part of ``model``
-    that has an initialisation of its own: the outermost timm or torchvision model (or
+    that has an initialisation of its own: the outermost timm, torchvision or Hugging Face model (or
     model with ``init_weights()``) found walking down from the root."""
     if init is not None:
         twin = build_twin(model, num_classes=None, seed=seed, init=init, names=tensors)
@@ -385,7 +388,11 @@ def _twins(
         if not inner:
             continue
         twin = None
-        if "pretrained_cfg" in module.__dict__ or torchvision_model_class(module):
+        if (
+            "pretrained_cfg" in module.__dict__
+            or torchvision_model_class(module)
+            or is_transformers_model(module)
+        ):
             # Matched and required without the classifier, which a user may have replaced.
             body = [t for g in layer_groups(module) if g.address != "head" for t in g.tensors]
             required = set(inner) & set(body)

@@ -19,7 +19,6 @@ from its ``group_matcher``.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import math
 import re
@@ -28,10 +27,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
-from ._checks import describe
+from ._blocks import block_units, unit_addresses
+from ._checks import caller_stacklevel, describe
+from ._trace import trace
 from .classifier import find_classifier
 
 __all__ = ["LayerGroup", "SubmoduleMatcher", "layer_groups", "layer_names"]
@@ -128,7 +128,7 @@ def layer_names(model: nn.Module) -> list[str]:
     """The addresses of a model, ordered from stem to head.
 
     Args:
-        model: A timm or torchvision model, or any ``nn.Module``.
+        model: A timm, torchvision or Hugging Face model, or any ``nn.Module``.
 
     Returns:
         Addresses such as ``['stem', '1.0', '1.1', ..., '4.1', 'head']``.
@@ -187,7 +187,7 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
         )
     head = _classifier_prefix(model)
     if matcher is None:
-        keyed = _by_children(model, tensors)
+        keyed = _by_blocks(model, tensors)
     else:
         keyed = [(*_ordinal(name, matcher), name) for name in tensors]
     groups: dict[tuple[Any, ...], list[str]] = {}
@@ -222,11 +222,20 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
             LayerGroup(address, tuple(modules), tuple(names), sum(sizes.get(n, 0) for n in names))
         )
     if matcher is None and len(result) - (result[-1].address == "head") <= 1:
+        body = result[0]
+        example = next((m for m in body.modules if m and m != body.address), None)
+        hint = (
+            f" To cut inside it, pass a full module name such as {example!r}: it covers exactly "
+            f"that module and what runs before it."
+            if example
+            else ""
+        )
         warnings.warn(
-            f"auxtransfer found a single layer group in {type(model).__name__}: it has no timm "
-            f"group_matcher and is not a known torchvision family, so its top-level children "
-            f"were used. Freeze or reset by full module name instead.",
-            stacklevel=2,
+            f"auxtransfer found a single layer group, {body.address!r}, in "
+            f"{type(model).__name__}: it has no timm group_matcher, is not a known torchvision "
+            f"family and holds no nn.Sequential or nn.ModuleList of repeated blocks, so an "
+            f"address freezes or resets all of {body.address!r} at once.{hint}",
+            stacklevel=caller_stacklevel(),
         )
     return result
 
@@ -358,50 +367,35 @@ def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(k if isinstance(k, tuple) else (float(k), "") for k in key)
 
 
-def _by_children(model: nn.Module, tensors: list[str]) -> list[tuple[tuple[Any, ...], str, str]]:
-    """Fallback: one group per top-level child (root tensors are the stem), in the order a
-    forward pass calls them, or in registration order where no forward can be run."""
-    order = _forward_child_order(model) or {
-        name: i for i, (name, _) in enumerate(model.named_children())
-    }
+def _by_blocks(model: nn.Module, tensors: list[str]) -> list[tuple[tuple[Any, ...], str, str]]:
+    """Fallback: one group per repeated block (``_blocks``), in forward order; a module's
+    own tensors go with its first unit, the root's with the stem."""
+    recorded = trace(model)
+    units = block_units(model, None if recorded is None else recorded.modules)
+    addresses = unit_addresses(units)
+    index = {unit.path: i for i, unit in enumerate(units)}
+    # A module the map descended into: its own tensors join its first unit.
+    first: dict[str, int] = {}
+    for i, unit in enumerate(units):
+        parts = unit.path.split(".")
+        for depth in range(1, len(parts)):
+            first.setdefault(".".join(parts[:depth]), i)
     keyed: list[tuple[tuple[Any, ...], str, str]] = []
     for name in tensors:
-        child = name.partition(".")[0]
-        if "." not in name or child not in order:
+        owner = name.rpartition(".")[0]
+        parts = owner.split(".") if owner else []
+        found = None
+        for depth in range(len(parts), 0, -1):
+            found = index.get(".".join(parts[:depth]))
+            if found is not None:
+                break
+        if found is None:
+            found = first.get(owner) if owner else None
+        if found is None or addresses[found] == "stem":
             keyed.append(((0,), "stem", name))
         else:
-            keyed.append(((1, order[child]), child, name))
+            keyed.append(((1, found), addresses[found], name))
     return keyed
-
-
-def _forward_child_order(model: nn.Module) -> dict[str, int] | None:
-    """Top-level children in the order a forward pass on the meta device first calls them.
-
-    The pass runs on a copy whose tensors are meta tensors of the same shapes (no data is
-    copied), with the model's ``pretrained_cfg`` input size or 3x224x224. None when that
-    copy cannot be made or run.
-    """
-    memo: dict[int, Any] = {}
-    for tensor in [*model.parameters(), *model.buffers()]:
-        meta = torch.empty_like(tensor, device="meta")
-        memo[id(tensor)] = (
-            nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
-        )
-    seen: list[str] = []
-    try:
-        twin = copy.deepcopy(model, memo)
-        for name, child in twin.named_children():
-            child.register_forward_pre_hook(lambda module, args, name=name: seen.append(name))
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        size = tuple(cfg.get("input_size") or (3, 224, 224))
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            twin.eval()(torch.empty(1, *size, device="meta"))
-    except Exception:
-        return None
-    names = [name for name, _ in model.named_children()]
-    order = [*dict.fromkeys(seen), *(name for name in names if name not in seen)]
-    return {name: i for i, name in enumerate(order)}
 
 
 def _name_callable_groups(merged: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
@@ -441,11 +435,7 @@ def resolve(
         raise TypeError(
             f"Expected `{name}` to be an address string such as '2.9', but got {describe(address)}."
         )
-    hits = [
-        i
-        for i, g in enumerate(groups)
-        if g.address == address or g.address.startswith(address + ".")
-    ]
+    hits = _address_hits(groups, address)
     if not hits and address:
         modules = dict(model.named_modules())
         if address in modules:
@@ -464,6 +454,76 @@ def resolve(
             f"{', ...' if len(close) > 12 else ''} (all: auxtransfer.layer_names(model))."
         )
     return max(hits)
+
+
+def cut(model: nn.Module, address: str, *, name: str = "address") -> tuple[list[LayerGroup], int]:
+    """The layer map of ``model`` and the index of the last group up to ``address``.
+
+    An address of the map ends where its group ends. A full module name that is no address
+    means exactly that module: where it ends inside a group, that group is split in two, the
+    module and what runs before it in forward order (named after the module), then the rest
+    of the group (keeping the group's address).
+    """
+    groups = layer_groups(model)
+    last = resolve(model, groups, address, name=name)
+    group = groups[last]
+    if _address_hits(groups, address):
+        return groups, last
+    prefix = address + "."
+    outside = [t for t in group.tensors if not t.startswith(prefix)]
+    if not outside:
+        return groups, last
+    order = _tensor_order(model, address)
+    start = min(order[t] for t in order if t.startswith(prefix))
+    after = {t for t in outside if order[t] > start}
+    if not after:
+        return groups, last
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+
+    def part(part_address: str, names: list[str]) -> LayerGroup:
+        modules = tuple(dict.fromkeys(n.rpartition(".")[0] for n in names))
+        return LayerGroup(part_address, modules, tuple(names), sum(sizes.get(n, 0) for n in names))
+
+    head = part(address, [t for t in group.tensors if t not in after])
+    rest = part(group.address, [t for t in group.tensors if t in after])
+    return [*groups[:last], head, rest, *groups[last + 1 :]], last
+
+
+def _address_hits(groups: list[LayerGroup], address: str) -> list[int]:
+    return [
+        i
+        for i, g in enumerate(groups)
+        if g.address == address or g.address.startswith(address + ".")
+    ]
+
+
+def _tensor_order(model: nn.Module, address: str) -> dict[str, int]:
+    """Position of every tensor in the forward pass: its first use, or, for a tensor the
+    pass never reads (BatchNorm's counter in eval mode), its module's first use, else that
+    of the tensor registered before it."""
+    tensors = _tensor_names(model)
+    recorded = trace(model)
+    if recorded is None:
+        warnings.warn(
+            f"auxtransfer could not run {type(model).__name__} on the meta device to see what "
+            f"runs before {address!r}; it cut at {address!r} in registration order instead.",
+            stacklevel=caller_stacklevel(),
+        )
+        return {name: i for i, name in enumerate(tensors)}
+    used = recorded.tensors
+    late = len(used)
+    by_module: dict[str, int] = {}
+    for name in tensors:
+        if name in used:
+            owner = name.rpartition(".")[0]
+            by_module[owner] = min(by_module.get(owner, late), used[name])
+    order: dict[str, int] = {}
+    previous = -1
+    for name in tensors:
+        position = used.get(name, by_module.get(name.rpartition(".")[0], previous))
+        order[name] = position
+        previous = position
+    return order
 
 
 def _closest(address: str, valid: list[str]) -> list[str]:

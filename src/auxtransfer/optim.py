@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from ._checks import describe
-from .layers import layer_groups, resolve
+from .layers import cut
 
 __all__ = ["layerwise_lr"]
 
@@ -39,7 +39,7 @@ def layerwise_lr(
     last address it holds, for logging.
 
     Args:
-        model: A timm or torchvision model, or any module [`layer_names`][auxtransfer.layer_names] maps.
+        model: A timm, torchvision or Hugging Face model, or any module [`layer_names`][auxtransfer.layer_names] maps.
         until: The last transferred address (``"2.9"``, ``"2"``, ``"stem"``, a module name).
         lr: Learning rate of the transferred layers.
         new_lr: Learning rate of the layers after ``until`` and the head.
@@ -71,8 +71,7 @@ def layerwise_lr(
             raise ValueError(f"Expected `decay` to be {expected}, but got {decay}.")
     if weight_decay is not None:
         weight_decay = _check_rate("weight_decay", weight_decay)
-    groups = layer_groups(model)
-    last = resolve(model, groups, until, name="until")
+    groups, last = cut(model, until, name="until")
     parameters = dict(model.named_parameters())
 
     # One group per contiguous run of addresses that share a rate (and per weight decay
