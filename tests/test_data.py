@@ -144,9 +144,13 @@ def test_bad_labels():
 def test_bad_arguments():
     with pytest.raises(TypeError, match=r"`dataset` to be a map-style dataset"):
         binary_relabel(iter([]), class_partition(10))
-    with pytest.raises(ValueError, match=r"`partition` to hold only 0 and 1"):
-        binary_relabel(_tensor_dataset(), torch.arange(10))
-    with pytest.raises(TypeError, match=r"`partition` to be a tensor of 0/1 labels"):
+    with pytest.raises(
+        ValueError, match=r"`partition` to hold group ids >= 0, but got the value -1"
+    ):
+        binary_relabel(_tensor_dataset(), torch.arange(10) - 1)
+    with pytest.raises(ValueError, match=r"row 0 leaves group 1 empty"):
+        binary_relabel(_tensor_dataset(), torch.tensor([0, 2] * 5))
+    with pytest.raises(TypeError, match=r"`partition` to be a tensor of group ids"):
         binary_relabel(_tensor_dataset(), "0101")
     with pytest.raises(TypeError, match=r"items to be \(x, y\) pairs, but item 0 is"):
         binary_relabel(TensorDataset(torch.zeros(2, 1)), class_partition(10))[0]

@@ -231,7 +231,7 @@ def test_binary_labels_and_layout():
         (
             {"partition": torch.ones(2, 10) / 2},
             TypeError,
-            r"`partition` to be an integer or bool tensor of 0/1 labels",
+            r"`partition` to be an integer or bool tensor of group ids",
         ),
     ],
 )
@@ -343,6 +343,40 @@ def test_load_cifar100_from_a_local_folder(tmp_path):
         images[3], torch.from_numpy(raw[3].reshape(3, 32, 32))
     )  # CHW, row-major as stored
     assert load_cifar100(tmp_path, train=False)[0].shape == (6, 3, 32, 32)
+
+
+def test_superclasses_come_from_the_files_own_coarse_labels(tmp_path):
+    from auxtransfer import group_partition, split_classes
+    from auxtransfer.experiments import cifar100_superclasses
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    fine = [c for c in range(100) for _ in range(3)]
+    coarse_of = [(7 * c + 3) % 20 for c in range(100)]  # any map, as long as it is the file's
+    entry = {
+        "data": np.zeros((300, 3072), dtype=np.uint8),
+        "fine_labels": fine,
+        "coarse_labels": [coarse_of[c] for c in fine],
+    }
+    (folder / "train").write_bytes(pickle.dumps(entry))
+    superclasses = cifar100_superclasses(tmp_path)
+    assert superclasses.tolist() == coarse_of
+    # A side of a split: its classes' superclasses, renumbered in order of their ids.
+    a_classes, _ = split_classes(100, seed=0)
+    table = group_partition(superclasses, classes=a_classes)
+    present = sorted({coarse_of[c] for c in a_classes})
+    assert table.tolist() == [[present.index(coarse_of[c]) for c in a_classes]]
+
+    entry["coarse_labels"] = [coarse_of[c] for c in fine[:-1]] + [(coarse_of[99] + 1) % 20]
+    (folder / "train").write_bytes(pickle.dumps(entry))
+    with pytest.raises(
+        ValueError, match=r"fine class 99 .* one coarse class in \[0, 20\), but it has \[\d+, \d+\]"
+    ):
+        cifar100_superclasses(tmp_path)
+    del entry["coarse_labels"]
+    (folder / "train").write_bytes(pickle.dumps(entry))
+    with pytest.raises(ValueError, match=r"'fine_labels' and 'coarse_labels'"):
+        cifar100_superclasses(tmp_path)
 
 
 def test_missing_data_says_both_ways_and_writes_nothing(tmp_path, monkeypatch):

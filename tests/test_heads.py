@@ -397,7 +397,7 @@ def test_googlenet_training_tuple():
         (
             {"partition": torch.full((10,), 2)},
             ValueError,
-            r"`partition` to hold only 0 and 1, but got the value 2",
+            r"row 0 puts all 10 classes in group 2",
         ),
         (
             {"partition": torch.zeros(10, dtype=torch.long)},
@@ -526,3 +526,55 @@ def test_timm_layer_decay_sees_the_binary_head_with_the_head():
     for name, scale in plain.items():
         assert wrapped[f"backbone.{name}"] == scale, name
     assert wrapped["aux_head.weight"] == plain["fc.weight"]
+
+
+def test_k_group_heads():
+    from auxtransfer import binary_relabel, class_partition, group_partition
+
+    backbone = torchvision.models.resnet18(num_classes=12)
+    net = RandomPartitionHead(backbone, num_groups=4, num_partitions=2, seed=3)
+    assert net.num_groups == 4
+    assert torch.equal(net.partition, class_partition(12, num_groups=4, num_partitions=2, seed=3))
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.aux_logits.shape == (2, 2, 4)
+    assert net.aux_head.out_features == 8
+    labels = torch.tensor([0, 11, 5])
+    assert torch.equal(net.relabel(labels), net.partition.t()[labels])
+    assert "num_groups=4" in repr(net)
+    # A given grouping: K inferred from the table; the dataset adapter yields the same ids.
+    table = group_partition([c % 3 for c in range(12)])
+    grouped = RandomPartitionHead(torchvision.models.resnet18(num_classes=12), partition=table)
+    assert grouped.num_groups == 3
+    assert grouped(torch.randn(2, 3, 32, 32)).aux_logits.shape == (2, 1, 3)
+    data = torch.utils.data.TensorDataset(torch.zeros(12, 1), torch.arange(12))
+    assert binary_relabel(data, table)[7][2].tolist() == [1]
+    # The state dict round-trips; a partition of another K is refused.
+    twin = RandomPartitionHead(
+        torchvision.models.resnet18(num_classes=12), num_groups=4, num_partitions=2
+    )
+    twin.load_state_dict(net.state_dict())
+    assert torch.equal(twin.partition, net.partition)
+    with pytest.raises(
+        ValueError, match=r"`num_groups` to match the 3 groups of `partition`, but got 4"
+    ):
+        RandomPartitionHead(
+            torchvision.models.resnet18(num_classes=12), partition=table, num_groups=4
+        )
+    with pytest.raises(
+        ValueError, match=r"`num_groups` to be at most `num_classes` \(12\), but got 13"
+    ):
+        RandomPartitionHead(torchvision.models.resnet18(num_classes=12), num_groups=13)
+
+
+def test_two_groups_are_todays_binary_head_bit_for_bit():
+    images = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    default = RandomPartitionHead(torchvision.models.resnet18(num_classes=10), seed=4)
+    torch.manual_seed(0)
+    explicit = RandomPartitionHead(
+        torchvision.models.resnet18(num_classes=10), seed=4, num_groups=2
+    )
+    assert torch.equal(default.partition, explicit.partition)
+    for a, b in zip(default.state_dict().values(), explicit.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(default(images).aux_logits, explicit(images).aux_logits)

@@ -197,7 +197,7 @@ def test_bad_shapes():
         ValueError, match=r"`target` to have shape \[8\] \(class indices\) or \[8, 10\] .* \(4,\)"
     ):
         combined_loss((logits, aux_logits), y[:4], y_b, 0.4)
-    with pytest.raises(ValueError, match=r"`aux_logits` of shape \[8, n, 2\]"):
+    with pytest.raises(ValueError, match=r"`aux_logits` of shape \[8, n, K\] .* K >= 2 groups"):
         combined_loss((logits, aux_logits[..., :1]), y, y_b, 0.4)
     with pytest.raises(ValueError, match=r"`logits` of shape \[B, C\]"):
         combined_loss((logits[0], aux_logits), y, y_b, 0.4)
@@ -680,16 +680,17 @@ def test_bad_output_types(kind):
         ),
         (
             (8, 10),
-            (8, 2, 3),
-            r"Expected `aux_logits` of shape \[8, n, 2\] \(or \[8, 2\]\), but got shape \(8, 2, 3\)\.",
+            (8, 2, 1),
+            r"Expected `aux_logits` of shape \[8, n, K\] \(or \[8, K\]\) with K >= 2 groups, "
+            r"but got shape \(8, 2, 1\)\.",
         ),
-        ((8, 10), (4, 2, 2), r"`aux_logits` of shape \[8, n, 2\] .* but got shape \(4, 2, 2\)\."),
+        ((8, 10), (4, 2, 2), r"`aux_logits` of shape \[8, n, K\] .* but got shape \(4, 2, 2\)\."),
         (
             (8, 10),
             (8, 1, 2, 2),
-            r"`aux_logits` of shape \[8, n, 2\] .* but got shape \(8, 1, 2, 2\)\.",
+            r"`aux_logits` of shape \[8, n, K\] .* but got shape \(8, 1, 2, 2\)\.",
         ),
-        ((8, 10), (8,), r"`aux_logits` of shape \[8, n, 2\] .* but got shape \(8,\)\."),
+        ((8, 10), (8,), r"`aux_logits` of shape \[8, n, K\] .* but got shape \(8,\)\."),
     ],
 )
 def test_bad_output_shapes(logits_shape, aux_shape, match):
@@ -727,3 +728,68 @@ def test_bad_soft_values_on_the_device_stop_with_the_arguments_name():
     )
     assert result.returncode != 0
     assert "`target` holds class probabilities that are negative or not finite" in result.stderr
+
+
+def _hand_cross_entropy(logits, target):
+    """-log softmax at the target, per row, by hand (no F.cross_entropy)."""
+    out = []
+    for row, t in zip(logits.double().tolist(), target.tolist(), strict=True):
+        top = max(row)
+        log_sum = top + math.log(sum(math.exp(v - top) for v in row))
+        out.append(log_sum - row[t])
+    return out
+
+
+@pytest.mark.parametrize("num_groups", [2, 3, 5, 20])
+def test_k_group_loss_is_the_hand_computed_mix(num_groups):
+    from auxtransfer import RandomPartitionHead, class_partition
+
+    g = torch.Generator().manual_seed(num_groups)
+    batch, classes, heads, weight = 6, 40, 3, 0.3
+    logits = torch.randn(batch, classes, generator=g)
+    aux_logits = torch.randn(batch, heads, num_groups, generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    table = class_partition(classes, num_groups=num_groups, num_partitions=heads, seed=1)
+    y_groups = table.t()[y]  # [B, n]: group of y in each partition
+    main = sum(_hand_cross_entropy(logits, y)) / batch
+    aux = (
+        sum(
+            sum(_hand_cross_entropy(aux_logits[:, i], y_groups[:, i])) / batch for i in range(heads)
+        )
+        / heads
+    )
+    expected = (1 - weight) * main + weight * aux
+    terms = combined_loss_terms((logits, aux_logits), y, y_groups, weight)
+    assert terms.total.item() == pytest.approx(expected, rel=1e-6)
+    assert terms.main.item() == pytest.approx(main, rel=1e-6)
+    assert terms.binary.item() == pytest.approx(aux, rel=1e-6)
+    per_sample = combined_loss((logits, aux_logits), y, y_groups, weight, reduction="none")
+    assert per_sample.mean().item() == pytest.approx(expected, rel=1e-6)
+
+    # Soft class targets: the group target is the mass of each group, summed by hand.
+    probs = torch.softmax(torch.randn(batch, classes, generator=g), -1)
+    backbone = torch.nn.Linear(8, classes)
+    net = RandomPartitionHead(backbone, partition=table, classifier="")
+    soft = net.relabel(probs)
+    assert soft.shape == (batch, heads, num_groups)
+    for b in range(batch):
+        for i in range(heads):
+            for k in range(num_groups):
+                mass = sum(probs[b, c].item() for c in range(classes) if table[i, c] == k)
+                assert soft[b, i, k].item() == pytest.approx(mass, abs=1e-6)
+    # ... and its loss is the probability-weighted hand loss.
+    mixed = combined_loss((logits, aux_logits), probs, soft, weight)
+    hand_main = -(probs.double() * torch.log_softmax(logits.double(), -1)).sum(-1).mean()
+    hand_aux = -(soft.double() * torch.log_softmax(aux_logits.double(), -1)).sum(-1).mean()
+    assert mixed.item() == pytest.approx(
+        ((1 - weight) * hand_main + weight * hand_aux).item(), rel=1e-6
+    )
+
+
+def test_k_group_targets_out_of_range_are_refused():
+    logits, aux_logits = torch.randn(4, 10), torch.randn(4, 1, 3)
+    y = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"`aux_target`"):
+        combined_loss((logits, aux_logits), y, torch.tensor([[0], [1], [2], [3]]), 0.4)
+    with pytest.raises(ValueError, match=r"\[4, 1, 3\] or \[4, 3\] \(3-group probabilities\)"):
+        combined_loss((logits, aux_logits), y, torch.rand(4, 1, 2), 0.4)

@@ -18,7 +18,7 @@ from .heads import AuxOutput, RandomPartitionHead
 from .layers import LayerGroup, layer_groups, layer_names
 from .losses import CombinedLoss, LossTerms, combined_loss, combined_loss_terms
 from .optim import layerwise_lr
-from .partition import class_partition
+from .partition import class_partition, group_partition
 
 __version__ = "0.1.0.dev0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "combined_loss_terms",
     "find_classifier",
     "freeze_until",
+    "group_partition",
     "layer_groups",
     "layer_names",
     "layerwise_lr",

@@ -38,7 +38,7 @@ class BinaryRelabeled(Dataset[tuple[Any, Any, Tensor]]):
         partition: The ``[n, C]`` partition, a CPU long tensor.
         targets: The class labels read from the dataset's ``targets`` (through ``Subset``
             and ``TensorDataset`` too), or ``None`` where it has none.
-        binary_targets: ``[N, n]`` binary labels for ``targets``, or ``None``.
+        binary_targets: ``[N, n]`` group labels for ``targets``, or ``None``.
     """
 
     def __init__(self, dataset: Any, partition: Any) -> None:
@@ -89,7 +89,8 @@ class BinaryRelabeled(Dataset[tuple[Any, Any, Tensor]]):
 
 
 def binary_relabel(dataset: Any, partition: Any) -> BinaryRelabeled:
-    """Add binary partition labels to a map-style dataset of ``(x, y)`` pairs.
+    """Add partition labels (binary, or group ids of ``K`` groups) to a map-style dataset
+    of ``(x, y)`` pairs.
 
     Works with torchvision datasets, ``TensorDataset``, ``Subset`` and anything else with
     ``__getitem__`` and ``__len__``. Where the labels are known without loading images
@@ -101,7 +102,8 @@ def binary_relabel(dataset: Any, partition: Any) -> BinaryRelabeled:
 
     Args:
         dataset: A map-style dataset yielding ``(x, y)`` with integer class ``y``.
-        partition: A ``[n, C]`` or ``[C]`` 0/1 tensor, such as ``net.partition``.
+        partition: A ``[n, C]`` or ``[C]`` tensor of group ids (0/1 for binary
+            partitions), such as ``net.partition``.
 
     Returns:
         A dataset yielding ``(x, y, y_b)`` with ``y_b`` a long tensor of shape ``[n]``.

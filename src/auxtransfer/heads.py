@@ -33,7 +33,7 @@ class AuxOutput(NamedTuple):
 
     Attributes:
         logits: The backbone's own class logits, ``[B, C]``.
-        aux_logits: The binary heads' logits, ``[B, n, 2]``.
+        aux_logits: The auxiliary heads' logits, ``[B, n, K]`` (``K = 2`` for binary heads).
     """
 
     logits: Tensor
@@ -71,11 +71,14 @@ def _remove_hooks(hooks: list[RemovableHandle]) -> None:
 
 
 class RandomPartitionHead(nn.Module):
-    """Wrap a classifier with binary heads that learn random partitions of its classes.
+    """Wrap a classifier with auxiliary heads that learn partitions of its classes.
 
     Beside the backbone's classifier, a linear layer reads the same features (the
     classifier's input, globally average-pooled when it is a feature map) and predicts, for
-    each of ``n`` partitions, which of two groups the image's class belongs to. The
+    each of ``n`` partitions, which of its ``K`` groups the image's class belongs to: two
+    (the paper's random binary partition) by default, ``num_groups`` random balanced groups,
+    or a given grouping such as superclasses
+    ([`group_partition`][auxtransfer.group_partition]) passed as ``partition``. The
     backbone is not modified: its classifier gets a forward pre-hook that hands its input
     to the binary head, nothing more, so ``net(x).logits`` is exactly what ``backbone(x)``
     returns, and ``net.backbone`` (or [`unwrap`][auxtransfer.RandomPartitionHead.unwrap])
@@ -91,12 +94,15 @@ class RandomPartitionHead(nn.Module):
     Args:
         backbone: Any classification model: a timm model, a torchvision model, or any module
             whose classifier ``classifier=`` names.
-        num_partitions: Number of binary heads ``n``, each with its own partition.
+        num_partitions: Number of auxiliary heads ``n``, each with its own partition.
             Defaults to 1, or to the number of rows of ``partition``.
+        num_groups: Number of groups ``K`` of a drawn partition, from 2 (the default) to
+            ``C``; with ``partition``, the largest group id plus one.
         seed: Seeds both the partition
-            ([`class_partition`][auxtransfer.class_partition]) and the binary head's
+            ([`class_partition`][auxtransfer.class_partition]) and the auxiliary head's
             initial weights; no global random state is used.
-        partition: A fixed ``[n, C]`` (or ``[C]``) 0/1 tensor instead of a drawn one.
+        partition: A fixed ``[n, C]`` (or ``[C]``) tensor of group ids instead of a drawn
+            one: 0/1 for binary heads, ``0 .. K-1`` for ``K`` groups, every group used.
         classifier: Name of the module that outputs the class logits, for models where
             [`find_classifier`][auxtransfer.find_classifier] does not find it. A container
             names its layers: the input width comes from its first Linear/Conv, the class
@@ -105,7 +111,7 @@ class RandomPartitionHead(nn.Module):
     Shape:
         - Input: whatever the backbone takes.
         - Output: [`AuxOutput`][auxtransfer.AuxOutput] with ``logits`` ``[B, C]`` and
-          ``aux_logits`` ``[B, n, 2]``.
+          ``aux_logits`` ``[B, n, K]``.
 
     Example:
         >>> import torch, torchvision
@@ -115,6 +121,9 @@ class RandomPartitionHead(nn.Module):
         (torch.Size([2, 10]), torch.Size([2, 1, 2]))
         >>> net.relabel(torch.tensor([0, 5, 9])).shape
         torch.Size([3, 1])
+        >>> net = RandomPartitionHead(torchvision.models.resnet18(num_classes=10), num_groups=3)
+        >>> net(torch.randn(2, 3, 32, 32)).aux_logits.shape
+        torch.Size([2, 1, 3])
     """
 
     partition: Tensor
@@ -124,6 +133,7 @@ class RandomPartitionHead(nn.Module):
         backbone: nn.Module,
         *,
         num_partitions: int | None = None,
+        num_groups: int | None = None,
         seed: int = 0,
         partition: Tensor | Sequence[Sequence[int]] | None = None,
         classifier: str | None = None,
@@ -158,6 +168,8 @@ class RandomPartitionHead(nn.Module):
 
         if num_partitions is not None:
             num_partitions = check_int("num_partitions", num_partitions, minimum=1)
+        if num_groups is not None:
+            num_groups = check_int("num_groups", num_groups, minimum=2)
         if partition is not None:
             table = as_partition(partition, num_classes=num_classes)
             if num_partitions is not None and num_partitions != table.shape[0]:
@@ -165,8 +177,19 @@ class RandomPartitionHead(nn.Module):
                     f"Expected `num_partitions` to match the {table.shape[0]} rows of `partition`, "
                     f"but got {num_partitions}."
                 )
+            groups_in_table = int(table.max()) + 1
+            if num_groups is not None and num_groups != groups_in_table:
+                raise ValueError(
+                    f"Expected `num_groups` to match the {groups_in_table} groups of "
+                    f"`partition`, but got {num_groups}."
+                )
         else:
-            table = class_partition(num_classes, num_partitions=num_partitions or 1, seed=seed)
+            table = class_partition(
+                num_classes,
+                num_groups=num_groups or 2,
+                num_partitions=num_partitions or 1,
+                seed=seed,
+            )
 
         reference = next(layer.parameters(), None)
         device = reference.device if reference is not None else None
@@ -174,8 +197,9 @@ class RandomPartitionHead(nn.Module):
         self.backbone = backbone
         self.classifier_name = classifier
         # skip_init: nn.Linear's own initialisation would draw from the global RNG.
+        self._num_groups = int(table.max()) + 1
         self.aux_head = nn.utils.skip_init(
-            nn.Linear, in_features, 2 * table.shape[0], device=device, dtype=dtype
+            nn.Linear, in_features, self._num_groups * table.shape[0], device=device, dtype=dtype
         )
         self.register_buffer("partition", torch.empty_like(table, device=device))
         self.seed = seed
@@ -217,7 +241,13 @@ class RandomPartitionHead(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
         if prefix + "partition" in state_dict and not self.partition.is_meta:
             # The loaded partition is the one reset_parameters() restores from now on.
-            self._table = as_partition(self.partition, num_classes=self.num_classes)
+            table = as_partition(self.partition, num_classes=self.num_classes)
+            if int(table.max()) + 1 != self.num_groups:
+                raise ValueError(
+                    f"Expected the loaded `partition` to have the head's {self.num_groups} "
+                    f"groups, but it has {int(table.max()) + 1}."
+                )
+            self._table = table
 
     def reset_parameters(self) -> None:
         """Restore the partition buffer and the binary head's initial weights.
@@ -251,8 +281,13 @@ class RandomPartitionHead(nn.Module):
 
     @property
     def num_partitions(self) -> int:
-        """Number of binary heads ``n``."""
+        """Number of auxiliary heads ``n``."""
         return int(self.partition.shape[0])
+
+    @property
+    def num_groups(self) -> int:
+        """Number of groups ``K`` of every partition (2 for the paper's binary heads)."""
+        return self._num_groups
 
     def forward(self, *args: Any, **kwargs: Any) -> AuxOutput:
         """Run the backbone once; return its logits and the binary heads' logits."""
@@ -311,7 +346,7 @@ class RandomPartitionHead(nn.Module):
                 f", but it read {tuple(stores[0][0].shape)}; pass the layer that reads pooled "
                 f"features as `classifier=`."
             )
-        aux_logits = self.aux_head(features).unflatten(-1, (self.num_partitions, 2))
+        aux_logits = self.aux_head(features).unflatten(-1, (self.num_partitions, self.num_groups))
         return AuxOutput(logits, aux_logits)
 
     def _verify(self, features: Tensor, produced: Any, logits: Tensor) -> None:
@@ -393,19 +428,19 @@ class RandomPartitionHead(nn.Module):
         switch(enable)
 
     def relabel(self, target: Tensor) -> Tensor:
-        """Map class labels to the binary labels of every partition.
+        """Map class labels to their group in every partition.
 
-        Hard labels (class indices, any integer shape ``S``) give binary labels of shape
+        Hard labels (class indices, any integer shape ``S``) give group ids of shape
         ``S + (n,)``. Soft labels (class probabilities ``[..., C]``, floating point, as mixup,
-        cutmix or label smoothing make them) give binary probabilities ``[..., n, 2]``: the
-        probability mass of each side of every partition, ``target @ one_hot(partition)``.
+        cutmix or label smoothing make them) give group probabilities ``[..., n, K]``, the
+        probability mass of each group of every partition: ``target @ one_hot(partition)``.
         Both go straight into [`CombinedLoss`][auxtransfer.CombinedLoss].
 
         Args:
             target: Class indices in ``[0, C)``, or class probabilities ``[..., C]``.
 
         Returns:
-            Binary labels ``S + (n,)`` (long), or binary probabilities ``[..., n, 2]`` in
+            Group ids ``S + (n,)`` (long), or group probabilities ``[..., n, K]`` in
             ``target``'s dtype; on ``target``'s device.
 
         Example:
@@ -429,7 +464,7 @@ class RandomPartitionHead(nn.Module):
                     f"Expected `target` of class probabilities to have shape [..., "
                     f"{self.num_classes}], but got shape {tuple(target.shape)}."
                 )
-            sides = F.one_hot(self.partition.to(target.device), 2).to(target.dtype)
+            sides = F.one_hot(self.partition.to(target.device), self.num_groups).to(target.dtype)
             return torch.einsum("...c,nck->...nk", target, sides)
         check_labels("target", target, self.num_classes)
         return self.partition.to(target.device).t()[target]
@@ -448,6 +483,7 @@ class RandomPartitionHead(nn.Module):
         return (
             f"classifier={self.classifier_name!r}, num_classes={self.num_classes}, "
             f"num_partitions={self.num_partitions}"
+            + (f", num_groups={self.num_groups}" if self.num_groups != 2 else "")
         )
 
 

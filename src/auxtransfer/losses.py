@@ -1,4 +1,4 @@
-"""The combined loss: ``(1 - w) * CE(y) + w * mean_i CE(y_b_i)``."""
+"""The combined loss: ``(1 - w) * CE(y) + w * mean_i CE(y_b_i)``, for any number of groups."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ class LossTerms(NamedTuple):
     Attributes:
         total: ``(1 - weight) * main + weight * binary``.
         main: Cross entropy of the class logits.
-        binary: Cross entropy of the binary logits, averaged over the ``n`` heads.
+        binary: Cross entropy of the auxiliary (binary, or ``K``-group) logits, averaged
+            over the ``n`` heads.
     """
 
     total: Tensor
@@ -58,29 +59,32 @@ def combined_loss_terms(
         kinds=("class indices", "class probabilities"),
         against=f"`logits` {tuple(logits.shape)}",
     )
+    num_groups = aux_logits.shape[-1]
+    kind = "binary" if num_groups == 2 else f"{num_groups}-group"
     aux_target = _checked_target(
         "aux_target",
         aux_target,
         labels=[(batch, num_heads)] + ([(batch,)] if one_head else []),
-        probabilities=[(batch, num_heads, 2)] + ([(batch, 2)] if one_head else []),
-        num_classes=2,
-        kinds=("binary labels", "binary probabilities"),
+        probabilities=[(batch, num_heads, num_groups)]
+        + ([(batch, num_groups)] if one_head else []),
+        num_classes=num_groups,
+        kinds=(f"{kind} labels", f"{kind} probabilities"),
         against=f"`aux_logits` {tuple(aux_logits.shape)}",
     )
     if aux_target.dim() == 1 or (aux_target.dim() == 2 and aux_target.is_floating_point()):
         aux_target = aux_target.unsqueeze(1)  # one head, given without its head dimension
-    # Hard binary targets are [B, n], soft ones [B, n, 2]: the classes sit last in both.
+    # Hard group targets are [B, n], soft ones [B, n, K]: the groups sit last in both.
     soft_binary = aux_target.dim() == 3
 
     main = F.cross_entropy(logits, target, reduction=reduction, label_smoothing=label_smoothing)
     if reduction == "none":
-        # [B, 2, n] against [B, n] (or [B, 2, n]): one loss per sample and head, averaged
+        # [B, K, n] against [B, n] (or [B, K, n]): one loss per sample and head, averaged
         # over heads.
         per_head = aux_target.transpose(1, 2) if soft_binary else aux_target
         binary = F.cross_entropy(aux_logits.transpose(1, 2), per_head, reduction="none").mean(1)
     else:
         flat = F.cross_entropy(
-            aux_logits.reshape(-1, 2), aux_target.flatten(0, 1), reduction=reduction
+            aux_logits.reshape(-1, num_groups), aux_target.flatten(0, 1), reduction=reduction
         )
         binary = flat if reduction == "mean" else flat / num_heads
     if weight == 0.0 or weight == 1.0:
@@ -102,17 +106,18 @@ def combined_loss(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
 ) -> Tensor:
-    """Cross entropy on the classes plus cross entropy on the binary partition labels.
+    """Cross entropy on the classes plus cross entropy on the partition labels.
 
     ``(1 - weight) * CE(logits, target) + weight * mean_i CE(aux_logits[:, i], aux_target[:, i])``.
     With ``n`` heads each carries ``weight / n``, the paper's ``B = b x n``. ``weight = 0``
-    gives exactly ``F.cross_entropy(logits, target)``.
+    gives exactly ``F.cross_entropy(logits, target)``. Each partition may have any number
+    of groups ``K`` (2 for the paper's binary partitions): ``aux_logits`` is ``[B, n, K]``.
 
     Either target may be soft, as mixup, CutMix or label smoothing in the data pipeline make
     them (timm's ``Mixup`` gives ``[B, C]`` class probabilities): the cross entropy is then
     ``-(p * log_softmax(logits)).sum(-1)``, linear in ``p``, so the loss of a mixed target
-    is the same mix of the losses of its parts. The binary target of a soft class target
-    ``p`` is the probability mass on each side of every partition,
+    is the same mix of the losses of its parts. The group target of a soft class target
+    ``p`` is the probability mass of each group of every partition,
     ``aux_target[b, i, k] = sum_c p[b, c] * (partition[i, c] == k)``, which
     [`RandomPartitionHead.relabel`][auxtransfer.RandomPartitionHead.relabel] computes for a floating-point target. A hard target
     and a soft one may be mixed freely.
@@ -121,9 +126,10 @@ def combined_loss(
         output: An [`AuxOutput`][auxtransfer.AuxOutput], or a ``(logits, aux_logits)`` pair.
         target: Class indices (an integer tensor), or class probabilities (a floating-point
             tensor whose rows sum to 1).
-        aux_target: Binary labels (an integer tensor), e.g. from
-            [`RandomPartitionHead.relabel`][auxtransfer.RandomPartitionHead.relabel], or binary probabilities (floating point):
-            the mass of the classes on side 0 and on side 1 of each partition.
+        aux_target: Group labels (an integer tensor), e.g. from
+            [`RandomPartitionHead.relabel`][auxtransfer.RandomPartitionHead.relabel], or
+            group probabilities (floating point): the mass of the classes in each group of
+            each partition.
         weight: The binary loss weight ``w`` in ``[0, 1]``.
         label_smoothing: Label smoothing of the class term (the binary term has none); it
             applies to class probabilities too, as in ``torch.nn.functional.cross_entropy``.
@@ -142,10 +148,10 @@ def combined_loss(
             on the device, without a host synchronisation, and fail at the next one.
 
     Shape:
-        - logits: ``[B, C]``; aux_logits: ``[B, n, 2]`` (or ``[B, 2]`` for one head).
+        - logits: ``[B, C]``; aux_logits: ``[B, n, K]`` (or ``[B, K]`` for one head).
         - target: ``[B]`` class indices, or ``[B, C]`` class probabilities.
-        - aux_target: ``[B, n]`` binary labels (or ``[B]`` for one head), or ``[B, n, 2]``
-          binary probabilities (or ``[B, 2]`` for one head).
+        - aux_target: ``[B, n]`` group labels (or ``[B]`` for one head), or ``[B, n, K]``
+          group probabilities (or ``[B, K]`` for one head).
 
     Example:
         >>> import torch
@@ -244,11 +250,11 @@ def _unpack(output: Any) -> tuple[Tensor, Tensor]:
     if (
         aux_logits.dim() not in (2, 3)
         or aux_logits.shape[0] != logits.shape[0]
-        or aux_logits.shape[-1] != 2
+        or aux_logits.shape[-1] < 2
     ):
         raise ValueError(
-            f"Expected `aux_logits` of shape [{logits.shape[0]}, n, 2] (or [{logits.shape[0]}, 2]), "
-            f"but got shape {tuple(aux_logits.shape)}."
+            f"Expected `aux_logits` of shape [{logits.shape[0]}, n, K] (or [{logits.shape[0]}, K]) "
+            f"with K >= 2 groups, but got shape {tuple(aux_logits.shape)}."
         )
     return logits, aux_logits
 

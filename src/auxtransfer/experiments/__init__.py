@@ -10,7 +10,7 @@ statistics, plots) are imported where they are used.
 """
 
 from .batches import DeviceBatches, crop_flip
-from .cifar import load_cifar100
+from .cifar import cifar100_superclasses, load_cifar100
 from .graphs import GraphTrainer
 from .train import RunConfig, train_run
 from .transfer import load_backbone
@@ -19,6 +19,7 @@ __all__ = [
     "DeviceBatches",
     "GraphTrainer",
     "RunConfig",
+    "cifar100_superclasses",
     "crop_flip",
     "load_backbone",
     "load_cifar100",

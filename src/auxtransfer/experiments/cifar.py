@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["load_cifar100"]
+__all__ = ["cifar100_superclasses", "load_cifar100"]
 
 _FOLDER = "cifar-100-python"
 
@@ -42,20 +42,8 @@ def load_cifar100(
             downloaded; the message says both ways to provide it.
         ValueError: when a file is not a CIFAR-100 batch.
     """
-    root = Path(root)
-    folder = root / _FOLDER
-    if not (folder / "train").is_file() and download:
-        _download(root)
-    path = folder / ("train" if train else "test")
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"CIFAR-100 not found: expected the file {path}. Either pass download=True (or "
-            f"--download) on a machine with a network, or copy the unpacked 'cifar-100-python' "
-            f"folder of the Python version of CIFAR-100 into {root}."
-        )
+    path, entry = _read(root, train=train, download=download)
     try:
-        with path.open("rb") as handle:
-            entry = _CifarUnpickler(handle, encoding="latin1").load()
         data = np.asarray(entry["data"])
         labels = np.asarray(entry["fine_labels"])
     except (
@@ -86,6 +74,71 @@ def load_cifar100(
         )
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(labels.astype(np.int64))
+
+
+def cifar100_superclasses(root: str | os.PathLike[str], *, download: bool = False) -> Tensor:
+    """CIFAR-100's 20 superclasses: the coarse class of each of the 100 fine classes.
+
+    Read from the training file's own ``coarse_labels`` beside its ``fine_labels``, and
+    checked: every fine class occurs, always with one coarse class. For a side of an A/B
+    split, ``group_partition(superclasses, classes=a_classes)`` gives the partition table
+    of the superclasses that side holds (renumbered; 50 classes rarely cover all 20 five
+    each).
+
+    Args:
+        root: Folder that holds (or will hold) ``cifar-100-python``.
+        download: Download the data set when it is not under ``root``.
+
+    Returns:
+        ``[100]`` long: ``superclasses[c]`` is the coarse class (0 to 19) of fine class ``c``.
+    """
+    path, entry = _read(root, train=True, download=download)
+    try:
+        fine = np.asarray(entry["fine_labels"], dtype=np.int64)
+        coarse = np.asarray(entry["coarse_labels"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"Expected {path} to be a CIFAR-100 batch with 'fine_labels' and 'coarse_labels', "
+            f"but reading them failed: {error!r}"
+        ) from None
+    if fine.shape != coarse.shape or fine.ndim != 1:
+        raise ValueError(
+            f"Expected {path} to hold one coarse label per fine label, but got {coarse.shape} "
+            f"coarse and {fine.shape} fine labels."
+        )
+    superclasses = []
+    for c in range(100):
+        found = np.unique(coarse[fine == c])
+        if len(found) != 1 or not 0 <= found[0] < 20:
+            raise ValueError(
+                f"Expected fine class {c} in {path} to have one coarse class in [0, 20), but it "
+                f"has {found.tolist()}."
+            )
+        superclasses.append(int(found[0]))
+    return torch.tensor(superclasses, dtype=torch.long)
+
+
+def _read(root: str | os.PathLike[str], *, train: bool, download: bool) -> tuple[Path, Any]:
+    """The path of a split's file and its unpickled entry (downloading it if asked)."""
+    root = Path(root)
+    folder = root / _FOLDER
+    if not (folder / "train").is_file() and download:
+        _download(root)
+    path = folder / ("train" if train else "test")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"CIFAR-100 not found: expected the file {path}. Either pass download=True (or "
+            f"--download) on a machine with a network, or copy the unpacked 'cifar-100-python' "
+            f"folder of the Python version of CIFAR-100 into {root}."
+        )
+    try:
+        with path.open("rb") as handle:
+            return path, _CifarUnpickler(handle, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"Expected {path} to be a CIFAR-100 batch with 'data' and 'fine_labels', but reading "
+            f"it failed: {error}"
+        ) from None
 
 
 class _CifarUnpickler(pickle.Unpickler):
