@@ -208,3 +208,24 @@ def test_a_cut_inside_a_block_follows_the_forward_pass():
     assert f"{layer}.layer_scale_parameter" not in frozen
     assert f"{layer}.pwconv1.weight" not in frozen
     assert summary.addresses[-1] == f"{layer}.dwconv"
+
+
+def test_a_wrapped_model_is_traced_at_its_own_input_size():
+    # The binary head wraps a 32x32 ViT: the meta pass must use the backbone's image size,
+    # or the cut falls back to registration order (with a warning).
+    import warnings
+
+    import transformers
+
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32, num_labels=6,
+    )  # fmt: skip
+    net = RandomPartitionHead(transformers.ViTForImageClassification(config))
+    block = f"backbone.{_blocks(net.backbone)}.1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        freeze_until(net, f"{block}.attention")
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    assert f"{block}.layernorm_before.weight" in frozen  # runs before the attention
+    assert f"{block}.layernorm_after.weight" not in frozen

@@ -38,16 +38,18 @@ class Trace:
 
 def input_size(model: nn.Module) -> tuple[int, ...]:
     """The size of one example input: timm's ``pretrained_cfg``, a Hugging Face config's
-    ``num_channels`` and ``image_size``, else 3x224x224."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if cfg.get("input_size"):
-        return tuple(cfg["input_size"])
-    config = getattr(model, "config", None)
-    size = getattr(config, "image_size", None)
-    if isinstance(size, int):
-        size = (size, size)
-    if isinstance(size, (tuple, list)) and len(size) == 2:
-        return (int(getattr(config, "num_channels", 3)), *map(int, size))
+    ``num_channels`` and ``image_size``, of the model or of the outermost module inside it
+    that has one (a wrapped backbone), else 3x224x224."""
+    for module in model.modules():
+        cfg = getattr(module, "pretrained_cfg", None) or {}
+        if cfg.get("input_size"):
+            return tuple(cfg["input_size"])
+        config = getattr(module, "config", None)
+        size = getattr(config, "image_size", None)
+        if isinstance(size, int):
+            size = (size, size)
+        if isinstance(size, (tuple, list)) and len(size) == 2:
+            return (int(getattr(config, "num_channels", 3)), *map(int, size))
     return (3, 224, 224)
 
 
