@@ -8,10 +8,14 @@ ids in dependency order, --run executes some of them (one per SLURM array task, 
   python examples/cifar100_densenet.py --smoke --out runs/smoke          # every step, tiny
   python examples/cifar100_densenet.py --data-root data --download --out runs/paired
   python examples/cifar100_densenet.py --experiment freeze --out runs/freeze --list
+  python examples/cifar100_densenet.py --experiment aux-labels --aux coarse --out runs/paired
   torchrun --nproc_per_node=4 examples/cifar100_densenet.py --out runs/paired   # DDP
 
-Every schedule, weight and count defaults to the paper's value; --smoke makes a tiny
-DenseNet, synthetic CIFAR-shaped data and 2-epoch runs unless a flag says otherwise.
+aux-labels goes beyond the paper: beside the baseline, the binary head, a random 20-way
+partition and CIFAR-100's 20 superclasses, each fine-tuned on B as in paired (with the
+same --out, its baseline and binary runs are paired's, so --aux coarse adds two runs per
+split). Every schedule, weight and count defaults to the paper's value; --smoke makes a
+tiny DenseNet, synthetic CIFAR-shaped data and 2-epoch runs unless a flag says otherwise.
 """
 
 import sys

@@ -91,7 +91,10 @@ def test_help_shows_every_default(name, capsys, monkeypatch):
     assert entries["--batch-size"].endswith(f"(default: {setup.options.batch_size})")
     assert entries["--weight-decay"].endswith(f"(default: {setup.options.weight_decay})")
     if name == "cifar100_densenet":
-        assert "(default: 2 (paired, freeze, long-tail); 1 (reset, weight-sweep, heads))" in text
+        assert (
+            "(default: 2 (paired, freeze, long-tail, aux-labels); 1 (reset, weight-sweep, heads))"
+            in text
+        )
         assert "(default: 126 151)" in text and "(default: 0.1 0.01 0.001)" in text
     if name == "cifar100_wrn":
         assert entries["--freeze-at"].endswith("(default: 0 1.1 1 2.1 2 3.0 3.1 3.2 3)")
@@ -375,7 +378,7 @@ def test_reproducing_covers_every_figure():
         for first, last in re.findall(r"(\d+)(?:-(\d+))?", cell.replace("Table 1", "")):
             figures.update(range(int(first), int(last or first) + 1))
     assert table and {2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15} <= figures, figures
-    assert len(_reproducing_commands()) == 8
+    assert len(_reproducing_commands()) == 9
 
 
 @pytest.mark.parametrize("entry", _reproducing_commands(), ids=lambda entry: entry[0][:60])

@@ -379,6 +379,64 @@ def test_superclasses_come_from_the_files_own_coarse_labels(tmp_path):
         cifar100_superclasses(tmp_path)
 
 
+def _coarse_run(**kwargs):
+    from auxtransfer.experiments import RunConfig
+
+    settings = {"num_classes": 50, "binary_weight": 0.4, "aux_labels": "coarse", "num_groups": 20}
+    return RunConfig("cifar_densenet_bc_100", epochs=1, **{**settings, **kwargs})
+
+
+@pytest.mark.parametrize("side", ["A", "B"])
+def test_a_coarse_run_gets_the_superclasses_of_its_own_classes(tmp_path, side):
+    """Cifar100's coarse labels come from its files, cut to the run's side and renumbered,
+    checked against a hand loop; the other runs get none."""
+    from auxtransfer import split_classes
+    from auxtransfer.experiments.sources import Cifar100, run_partition_for
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    coarse_of = [(7 * c + 3) % 20 for c in range(100)]
+    entry = {
+        "data": np.zeros((100, 3072), dtype=np.uint8),
+        "fine_labels": list(range(100)),
+        "coarse_labels": coarse_of,
+    }
+    (folder / "train").write_bytes(pickle.dumps(entry))
+    source = Cifar100(tmp_path)
+    a_classes, b_classes = split_classes(100, seed=4)
+    classes = a_classes if side == "A" else b_classes
+    table = run_partition_for(_coarse_run(side=side, split_seed=4), source)
+    names: dict[int, int] = {}
+    for c in sorted(classes, key=lambda c: coarse_of[c]):  # renumbered in order of their ids
+        names.setdefault(coarse_of[c], len(names))
+    assert table.tolist() == [[names[coarse_of[c]] for c in classes]]
+    everything = run_partition_for(_coarse_run(num_classes=100), source)
+    assert everything.tolist() == [coarse_of]
+    for other in (_coarse_run(binary_weight=0.0), _coarse_run(aux_labels="random")):
+        assert run_partition_for(other, source) is None
+
+
+def test_synthetic_coarse_labels_are_twenty_balanced_superclasses():
+    from auxtransfer.experiments.sources import SyntheticCifar100
+
+    coarse = SyntheticCifar100().coarse_labels()
+    assert coarse.bincount().tolist() == [5] * 20
+    assert torch.equal(coarse, SyntheticCifar100().coarse_labels())
+    assert not torch.equal(coarse, SyntheticCifar100(seed=1).coarse_labels())
+
+
+def test_coarse_labels_the_data_does_not_have_are_named():
+    from auxtransfer.experiments.sources import SyntheticCifar100, run_partition_for
+
+    class Plain(SyntheticCifar100):
+        coarse_labels = None
+
+    with pytest.raises(ValueError, match=r"data source with coarse labels .* Plain\(.*\) has none"):
+        run_partition_for(_coarse_run(side="A", split_seed=0), Plain())
+    with pytest.raises(ValueError, match=r"`num_groups` to be the 20 coarse classes .* got 10"):
+        run_partition_for(_coarse_run(side="A", split_seed=0, num_groups=10), SyntheticCifar100())
+
+
 def test_missing_data_says_both_ways_and_writes_nothing(tmp_path, monkeypatch):
     root = tmp_path / "data"
     with pytest.raises(

@@ -122,6 +122,59 @@ def test_check_data(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_run_directory_from_before_a_setting_existed_is_the_same_run(tmp_path):
+    """A config.json written before a setting was added lacks it: at its default that is
+    the same run (skipped, not a conflict); at another value it is not."""
+    plan = _smoke()
+    execute(plan, tmp_path, SyntheticCifar100(), ids=["split0/binary/pretrain"], train=FakeTrain())
+    path = tmp_path / "split0/binary/pretrain/config.json"
+    saved = json.loads(path.read_text())
+    for added in ("num_groups", "aux_labels"):
+        del saved[added]
+    path.write_text(json.dumps(saved))
+    assert [s for _, s in check_plan(plan, tmp_path, ["split0/binary/pretrain"])] == ["finished"]
+    wider = protocols.aux_labels(**protocols.smoke_parameters("aux-labels"), aux=["random"])
+    run = next(r for r in wider if r.id.endswith("random20/pretrain"))
+    (tmp_path / "split0/random20").mkdir()
+    (tmp_path / "split0/binary/pretrain").rename(tmp_path / "split0/random20/pretrain")
+    with pytest.raises(RunDirConflictError, match=r"\(condition, num_groups differ\)"):
+        check_plan(Plan([run]), tmp_path)
+
+
+class _NoCoarseLabels(SyntheticCifar100):
+    """A data source without a grouping of its classes (as ImageNet-100)."""
+
+    coarse_labels = None
+
+
+def test_coarse_labels_are_checked_before_anything_is_written(tmp_path):
+    plan = protocols.aux_labels(**protocols.smoke_parameters("aux-labels"))
+    source = _NoCoarseLabels()
+    with pytest.raises(ValueError, match=r"coarse labels .* for run 'split0/coarse/pretrain'"):
+        execute(plan, tmp_path, source, train=FakeTrain())
+    assert not list(tmp_path.iterdir())
+    # The runs that draw their partitions need no coarse labels.
+    execute(plan, tmp_path, source, train=FakeTrain(), ids=["split0/random20/pretrain"])
+
+
+def test_execute_gives_a_coarse_run_its_partition(tmp_path):
+    plan = protocols.aux_labels(**protocols.smoke_parameters("aux-labels"))
+    train, source = FakeTrain(), SyntheticCifar100()
+    given = {}
+    train_and_keep = lambda config, run_dir, *a, partition, **k: (  # noqa: E731
+        given.setdefault(config.condition, partition),
+        train(config, run_dir, *a, **k),
+    )[1]
+    execute(plan, tmp_path, source, train=train_and_keep)
+    a_classes, _ = split_classes(100, seed=0)
+    coarse = source.coarse_labels()[a_classes].tolist()
+    order = sorted(set(coarse))  # the groups A holds, renumbered in order of their ids
+    assert given["coarse"].tolist() == [[order.index(g) for g in coarse]]
+    assert {c: p for c, p in given.items() if c != "coarse"} == dict.fromkeys(
+        ("baseline", "binary", "random20"), None
+    )
+
+
 def test_execute_skips_resumes_and_stops(tmp_path):
     plan = _smoke()
     train = FakeTrain()

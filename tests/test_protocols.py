@@ -40,6 +40,7 @@ PAPER_TRANSFER = {
     "weight-sweep": PAPER_FINETUNE_100,
     "heads": PAPER_FINETUNE_100,
     "long-tail": PAPER_FINETUNE_40,
+    "aux-labels": PAPER_FINETUNE_100,  # as paired: every kind fine-tuned 100 epochs on B
 }
 
 
@@ -123,6 +124,43 @@ def test_runs_come_after_the_pretraining_they_share(experiment):
             seen.append(run.id)
         pretrainings = [run.id for run in plan if run.config.side == "A"]
         assert len(set(pretrainings)) == len(pretrainings)  # each done once
+
+
+def test_aux_labels_plan_pairs_every_kind_with_the_baseline_of_its_split():
+    plan = protocols.aux_labels(splits=[3])
+    assert plan.ids == [
+        "split3/baseline/pretrain", "split3/binary/pretrain",
+        "split3/random20/pretrain", "split3/coarse/pretrain",
+        "split3/baseline/finetune", "split3/binary/finetune",
+        "split3/random20/finetune", "split3/coarse/finetune",
+    ]  # fmt: skip
+    heads = {
+        run.id.split("/")[1]: (c.binary_weight, c.num_groups, c.aux_labels, c.num_partitions)
+        for run in plan
+        if (c := run.config).side == "A"
+    }
+    assert heads == {
+        "baseline": (0.0, 2, "random", 1),
+        "binary": (0.4, 2, "random", 1),
+        "random20": (0.4, 20, "random", 1),
+        "coarse": (0.4, 20, "coarse", 1),
+    }
+    # Paired: one split, seed and partition seed for every condition; B runs plain.
+    assert {(r.config.split_seed, r.config.seed, r.config.partition_seed) for r in plan} == {
+        (3, 0, 0)
+    }
+    assert {(r.config.binary_weight, r.config.freeze) for r in plan if r.config.side == "B"} == {
+        (0.0, None)
+    }
+    # The binary condition's pre-training is the paired experiment's, setting for setting.
+    paired = protocols.paired(splits=[3])["split3/binary/pretrain"].config
+    assert plan["split3/binary/pretrain"].config == paired
+    chosen = protocols.aux_labels(splits=1, aux=["coarse", "random"], num_groups=5)
+    assert [r.id for r in chosen if r.config.side == "A"] == [
+        "split0/baseline/pretrain",
+        "split0/random5/pretrain",
+        "split0/coarse/pretrain",
+    ]
 
 
 def test_freeze_plan():
@@ -256,6 +294,12 @@ def test_schedule_adjusted():
         ("heads", {"heads": [0]}, r"`heads` to be an int >= 1"),
         ("long-tail", {"per_class": 0}, r"`per_class` to be an int >= 1"),
         ("paired", {"pretrain": FINETUNE_100}, r"`pretrain` to be a Schedule with 1 role"),
+        ("aux-labels", {"aux": ["binary", "superclass"]}, r"`aux` to be kinds of binary, random"),
+        ("aux-labels", {"aux": "coarse"}, r"`aux` to be kinds of .* but got 'coarse' \(str\)"),
+        ("aux-labels", {"aux": ["coarse", "coarse"]}, r"`aux` to hold distinct values"),
+        ("aux-labels", {"aux_weight": 0.0}, r"`aux_weight` to be above 0"),
+        ("aux-labels", {"num_groups": 2}, r"`num_groups` to be an int >= 3"),
+        ("aux-labels", {"num_groups": 51}, r"`num_groups` to be at most the 50 classes of A"),
     ],
 )
 def test_bad_parameters_are_named(experiment, parameters, match):

@@ -181,11 +181,11 @@ def _curve(final, epochs):
     return [final + 4.0 * (epochs - e) for e in range(1, epochs + 1)]
 
 
-def _pretrain(root, prefix, weight, split, seed=0, heads=1, smoke=False):
+def _pretrain(root, prefix, weight, split, seed=0, heads=1, smoke=False, **kwargs):
     config = RunConfig(
         model="cifar_densenet_bc_100", num_classes=50, epochs=2, binary_weight=weight,
         num_partitions=heads, partition_seed=seed, seed=seed, split_seed=split, side="A",
-        phase="pretrain", lr_table=((1, (0.1,)), (2, (0.01,))), smoke=smoke,
+        phase="pretrain", lr_table=((1, (0.1,)), (2, (0.01,))), smoke=smoke, **kwargs,
     )  # fmt: skip
     _write_run(root, f"{prefix}/pretrain", config, _curve(25.0 + weight, 2))
 
@@ -472,6 +472,69 @@ def test_command_line_checks_its_arguments(tmp_path, capsys):
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]
 
 
+# The aux-labels experiment's conditions: head settings and B's error minus the baseline's.
+AUX_KINDS = {
+    "binary": ({}, {0: 0.5, 1: 1.5, 2: -0.3}),
+    "random20": ({"num_groups": 20}, {0: -1.0, 1: 0.25, 2: 0.1}),
+    "coarse": ({"num_groups": 20, "aux_labels": "coarse"}, {0: 2.0, 1: 1.0, 2: 3.5}),
+}
+
+
+def test_every_kind_of_auxiliary_labels_is_paired_with_the_baseline_of_its_split(tmp_path):
+    for split in (0, 1, 2):
+        _pretrain(tmp_path, f"split{split}/baseline", 0.0, split)
+        _transfer(tmp_path, f"split{split}/baseline", "finetune", 30 + SPLIT_EFFECT[split], split)
+        for name, (head, gap) in AUX_KINDS.items():
+            _pretrain(tmp_path, f"split{split}/{name}", 0.4, split, **head)
+            final = 30 + SPLIT_EFFECT[split] + gap[split]
+            _transfer(tmp_path, f"split{split}/{name}", "finetune", final, split)
+    report = write_report(tmp_path, format="json", run_curves=False)
+    (section,) = report["sections"]  # one setting: the kinds differ in their head only
+    names = ["baseline", "binary 0.4", "random 20-way 0.4", "coarse 0.4"]
+    assert section["conditions"] == names
+    assert [(r["split"], r["condition"]) for r in section["per_split"]] == [
+        (split, name) for split in (0, 1, 2) for name in names
+    ]
+    by_kind = {c["condition"]: c for c in section["comparisons"]}
+    assert list(by_kind) == names[1:]
+    for (folder, (_, gap)), name in zip(AUX_KINDS.items(), names[1:], strict=True):
+        comparison = by_kind[name]
+        assert [p["split"] for p in comparison["pairs"]] == [0, 1, 2]
+        assert [p["condition_run"] for p in comparison["pairs"]] == [
+            f"split{s}/{folder}/finetune" for s in (0, 1, 2)
+        ]
+        differences = [p["difference"] for p in comparison["pairs"]]
+        assert differences == pytest.approx([gap[s] for s in (0, 1, 2)], abs=1e-9)
+        base = [p["baseline"] for p in comparison["pairs"]]
+        other = [p["condition"] for p in comparison["pairs"]]
+        test = comparison["test"]
+        assert test["mean_difference"] == pytest.approx(statistics.mean(gap.values()), abs=1e-9)
+        assert test["t_pvalue"] == pytest.approx(stats.ttest_rel(other, base).pvalue, rel=1e-9)
+    # Fig. 4's sweep is of binary weights only: the other kinds are not weights of it.
+    assert [r["condition"] for r in section["weight_sweep"]["rows"]] == names[:2]
+    assert section["heads"] is None
+    text = (tmp_path / "report.md").read_text()
+    for name in names[1:]:
+        assert f"**{name} - baseline**" in text
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert [c["condition"] for c in saved["sections"][0]["comparisons"]] == names[1:]
+    runs = {r["id"]: r["condition"] for r in saved["runs"]}
+    assert runs["split1/coarse/pretrain"] == runs["split1/coarse/finetune"] == "coarse 0.4"
+    assert runs["split1/random20/pretrain"] == "random 20-way 0.4"
+
+
+def test_a_kind_without_a_baseline_on_its_split_cannot_be_tested(tmp_path):
+    _pretrain(tmp_path, "split6/baseline", 0.0, 6)
+    _transfer(tmp_path, "split6/baseline", "finetune", 30.0, 6)
+    _pretrain(tmp_path, "split5/coarse", 0.4, 5, num_groups=20, aux_labels="coarse")
+    _transfer(tmp_path, "split5/coarse", "finetune", 31.0, 5)
+    (comparison,) = build_report(tmp_path)["sections"][0]["comparisons"]
+    assert comparison["condition"] == "coarse 0.4" and comparison["pairs"] == []
+    assert comparison["test"]["t_note"] == (
+        "cannot test: unpaired runs (baseline on split 6, coarse 0.4 on split 5)"
+    )
+
+
 def test_pairs_are_made_by_split_then_by_seed(tmp_path):
     # One run of each condition on split 0 pair whatever their seeds; on split 1, with
     # replications, only runs with the same seed pair.
@@ -483,7 +546,7 @@ def test_pairs_are_made_by_split_then_by_seed(tmp_path):
         _pretrain(tmp_path, prefix, weight, split, seed=seed)
         _transfer(tmp_path, prefix, "finetune", _b_error(split, weight, seed), split, seed=seed)
     (comparison,) = build_report(tmp_path)["sections"][0]["comparisons"]
-    pairs = [(p["baseline_run"], p["binary_run"]) for p in comparison["pairs"]]
+    pairs = [(p["baseline_run"], p["condition_run"]) for p in comparison["pairs"]]
     assert pairs == [
         ("split0/seed0/baseline/finetune", "split0/seed7/binary/finetune"),
         ("split1/seed1/baseline/finetune", "split1/seed1/binary/finetune"),

@@ -229,6 +229,11 @@ def runs(tmp_path_factory):
     return root
 
 
+def _drop(settings, *keys):
+    for key in keys:
+        del settings[key]
+
+
 def _edit_checkpoint(path, edit):
     state = torch.load(path, weights_only=True)
     edit(state)
@@ -334,6 +339,66 @@ def test_refused_run_directory_is_left_as_it_was(
     with pytest.raises(error, match=match):
         _run(_config(epochs=2, **settings), run, resume=resume)
     assert _files(run) == before  # config.json, metrics.csv and last.pt untouched
+
+
+def test_a_run_from_before_a_setting_existed_resumes(tmp_path, runs):
+    """config.json and last.pt written before ``num_groups`` and ``aux_labels`` existed
+    lack them: resumed at their defaults, the run finishes as it would have."""
+    run = tmp_path / "run"
+    shutil.copytree(runs / "unfinished", run)
+    config = json.loads((run / "config.json").read_text())
+    for added in ("num_groups", "aux_labels"):
+        del config[added]
+    (run / "config.json").write_text(json.dumps(config))
+    _edit_checkpoint(
+        run / "last.pt", lambda state: _drop(state["config"], "num_groups", "aux_labels")
+    )
+    _run(_config(epochs=2), run, resume=True)
+    assert _without_timing(_metrics(run)) == _without_timing(_metrics(runs / "finished"))
+    # A setting left out is its default, not any value.
+    shutil.rmtree(run)
+    shutil.copytree(runs / "unfinished", run)
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"these differ: \['num_groups'\]"):
+        _run(_config(epochs=2, num_groups=3), run, resume=True)
+
+
+def test_a_coarse_run_learns_the_given_partition(tmp_path):
+    given = torch.tensor([[2, 0, 1, 0]])
+    config = _config(epochs=1, binary_weight=0.4, aux_labels="coarse", num_groups=3)
+    _run(config, tmp_path / "run", partition=given)
+    weights = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+    assert torch.equal(weights["partition"], given)
+    assert weights["aux_head.weight"].shape[0] == 3  # one logit per group
+    row = _metrics(tmp_path / "run")[0]
+    assert 0 <= float(row["train_binary_error"]) <= 100
+
+
+@pytest.mark.parametrize(
+    ("settings", "partition", "match"),
+    [
+        ({"aux_labels": "coarse"}, None, r"`partition`, the coarse labels .* got None"),
+        ({}, [0, 1, 0, 1], r"no `partition` for a run that draws its own \(aux_labels='random'"),
+        ({"binary_weight": 0.0, "aux_labels": "coarse"}, [0, 1, 0, 1], r"no `partition`"),
+        (
+            {"aux_labels": "coarse", "num_partitions": 2},
+            [0, 1, 0, 1],
+            r"`num_partitions` to be 1 with aux_labels='coarse' .* got 2",
+        ),
+        ({"aux_labels": "superclasses"}, None, r"`aux_labels` to be one of \('random', 'coarse'\)"),
+        ({"num_groups": 5}, None, r"`num_groups` to be from 2 to `num_classes` \(4\), but got 5"),
+        ({"aux_labels": "coarse"}, [0, 1, 0], r"`partition` to have 4 columns"),
+        ({"aux_labels": "coarse"}, [[0, 1, 0, 1]] * 2, r"`partition` to hold one row .* got 2"),
+    ],
+)
+def test_bad_auxiliary_labels_are_refused_before_anything_is_written(
+    tmp_path, settings, partition, match
+):
+    config = _config(**{"binary_weight": 0.4, **settings})
+    given = None if partition is None else torch.tensor(partition)
+    with pytest.raises(ValueError, match=match):
+        _run(config, tmp_path / "run", partition=given)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_resume_of_the_unfinished_run_finishes_it(tmp_path, runs):

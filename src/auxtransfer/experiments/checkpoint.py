@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .rundir import as_json, replace_atomically
+from .rundir import as_json, differing_keys, replace_atomically
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -178,6 +178,7 @@ def load_checkpoint(
     rank: int,
     world: int,
     device: torch.device,
+    defaults: Mapping[str, Any] | None = None,
 ) -> int:
     """Continue a run from its checkpoint: load the states and this process's random state.
 
@@ -191,6 +192,8 @@ def load_checkpoint(
         rank: This process's rank.
         world: The number of processes; it must be the number that wrote the checkpoint.
         device: The run's device, whose CUDA generator gets the saved CUDA state.
+        defaults: The value of a setting the checkpoint's settings lack (one added since
+            it was written).
 
     Returns:
         The last epoch the checkpoint finished.
@@ -200,7 +203,7 @@ def load_checkpoint(
             another number of processes.
     """
     state = read_checkpoint(path)
-    if as_json(state["config"]) != as_json(config):
+    if differing_keys(as_json(state["config"]), as_json(config), missing_as=defaults):
         raise ValueError(
             f"Expected {path} to belong to this run's settings, but it was written by another run."
         )

@@ -53,7 +53,8 @@ _FLAGS = {
     "head_weight": "--head-weight", "heads": "--heads", "freeze_at": "--freeze-at",
     "reset_at": "--reset-at", "per_class": "--per-class", "batch_size": "--batch-size",
     "seed": "--seed", "partition_seed": "--partition-seed", "weight_decay": "--weight-decay",
-    "momentum": "--momentum",
+    "momentum": "--momentum", "aux": "--aux", "aux_weight": "--aux-weight",
+    "num_groups": "--groups",
 }  # fmt: skip
 
 # The experiment parameters that have a flag of their own: (parameter, flag, argparse
@@ -70,6 +71,11 @@ _PARAMETER_FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("reset_at", "--reset-at", {"nargs": "+", "metavar": "ADDRESS"},
      "reset: keep up to each address, re-initialise the rest"),
     ("per_class", "--per-class", {"type": int}, "long-tail: training images per class of B"),
+    ("aux", "--aux", {"nargs": "+", "choices": protocols.AUX_KINDS, "metavar": "KIND"},
+     "aux-labels: the kinds beside the baseline (binary: the paper's random binary partition; "
+     "random: K random groups; coarse: the data's superclasses)"),
+    ("aux_weight", "--aux-weight", {"type": float}, "aux-labels: loss weight of every auxiliary head"),
+    ("num_groups", "--groups", {"type": int, "metavar": "K"}, "aux-labels: groups of the random condition"),
 ]  # fmt: skip
 
 _EXPERIMENT_HELP = {
@@ -79,6 +85,7 @@ _EXPERIMENT_HELP = {
     "weight-sweep": "a pre-training per binary weight",
     "heads": "several binary heads",
     "long-tail": "B cut to a few images per class",
+    "aux-labels": "baseline vs binary, K random groups and superclasses on each split",
 }
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .sources import DataSource, run_data_for
+from .sources import DataSource, run_data_for, run_partition_for
 from .train import RunConfig
 
 __all__ = [
@@ -243,7 +243,7 @@ def _train_in_process(job: RunJob, payload: tuple[bytes, bytes], connection: Con
         results = train(
             job.config, job.run_dir, train_data, test_data, mean=source.mean, std=source.std,
             device=device, resume=job.resume, progress=False, stop_after=job.stop_after,
-            cuda_graphs=job.cuda_graphs,
+            cuda_graphs=job.cuda_graphs, partition=run_partition_for(job.config, source),
         )  # fmt: skip
     except BaseException as error:  # an interrupt too: the parent is told, the log has it
         traceback.print_exc()

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from .._checks import check_int
 from . import jobs as run_jobs
 from .rundir import RunDir, as_json, differing_keys
-from .sources import DataSource, run_data_for
+from .sources import DataSource, run_data_for, run_partition_for
 from .train import RunConfig, train_run
 
 __all__ = [
@@ -198,7 +198,9 @@ def check_plan(
         state = run_state(out / run.id)
         if state != "new":
             saved = RunDir(out / run.id).read_config()
-            differ = differing_keys(saved, as_json(run.config.to_json()))
+            differ = differing_keys(
+                saved, as_json(run.config.to_json()), missing_as=RunConfig.defaults()
+            )
             if differ:
                 raise RunDirConflictError(
                     f"{out / run.id} holds a{'' if state == 'unfinished' else ' finished'} run of "
@@ -225,10 +227,17 @@ def check_data(plan: Plan, source: DataSource, ids: Sequence[str] | None = None)
 
     Raises:
         FileNotFoundError: The data is missing and will not be downloaded.
-        ValueError: A run keeps more images per class than the data has.
+        ValueError: A run keeps more images per class than the data has, or learns coarse
+            labels the data does not have.
     """
     source.check()
     for run in plan.select(ids):
+        coarse = run.config.binary_weight > 0 and run.config.aux_labels == "coarse"
+        if coarse and getattr(source, "coarse_labels", None) is None:
+            raise ValueError(
+                f"Expected a data source with coarse labels (such as CIFAR-100's superclasses) "
+                f"for run {run.id!r} (aux_labels='coarse'), but {source!r} has none."
+            )
         per_class = run.config.per_class
         if per_class is not None and per_class > source.train_per_class:
             raise ValueError(
@@ -394,6 +403,7 @@ def execute(
             progress=progress,
             stop_after=None if budget == math.inf else int(budget),
             cuda_graphs=cuda_graphs,
+            partition=run_partition_for(run.config, source),
         )
         if distributed:
             dist.barrier()  # rank 0 has written results.json before any rank goes on

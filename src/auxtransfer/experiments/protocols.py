@@ -40,6 +40,7 @@ from .plan import Plan, PlannedRun
 from .train import RunConfig
 
 __all__ = [
+    "AUX_KINDS",
     "DENSENET121_IMAGENET",
     "DENSENET_CIFAR",
     "EXPERIMENTS",
@@ -60,6 +61,7 @@ __all__ = [
     "RunOptions",
     "Schedule",
     "Setup",
+    "aux_labels",
     "build",
     "defaults",
     "freeze",
@@ -292,6 +294,8 @@ class _Condition:
     name: str
     binary_weight: float
     num_partitions: int = 1
+    num_groups: int = 2
+    aux_labels: str = "random"
 
 
 @dataclass(frozen=True)
@@ -467,6 +471,66 @@ def long_tail(
     return _plan(splits, replications, conditions, steps, pretrain, transfer, options)
 
 
+#: The auxiliary-label kinds of ``aux_labels``: the paper's random binary partition, a
+#: random balanced partition into ``num_groups`` groups, and the data's coarse labels.
+AUX_KINDS = ("binary", "random", "coarse")
+#: CIFAR-100's superclasses: the coarse labels' group count, and ``aux_labels``' K.
+COARSE_GROUPS = 20
+
+
+def aux_labels(
+    *,
+    splits: int | Sequence[int] = 2,
+    replications: int = 1,
+    aux: Sequence[str] = AUX_KINDS,
+    aux_weight: float = 0.4,
+    num_groups: int = COARSE_GROUPS,
+    pretrain: Schedule = PRETRAIN,
+    transfer: Schedule = FINETUNE_100,
+    options: RunOptions = RunOptions(),
+) -> Plan:
+    """Kinds of auxiliary labels against the baseline on the identical split (as ``paired``).
+
+    Per test, beside ``baseline``, one pre-training on A per kind of ``aux``, each with loss
+    weight ``aux_weight``, then a fine-tuning of all layers on B (the paper's 100 epochs):
+
+    - ``binary``: the paper's random balanced binary partition of A's classes;
+    - ``random<K>``: a random balanced partition into ``K = num_groups`` groups (20 by
+      default, the superclass count; ``random20``);
+    - ``coarse``: the data's own coarse labels of A's classes (CIFAR-100's 20 superclasses,
+      those A's 50 classes fall in, renumbered; rarely all 20 with five classes each).
+
+    The conditions of a test share the split, the seed (weights and data order) and, for
+    the random kinds, the partition seed. Not in the paper: it asked the binary question
+    only.
+    """
+    weight = check_unit_float("aux_weight", aux_weight)
+    if weight == 0:
+        raise ValueError(
+            "Expected `aux_weight` to be above 0 (the auxiliary heads' loss weight), but got 0."
+        )
+    num_groups = check_int("num_groups", num_groups, minimum=3)
+    if isinstance(aux, str) or not aux or any(kind not in AUX_KINDS for kind in aux):
+        raise ValueError(
+            f"Expected `aux` to be kinds of {', '.join(AUX_KINDS)}, but got {describe(aux)}."
+        )
+    _check_unique("aux", list(aux))
+    if num_groups > SIDE_CLASSES:
+        raise ValueError(
+            f"Expected `num_groups` to be at most the {SIDE_CLASSES} classes of A, but got "
+            f"{num_groups}."
+        )
+    made = {
+        "binary": _Condition("binary", weight),
+        "random": _Condition(f"random{num_groups}", weight, num_groups=num_groups),
+        "coarse": _Condition("coarse", weight, num_groups=COARSE_GROUPS, aux_labels="coarse"),
+    }
+    conditions = [_Condition("baseline", 0.0), *(made[kind] for kind in AUX_KINDS if kind in aux)]
+    return _plan(
+        splits, replications, conditions, [_Transfer("finetune")], pretrain, transfer, options
+    )
+
+
 #: The experiments by name.
 EXPERIMENTS: dict[str, Callable[..., Plan]] = {
     "paired": paired,
@@ -475,6 +539,7 @@ EXPERIMENTS: dict[str, Callable[..., Plan]] = {
     "weight-sweep": weight_sweep,
     "heads": heads,
     "long-tail": long_tail,
+    "aux-labels": aux_labels,
 }
 
 
@@ -624,8 +689,8 @@ def defaults(parameter: str, setup: Setup = DENSENET_CIFAR) -> dict[str, Any]:
     experiment name.
 
     Example:
-        >>> defaults("splits")
-        {'paired': 2, 'freeze': 2, 'reset': 1, 'weight-sweep': 1, 'heads': 1, 'long-tail': 2}
+        >>> defaults("replications")
+        {'paired': 1, 'freeze': 1, 'reset': 1, 'weight-sweep': 1, 'heads': 1, 'long-tail': 7, 'aux-labels': 1}
         >>> defaults("freeze_at", WRN_CIFAR)["freeze"][:3]
         ('0', '1.1', '1')
     """
@@ -760,6 +825,8 @@ def _plan(
                             lr_table=pretrain.lr_table,
                             binary_weight=condition.binary_weight,
                             num_partitions=condition.num_partitions,
+                            num_groups=condition.num_groups,
+                            aux_labels=condition.aux_labels,
                             partition_seed=partition_seed,
                             side="A",
                             phase="pretrain",

@@ -38,14 +38,30 @@ METRIC_FIELDS = (
 )  # fmt: skip
 
 
-def differing_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def differing_keys(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    *,
+    missing_as: Mapping[str, Any] | None = None,
+) -> list[str]:
     """The keys whose values differ between two settings (missing on one side counts), sorted.
+
+    ``missing_as`` gives the value of a key that ``saved`` lacks: a setting added after the
+    saved file was written, at its default, is the same as no setting at all.
 
     Example:
         >>> differing_keys({"lr": 0.1, "epochs": 2}, {"lr": 0.1, "seed": 1})
         ['epochs', 'seed']
+        >>> differing_keys({"lr": 0.1}, {"lr": 0.1, "seed": 0}, missing_as={"seed": 0})
+        []
     """
-    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    fill = {} if missing_as is None else missing_as
+    absent = object()
+
+    def old(key: str) -> Any:
+        return saved[key] if key in saved else fill.get(key, absent)
+
+    return sorted(k for k in set(saved) | set(current) if old(k) != current.get(k, absent))
 
 
 def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
@@ -178,12 +194,20 @@ class RunDir:
         """Whether a run started here and did not finish (a checkpoint, no results)."""
         return self.checkpoint_path.exists() and not self.is_finished()
 
-    def check_start(self, config: Mapping[str, Any], *, resume: bool) -> None:
+    def check_start(
+        self,
+        config: Mapping[str, Any],
+        *,
+        resume: bool,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
         """Raise unless a run with ``config`` may start (or, with ``resume``, continue) here.
 
         Args:
             config: The run's settings, as saved in ``config.json``.
             resume: Whether an unfinished run may be continued.
+            defaults: The value of a setting the saved ``config.json`` lacks (one added
+                since it was written).
 
         Raises:
             FileExistsError: The folder holds a finished run, or an unfinished one and
@@ -200,8 +224,8 @@ class RunDir:
             )
         if resume and self.config_path.exists():
             previous, current = self.read_config(), as_json(config)
-            if previous != current:
-                changed = differing_keys(previous, current)
+            changed = differing_keys(previous, current, missing_as=defaults)
+            if changed:
                 raise ValueError(
                     f"Expected the settings of the run in {self.path} to resume it, but these differ: {changed}."
                 )

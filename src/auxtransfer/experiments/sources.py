@@ -13,6 +13,10 @@ run its data from either kind:
 - ``per_class=n``: ``n`` training images of every class, drawn by ``limit_per_class``
   with the run's ``seed`` (the test set stays whole). Baseline and binary runs of one
   replication share their seed, so they see the same images.
+
+A source whose data comes with a grouping of its classes (CIFAR-100's 20 superclasses) has
+``coarse_labels()``; ``run_partition_for`` gives a run with ``aux_labels="coarse"`` the
+partition table of its own classes from it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from torch.utils.data import Dataset
 
 from .._checks import check_int, check_seed
 from ..data import limit_per_class, split_classes, subset_classes
-from .cifar import load_cifar100
+from ..partition import class_partition, group_partition
+from .cifar import cifar100_superclasses, load_cifar100
 
 __all__ = [
     "Cifar100",
@@ -37,6 +42,7 @@ __all__ = [
     "SyntheticCifar100",
     "run_data",
     "run_data_for",
+    "run_partition_for",
 ]
 
 #: ``(images, labels)``: ``[N, 3, 32, 32]`` uint8 and ``[N]`` long.
@@ -110,9 +116,17 @@ class Cifar100(_Loadable):
         self.root = Path(root)
         self.download = download
         self._data: tuple[Images, Images] | None = None
+        self._coarse: Tensor | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, download={self.download})"
+
+    def coarse_labels(self) -> Tensor:
+        """``[100]``: the superclass (0 to 19) of every class, from the data's own files
+        ([`cifar100_superclasses`][auxtransfer.experiments.cifar100_superclasses])."""
+        if self._coarse is None:
+            self._coarse = cifar100_superclasses(self.root, download=self.download)
+        return self._coarse
 
     def check(self) -> None:
         """Raise ``FileNotFoundError`` when the data is missing and ``download`` is off."""
@@ -164,6 +178,11 @@ class SyntheticCifar100(_Loadable):
 
     def check(self) -> None:
         """Nothing to check: the images are made on the spot."""
+
+    def coarse_labels(self) -> Tensor:
+        """``[100]``: 20 synthetic superclasses of five classes each, drawn with ``seed``
+        (``class_partition(100, num_groups=20, seed=seed)``), shaped like CIFAR-100's."""
+        return class_partition(self.num_classes, num_groups=20, seed=self.seed)[0]
 
     def load(self) -> tuple[Images, Images]:
         if self._data is None:
@@ -250,3 +269,44 @@ def run_data_for(
 def _subset(images: Tensor, labels: Tensor, classes: list[int]) -> Images:
     subset = subset_classes(labels, classes)
     return images[subset.indices], subset.labels
+
+
+def run_partition_for(config: Any, source: DataSource) -> Tensor | None:
+    """The partition of a run that learns the data's coarse labels, else None.
+
+    For a ``RunConfig`` with ``binary_weight > 0`` and ``aux_labels="coarse"``: the coarse
+    label of every class of the run (``side`` of ``split_seed``'s split, in the order
+    ``run_data`` relabels them), the groups that side holds renumbered
+    ([`group_partition`][auxtransfer.group_partition]), as ``train_run(partition=...)``
+    takes it. Runs that draw their own partition, or have no auxiliary head, get None.
+
+    Raises:
+        ValueError: The source has no coarse labels, or not ``config.num_groups`` of them.
+
+    Example:
+        >>> from auxtransfer.experiments import RunConfig
+        >>> config = RunConfig("cifar_densenet_bc_100", num_classes=50, epochs=1,
+        ...     binary_weight=0.4, aux_labels="coarse", num_groups=20, side="A", split_seed=0)
+        >>> run_partition_for(config, SyntheticCifar100()).shape
+        torch.Size([1, 50])
+    """
+    if config.binary_weight <= 0 or config.aux_labels != "coarse":
+        return None
+    coarse_labels = getattr(source, "coarse_labels", None)
+    if coarse_labels is None:
+        raise ValueError(
+            f"Expected a data source with coarse labels for aux_labels='coarse' (such as "
+            f"CIFAR-100's superclasses), but {source!r} has none."
+        )
+    coarse = torch.as_tensor(coarse_labels())
+    groups = int(coarse.max()) + 1
+    if groups != config.num_groups:
+        raise ValueError(
+            f"Expected `num_groups` to be the {groups} coarse classes of {source!r}, but got "
+            f"{config.num_groups}."
+        )
+    classes = None
+    if config.side in ("A", "B"):
+        a_classes, b_classes = split_classes(source.num_classes, seed=config.split_seed)
+        classes = a_classes if config.side == "A" else b_classes
+    return group_partition(coarse, num_groups=groups, classes=classes)

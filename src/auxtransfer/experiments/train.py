@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..heads import RandomPartitionHead
+from ..partition import as_partition
 from .batches import DeviceBatches, LoaderBatches
 from .checkpoint import gather_rng_states, load_checkpoint, save_checkpoint, save_weights
 from .graphs import GraphTrainer
@@ -60,8 +61,12 @@ class RunConfig:
     Without a table, ``milestones`` are the epochs from which on the rate is multiplied by
     ``gamma`` once more: the paper's pre-training is ``epochs=175, lr=0.1,
     milestones=(126, 151)``. ``binary_weight > 0`` adds a
-    [`RandomPartitionHead`][auxtransfer.RandomPartitionHead] with ``num_partitions``
-    partitions seeded by ``partition_seed``.
+    [`RandomPartitionHead`][auxtransfer.RandomPartitionHead] learning auxiliary labels:
+    with ``aux_labels="random"`` (the paper's), ``num_partitions`` random balanced
+    partitions into ``num_groups`` groups (2: binary) seeded by ``partition_seed``; with
+    ``aux_labels="coarse"``, one partition given by the data's own coarse labels (CIFAR-100's
+    20 superclasses: ``num_groups``), those of the run's classes, renumbered
+    ([`run_partition_for`][auxtransfer.experiments.sources.run_partition_for] makes it).
 
     ``split_seed``, ``side`` (``"A"``, ``"B"`` or ``"all"``) and ``per_class`` record which
     data the run saw; ``smoke`` marks a run that is not a result; ``num_workers`` is the
@@ -89,6 +94,8 @@ class RunConfig:
     batch_size: int = 64
     binary_weight: float = 0.0
     num_partitions: int = 1
+    num_groups: int = 2
+    aux_labels: str = "random"
     partition_seed: int = 0
     seed: int = 0
     amp: bool = False
@@ -115,6 +122,18 @@ class RunConfig:
         data = dataclasses.asdict(self)
         return dict(as_json(data))
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every setting that has a default, with it, as JSON-able values: what a
+        ``config.json`` written before a setting existed means by leaving it out."""
+        found: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                found[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                found[f.name] = f.default_factory()
+        return dict(as_json(found))
+
 
 def train_run(
     config: RunConfig,
@@ -131,6 +150,7 @@ def train_run(
     stop_after: int | None = None,
     param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
     cuda_graphs: bool = True,
+    partition: Tensor | None = None,
 ) -> dict[str, Any] | None:
     """Train ``config.model`` on ``train_data``, evaluating on ``test_data`` every epoch.
 
@@ -164,6 +184,8 @@ def train_run(
             ([`GraphTrainer`][auxtransfer.experiments.GraphTrainer]) where that is possible: on
             CUDA, in one process, without ``config.compile``. Not a setting of the run: a
             run may be resumed with it on or off.
+        partition: The ``[1, num_classes]`` group ids of a run with
+            ``aux_labels="coarse"`` (``run_partition_for``); None for every other run.
 
     Returns:
         The content of ``results.json``, or None when ``stop_after`` stopped the run early.
@@ -172,11 +194,13 @@ def train_run(
     rank, world = rank_and_world()
     device = torch.device(device)
     settings = config.to_json()
-    run.check_start(settings, resume=resume)
+    run.check_start(settings, resume=resume, defaults=RunConfig.defaults())
     source = resolve_run(run.path, config.transfer_from) if config.transfer_from else None
-    _check_settings(config, train_data, test_data, world, stop_after, source)
+    _check_settings(config, train_data, test_data, world, stop_after, source, partition)
 
-    net, partition, kept = _build_model(config, build_model or _timm_model, device, rank, source)
+    net, partition, kept = _build_model(
+        config, build_model or _timm_model, device, rank, source, partition
+    )
     optimizer = _build_optimizer(config, net, param_groups, kept)
     batches = _batches(train_data, config, device, mean, std, train=True, rank=rank,
         world=world, partition=partition)  # fmt: skip
@@ -185,7 +209,7 @@ def train_run(
     if resume and run.checkpoint_path.exists():
         start_epoch = 1 + load_checkpoint(
             run.checkpoint_path, config=settings, model=net, optimizer=optimizer,
-            rank=rank, world=world, device=device,
+            rank=rank, world=world, device=device, defaults=RunConfig.defaults(),
         )  # fmt: skip
     if rank == 0:
         run.write_config(settings)
@@ -314,10 +338,11 @@ def _build_model(
     device: torch.device,
     rank: int,
     source: Path | None,
+    given: Tensor | None,
 ) -> tuple[nn.Module, Tensor | None, str | None]:
-    """The model on ``device`` (with the binary head when ``binary_weight > 0``), its
-    partition, and a transfer run's last kept address; leaves the global generator seeded
-    for this rank's dropout masks."""
+    """The model on ``device`` (with the auxiliary head when ``binary_weight > 0``), its
+    partition (drawn, or ``given``), and a transfer run's last kept address; leaves the
+    global generator seeded for this rank's dropout masks."""
     torch.manual_seed(config.seed)  # the model's initial weights: the same on every rank
     kept = None
     if source is None:
@@ -328,9 +353,15 @@ def _build_model(
     torch.manual_seed((config.seed + 1_000_003 * rank) % 2**63)
     net: nn.Module = model
     partition = None
-    if config.binary_weight > 0:
+    if config.binary_weight > 0 and given is not None:
+        net = RandomPartitionHead(model, partition=given, seed=config.partition_seed)
+        partition = net.partition
+    elif config.binary_weight > 0:
         net = RandomPartitionHead(
-            model, num_partitions=config.num_partitions, seed=config.partition_seed
+            model,
+            num_partitions=config.num_partitions,
+            num_groups=config.num_groups,
+            seed=config.partition_seed,
         )
         partition = net.partition
     net = net.to(device)
@@ -417,6 +448,7 @@ def _check_settings(
     world: int,
     stop_after: int | None,
     source: Path | None,
+    partition: Tensor | None,
 ) -> None:
     """Everything that can be checked before a file is written."""
     import timm
@@ -437,6 +469,7 @@ def _check_settings(
         )
     choices = {"side": ("all", "A", "B"), "bn": ("freeze", "update")}
     choices["transfer_weights"] = ("best", "last")
+    choices["aux_labels"] = ("random", "coarse")
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ValueError(
@@ -457,6 +490,7 @@ def _check_settings(
         )
     if source is not None:
         check_source(config.to_json(), source)
+    _check_aux_labels(config, partition)
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"Expected `stop_after` to be at least 1 epoch, but got {stop_after}.")
     for name, data in (("train_data", train_data), ("test_data", test_data)):
@@ -483,6 +517,37 @@ def _check_settings(
             f"Expected `batch_size` to be at most the {per_rank} training images of each of the "
             f"{world} process(es), but got {config.batch_size}."
         )
+
+
+def _check_aux_labels(config: RunConfig, partition: Tensor | None) -> None:
+    """A run learning coarse labels is given their partition; no other run is."""
+    if config.num_groups < 2 or config.num_groups > config.num_classes:
+        raise ValueError(
+            f"Expected `num_groups` to be from 2 to `num_classes` ({config.num_classes}), but "
+            f"got {config.num_groups}."
+        )
+    coarse = config.aux_labels == "coarse" and config.binary_weight > 0
+    if coarse and config.num_partitions != 1:
+        raise ValueError(
+            f"Expected `num_partitions` to be 1 with aux_labels='coarse' (the data has one "
+            f"grouping), but got {config.num_partitions}."
+        )
+    if coarse and partition is None:
+        raise ValueError(
+            "Expected `partition`, the coarse labels of the run's classes "
+            "(run_partition_for(config, source)), for aux_labels='coarse', but got None."
+        )
+    if not coarse and partition is not None:
+        raise ValueError(
+            f"Expected no `partition` for a run that draws its own (aux_labels="
+            f"{config.aux_labels!r}, binary_weight={config.binary_weight:g}), but got one."
+        )
+    if partition is not None:
+        partition = as_partition(partition, num_classes=config.num_classes)
+        if partition.shape[0] != 1:
+            raise ValueError(
+                f"Expected `partition` to hold one row of group ids, but got {partition.shape[0]}."
+            )
 
 
 def _progress(enabled: bool, total: int, start: int) -> Any:

@@ -1,13 +1,14 @@
 """Transfer runs by condition and setting, and baseline / binary pairs.
 
 A B run (``side`` ``"B"`` with ``transfer_from``) belongs to the condition of the A run
-it starts from: the baseline when that run's ``binary_weight`` is 0, else binary with
-that weight and number of heads. Runs that differ only in their split, seed and
-condition share a *setting* (model, schedules, freeze / reset point, images per class,
-smoke or not, and the A run's settings but its binary head); a *family* is the settings
-that differ only in their freeze (or reset) point. Within a setting a baseline and a
-binary run are a pair when they share the split: the one run of each on that split, or,
-with several runs per split (replications), the two with the same seed.
+it starts from: the baseline when that run's ``binary_weight`` is 0, else its auxiliary
+head: its labels (random binary, random ``K``-way, the data's coarse labels), weight and
+number of heads. Runs that differ only in their split, seed and condition share a
+*setting* (model, schedules, freeze / reset point, images per class, smoke or not, and the
+A run's settings but its auxiliary head); a *family* is the settings that differ only in
+their freeze (or reset) point. Within a setting a baseline and a run of another condition
+are a pair when they share the split: the one run of each on that split, or, with several
+runs per split (replications), the two with the same seed.
 """
 
 from __future__ import annotations
@@ -38,28 +39,56 @@ _NOT_SETTING = {
     "seed", "split_seed", "partition_seed", "transfer_from", "phase", "num_workers",
     "compile", "compile_backend", "channels_last", "amp", "condition",
 }  # fmt: skip
-_NOT_SOURCE_SETTING = _NOT_SETTING | {"binary_weight", "num_partitions"}
+_NOT_SOURCE_SETTING = _NOT_SETTING | {"binary_weight", "num_partitions", "num_groups", "aux_labels"}
 
 
 @dataclass(frozen=True, order=True)
 class Condition:
-    """The A run's binary head: ``weight`` 0 is the baseline; ``heads`` share the weight."""
+    """The A run's auxiliary head: ``weight`` 0 is the baseline; ``heads`` share the
+    weight; ``labels`` ``"random"`` with ``groups`` groups per partition (2: binary) or
+    ``"coarse"`` (the data's coarse labels, ``groups`` of them)."""
 
     weight: float
     heads: int = 1
+    groups: int = 2
+    labels: str = "random"
 
     @property
     def is_baseline(self) -> bool:
         return self.weight == 0
 
     @property
+    def is_binary(self) -> bool:
+        """The paper's kind: random binary partitions (or the baseline)."""
+        return self.is_baseline or (self.labels == "random" and self.groups == 2)
+
+    @property
+    def kind(self) -> str:
+        """``"binary"``, ``"random 20-way"`` or ``"coarse"``."""
+        if self.labels == "coarse":
+            return "coarse"
+        return "binary" if self.groups == 2 else f"random {self.groups}-way"
+
+    @property
     def name(self) -> str:
-        """``"baseline"``, ``"binary 0.4"`` or ``"binary 0.2 = 0.1 x 2 heads"``."""
+        """``"baseline"``, ``"binary 0.4"``, ``"binary 0.2 = 0.1 x 2 heads"``,
+        ``"random 20-way 0.4"`` or ``"coarse 0.4"``."""
         if self.is_baseline:
             return "baseline"
         if self.heads == 1:
-            return f"binary {self.weight:g}"
-        return f"binary {self.weight:g} = {self.weight / self.heads:g} x {self.heads} heads"
+            return f"{self.kind} {self.weight:g}"
+        return f"{self.kind} {self.weight:g} = {self.weight / self.heads:g} x {self.heads} heads"
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Condition:
+        """The condition of an A run from its ``config.json`` (settings it predates at
+        their defaults)."""
+        weight = float(config.get("binary_weight", 0.0) or 0.0)
+        if weight <= 0:
+            return cls(0.0)
+        heads = int(config.get("num_partitions", 1) or 1)
+        groups = int(config.get("num_groups", 2) or 2)
+        return cls(weight, heads, groups, str(config.get("aux_labels", "random")))
 
 
 @dataclass(frozen=True)
@@ -186,7 +215,8 @@ def families(items: Iterable[Transfer]) -> list[Family]:
 def pair(
     baseline: Sequence[Transfer], binary: Sequence[Transfer]
 ) -> tuple[list[tuple[Transfer, Transfer]], list[Transfer]]:
-    """Baseline and binary runs of one setting and point, paired by split.
+    """Baseline and ``binary`` (another condition's) runs of one setting and point, paired
+    by split.
 
     On a split with one run of each condition those two are a pair; with more, runs pair
     when they share the seed. Returns the pairs (by split, then seed) and the runs left
@@ -233,8 +263,6 @@ def address_key(address: str) -> tuple[int, float, float, str]:
 
 def _place(run: Run, source: Run) -> Transfer:
     config = run.config
-    weight = float(source.config.get("binary_weight", 0.0) or 0.0)
-    heads = int(source.config.get("num_partitions", 1) or 1) if weight > 0 else 1
     freeze, reset = config.get("freeze"), config.get("reset")
     kind = "freeze" if freeze is not None else "reset" if reset is not None else "finetune"
     point = freeze if kind == "freeze" else reset if kind == "reset" else None
@@ -244,7 +272,7 @@ def _place(run: Run, source: Run) -> Transfer:
     return Transfer(
         run=run,
         source=source,
-        condition=Condition(weight, heads),
+        condition=Condition.of(source.config),
         split=split if isinstance(split, int) else None,
         seed=int(config.get("seed", 0)),
         kind=kind,
@@ -253,8 +281,18 @@ def _place(run: Run, source: Run) -> Transfer:
     )
 
 
-def _condition_order(condition: Condition) -> tuple[bool, int, float]:
-    return (not condition.is_baseline, condition.heads, condition.weight)
+def _condition_order(condition: Condition) -> tuple[bool, bool, bool, str, int, int, float]:
+    """The baseline, the binary conditions (by heads, then weight), the random ``K``-way
+    ones (by ``K``), then given labels."""
+    return (
+        not condition.is_baseline,
+        not condition.is_binary,
+        condition.labels != "random",
+        condition.labels,
+        condition.groups,
+        condition.heads,
+        condition.weight,
+    )
 
 
 def split_order(split: int | None) -> tuple[bool, int]:

@@ -57,8 +57,9 @@ def render(report: Mapping[str, Any]) -> str:
                   "(`smoke: true` in their config.json: a tiny model, synthetic data, a few epochs). "
                   "They show that every step runs; their numbers say nothing about the method. "
                   "Every section and figure that holds them says so."]  # fmt: skip
-    lines += ["", "Errors are test errors in %; differences are `binary - baseline` in percentage "
-              "points, so a positive difference means the binary head made B's error higher."]  # fmt: skip
+    lines += ["", "Errors are test errors in %; differences are `condition - baseline` in "
+              "percentage points (the condition: an auxiliary head on A, binary or another kind), "
+              "so a positive difference means the auxiliary head made B's error higher."]  # fmt: skip
     if skipped:
         lines += ["", "## Skipped run directories", ""]
         lines += [f"- `{item['id']}`: {item['reason']}" for item in skipped]
@@ -89,9 +90,9 @@ def _section(section: Mapping[str, Any]) -> list[str]:
             lines += ["", *_long_tail(section)]
     for figure in section["figures"]:
         lines += ["", f"![{figure['title']}]({figure['file']})"]
-    lines += ["", "### Paired statistics: binary - baseline, B's final test error", ""]
+    lines += ["", "### Paired statistics: condition - baseline, B's final test error", ""]
     if not section["comparisons"]:
-        lines.append("cannot test: no binary condition in this setting")
+        lines.append("cannot test: no condition with an auxiliary head in this setting")
     for comparison in section["comparisons"]:
         lines += [*_comparison(section, comparison), ""]
     return lines
@@ -210,7 +211,7 @@ def _comparison(section: Mapping[str, Any], comparison: Mapping[str, Any]) -> li
     where = f"{section['kind']} `{point}`: " if point else ""
     pairs = comparison["pairs"]
     splits = list(dict.fromkeys(p["split"] for p in pairs))
-    lines = [f"**{where}{comparison['binary']} - {comparison['baseline']}**", ""]
+    lines = [f"**{where}{comparison['condition']} - {comparison['baseline']}**", ""]
     lines.append(f"- pairs: {len(pairs)} on {len(splits)} split(s)"
                  + (f" ({', '.join(split_label(s) for s in splits)})" if splits else ""))  # fmt: skip
     per_split = max((sum(p["split"] == s for p in pairs) for s in splits), default=0)

@@ -110,8 +110,7 @@ def run_entry(run: Run, condition: Condition | None = None) -> dict[str, Any]:
     """
     config = run.config
     if condition is None and config.get("side") != "B":
-        weight = float(config.get("binary_weight", 0.0) or 0.0)
-        condition = Condition(weight, int(config.get("num_partitions", 1) or 1) if weight else 1)
+        condition = Condition.of(config)
     return {
         "id": run.id,
         "side": config.get("side", "all"),
@@ -231,8 +230,8 @@ def _sweep(family: Family, conditions: Sequence[Condition]) -> dict[str, Any]:
 
 
 def _weight_sweep(family: Family) -> dict[str, Any] | None:
-    """Fig. 4: the single-head conditions, when there are at least two weights."""
-    single = [c for c in family.conditions if c.heads == 1]
+    """Fig. 4: the single-head binary conditions, when there are at least two weights."""
+    single = [c for c in family.conditions if c.heads == 1 and c.is_binary]
     if len(single) < 2:
         return None
     return _sweep(family, single)
@@ -241,12 +240,11 @@ def _weight_sweep(family: Family) -> dict[str, Any] | None:
 def _heads(family: Family) -> dict[str, Any] | None:
     """Fig. 10: the baseline and every ``b x n`` whose per-head weight ``b`` also comes
     with several heads."""
-    per_head = {round(c.weight / c.heads, 9) for c in family.conditions if c.heads > 1}
+    binary = [c for c in family.conditions if c.is_binary]
+    per_head = {round(c.weight / c.heads, 9) for c in binary if c.heads > 1}
     if not per_head:
         return None
-    chosen = [
-        c for c in family.conditions if c.is_baseline or round(c.weight / c.heads, 9) in per_head
-    ]
+    chosen = [c for c in binary if c.is_baseline or round(c.weight / c.heads, 9) in per_head]
     return _sweep(family, chosen)
 
 
@@ -280,9 +278,9 @@ def _long_tail(family: Family) -> list[dict[str, Any]]:
 def _comparisons(family: Family) -> list[dict[str, Any]]:
     rows = []
     baseline = Condition(0.0)
-    binaries = [c for c in family.conditions if not c.is_baseline]
+    others = [c for c in family.conditions if not c.is_baseline]
     for point in family.points:
-        for condition in binaries:
+        for condition in others:
             base, bin_ = family.at(point, baseline), family.at(point, condition)
             pairs, unpaired = pair(base, bin_)
             splits = [b.split for b, _ in pairs]
@@ -302,11 +300,11 @@ def _comparisons(family: Family) -> list[dict[str, Any]]:
                 test.update(t_note=note, wilcoxon_note=note)
                 variance["note"] = note
             rows.append({
-                "point": point or None, "baseline": baseline.name, "binary": condition.name,
+                "point": point or None, "baseline": baseline.name, "condition": condition.name,
                 "pairs": [
                     {"split": x.split, "seed": x.seed, "baseline_run": x.run.id,
-                     "binary_run": y.run.id, "baseline": x.run.final_error,
-                     "binary": y.run.final_error,
+                     "condition_run": y.run.id, "baseline": x.run.final_error,
+                     "condition": y.run.final_error,
                      "difference": y.run.final_error - x.run.final_error}
                     for x, y in pairs
                 ],

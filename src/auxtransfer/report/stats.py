@@ -34,17 +34,18 @@ _TOLERANCE = 1e-9
 
 @dataclass(frozen=True)
 class PairedTest:
-    """The paired comparison of B's final error, ``binary - baseline`` (percentage points).
+    """The paired comparison of B's final error, ``condition - baseline`` (percentage
+    points; the condition: binary or another kind of auxiliary head).
 
     Attributes:
         pairs: Number of pairs.
         splits: Number of distinct splits among the pairs (None when not given).
-        mean_difference: Mean of ``binary - baseline`` (None without pairs).
+        mean_difference: Mean of ``condition - baseline`` (None without pairs).
         confidence: The interval's confidence level.
         ci_low: Lower bound of the interval, ``mean - t * sd / sqrt(n)``.
         ci_high: Upper bound.
         df: Degrees of freedom of the t distribution, ``pairs - 1``.
-        t_statistic: The paired t statistic (positive: binary's error is higher).
+        t_statistic: The paired t statistic (positive: the condition's error is higher).
         t_pvalue: Its two-sided p-value.
         wilcoxon_statistic: The signed-rank statistic as scipy reports it.
         wilcoxon_pvalue: Its two-sided p-value.
