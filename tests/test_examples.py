@@ -145,6 +145,22 @@ def test_flags_reach_the_plan(tmp_path, capsys):
     assert plan["split0/binary/pretrain"].config.epochs == 175
 
 
+def test_aux_labels_flags_reach_the_plan(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    ids = _main(capsys, "--experiment", "aux-labels", "--out", out, "--list", "--splits", "1",
+                "--aux", "coarse", "random", "--groups", "7").splitlines()  # fmt: skip
+    assert ids == [
+        "split0/baseline/pretrain", "split0/random7/pretrain", "split0/coarse/pretrain",
+        "split0/baseline/finetune", "split0/random7/finetune", "split0/coarse/finetune",
+    ]  # fmt: skip
+    plan = protocols.aux_labels(splits=1, aux=["coarse", "random"], num_groups=7)
+    assert plan.ids == ids and plan["split0/random7/pretrain"].config.num_groups == 7
+    weight = _main(capsys, "--experiment", "aux-labels", "--out", out, "--list",
+                   "--aux-weight", "0.2").splitlines()  # fmt: skip
+    plan = protocols.aux_labels(aux_weight=0.2)
+    assert weight == plan.ids and plan["split1/coarse/pretrain"].config.binary_weight == 0.2
+
+
 def test_wrn_flags_reach_the_plan(tmp_path, capsys):
     out = str(tmp_path / "out")
     wrn.main(["--experiment", "freeze", "--out", out, "--list", "--splits", "1",
@@ -174,6 +190,10 @@ BAD_INPUT = [
     ("cifar100_densenet", ["--binary-weight", "1.5"], "--binary-weight"),
     ("cifar100_densenet", ["--experiment", "weight-sweep", "--weights", "0", "1.5"], "--weights"),
     ("cifar100_densenet", ["--experiment", "heads", "--head-weight", "0.5"], "--head-weight"),
+    ("cifar100_densenet", ["--experiment", "aux-labels", "--groups", "51"], "--groups"),
+    ("cifar100_densenet", ["--experiment", "paired", "--groups", "7"], "--groups"),
+    ("cifar100_densenet", ["--experiment", "aux-labels", "--aux", "wordnet"], "--aux"),
+    ("cifar100_densenet", ["--experiment", "aux-labels", "--aux-weight", "0"], "--aux-weight"),
     ("cifar100_densenet", ["--freeze-at", "2.9"], "--freeze-at"),  # not an option of paired
     ("cifar100_densenet", ["--smoke", "--transfer-milestones", "5"], "--transfer-milestones"),
     ("cifar100_densenet", ["--body-lr", "0.1"], "--body-lr"),

@@ -141,6 +141,21 @@ def test_a_run_directory_from_before_a_setting_existed_is_the_same_run(tmp_path)
         check_plan(Plan([run]), tmp_path)
 
 
+class _TenCoarseLabels(SyntheticCifar100):
+    """Coarse labels of another count than the plan's 20."""
+
+    def coarse_labels(self):
+        return torch.arange(100) % 10
+
+
+def test_a_coarse_partition_that_cannot_be_made_stops_before_anything_is_written(tmp_path):
+    plan = protocols.aux_labels(**protocols.smoke_parameters("aux-labels"))
+    for jobs in (1, 2):
+        with pytest.raises(ValueError, match=r"`num_groups` to be the 10 coarse classes"):
+            execute(plan, tmp_path, _TenCoarseLabels(), train=FakeTrain(), jobs=jobs)
+        assert not list(tmp_path.iterdir())
+
+
 class _NoCoarseLabels(SyntheticCifar100):
     """A data source without a grouping of its classes (as ImageNet-100)."""
 
@@ -161,7 +176,7 @@ def test_execute_gives_a_coarse_run_its_partition(tmp_path):
     plan = protocols.aux_labels(**protocols.smoke_parameters("aux-labels"))
     train, source = FakeTrain(), SyntheticCifar100()
     given = {}
-    train_and_keep = lambda config, run_dir, *a, partition, **k: (  # noqa: E731
+    train_and_keep = lambda config, run_dir, *a, partition=None, **k: (  # noqa: E731
         given.setdefault(config.condition, partition),
         train(config, run_dir, *a, **k),
     )[1]

@@ -155,6 +155,8 @@ def test_aux_labels_plan_pairs_every_kind_with_the_baseline_of_its_split():
     # The binary condition's pre-training is the paired experiment's, setting for setting.
     paired = protocols.paired(splits=[3])["split3/binary/pretrain"].config
     assert plan["split3/binary/pretrain"].config == paired
+    # K is the random condition's: without it, any K the coarse labels do not read.
+    assert len(protocols.aux_labels(splits=1, aux=["coarse"], num_groups=2)) == 4
     chosen = protocols.aux_labels(splits=1, aux=["coarse", "random"], num_groups=5)
     assert [r.id for r in chosen if r.config.side == "A"] == [
         "split0/baseline/pretrain",

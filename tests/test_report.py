@@ -523,6 +523,24 @@ def test_every_kind_of_auxiliary_labels_is_paired_with_the_baseline_of_its_split
     assert runs["split1/random20/pretrain"] == "random 20-way 0.4"
 
 
+def test_runs_written_before_the_kinds_existed_share_the_section_of_new_ones(tmp_path):
+    """paired's runs from before ``num_groups`` and ``aux_labels`` (their config.json
+    lacks both) and the coarse runs added beside them later are one setting, paired."""
+    for name, weight, head in (("baseline", 0.0, {}), ("binary", 0.4, {}),
+                               ("coarse", 0.4, {"num_groups": 20, "aux_labels": "coarse"})):  # fmt: skip
+        _pretrain(tmp_path, f"split0/{name}", weight, 0, **head)
+        _transfer(tmp_path, f"split0/{name}", "finetune", 30.0 + weight, 0)
+    for name in ("baseline", "binary"):
+        for step in ("pretrain", "finetune"):
+            path = tmp_path / f"split0/{name}/{step}/config.json"
+            config = json.loads(path.read_text())
+            del config["num_groups"], config["aux_labels"]
+            path.write_text(json.dumps(config))
+    (section,) = build_report(tmp_path)["sections"]
+    assert section["conditions"] == ["baseline", "binary 0.4", "coarse 0.4"]
+    assert [len(c["pairs"]) for c in section["comparisons"]] == [1, 1]
+
+
 def test_a_kind_without_a_baseline_on_its_split_cannot_be_tested(tmp_path):
     _pretrain(tmp_path, "split6/baseline", 0.0, 6)
     _transfer(tmp_path, "split6/baseline", "finetune", 30.0, 6)

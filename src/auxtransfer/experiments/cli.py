@@ -75,7 +75,8 @@ _PARAMETER_FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
      "aux-labels: the kinds beside the baseline (binary: the paper's random binary partition; "
      "random: K random groups; coarse: the data's superclasses)"),
     ("aux_weight", "--aux-weight", {"type": float}, "aux-labels: loss weight of every auxiliary head"),
-    ("num_groups", "--groups", {"type": int, "metavar": "K"}, "aux-labels: groups of the random condition"),
+    ("num_groups", "--groups", {"type": int, "metavar": "K", "dest": "num_groups"},
+     "aux-labels: groups of the random condition"),
 ]  # fmt: skip
 
 _EXPERIMENT_HELP = {

@@ -240,10 +240,11 @@ def _train_in_process(job: RunJob, payload: tuple[bytes, bytes], connection: Con
         if device.type == "cuda":
             torch.cuda.set_device(device)
         train_data, test_data = run_data_for(job.config, source)
+        partition = run_partition_for(job.config, source)
         results = train(
             job.config, job.run_dir, train_data, test_data, mean=source.mean, std=source.std,
             device=device, resume=job.resume, progress=False, stop_after=job.stop_after,
-            cuda_graphs=job.cuda_graphs, partition=run_partition_for(job.config, source),
+            cuda_graphs=job.cuda_graphs, **({} if partition is None else {"partition": partition}),
         )  # fmt: skip
     except BaseException as error:  # an interrupt too: the parent is told, the log has it
         traceback.print_exc()

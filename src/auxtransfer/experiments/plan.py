@@ -337,7 +337,8 @@ def execute(
             of the cores this process may use (at most as many threads as this process)
             unless ``OMP_NUM_THREADS`` is set.
         cuda_graphs: Passed on to ``train`` (``train_run``'s CUDA graphs).
-        train: The function that trains one run (``train_run``'s signature).
+        train: The function that trains one run (``train_run``'s signature; a run with
+            ``aux_labels="coarse"`` also gets ``partition=``, its table).
         report: Called with a line before each run (rank 0), e.g. ``print``; with
             ``jobs > 1`` also when a run ends, fails (with its log) or is not started.
 
@@ -362,6 +363,7 @@ def execute(
     states = check_plan(plan, out, ids)
     check_data(plan, source, ids)
     if jobs > 1:
+        _partitions(states, source)  # a coarse run that cannot have its table: now, not later
         return _execute_jobs(
             states, Path(out), source, jobs=jobs, device=device, stop_after=stop_after,
             cuda_graphs=cuda_graphs, train=train, report=report,
@@ -380,6 +382,7 @@ def execute(
         source.load()
         if distributed and rank == 0:
             dist.barrier()
+    partitions = _partitions(states, source)
     budget = math.inf if stop_after is None else stop_after
     outcomes = []
     for run, state in states:
@@ -403,7 +406,7 @@ def execute(
             progress=progress,
             stop_after=None if budget == math.inf else int(budget),
             cuda_graphs=cuda_graphs,
-            partition=run_partition_for(run.config, source),
+            **({"partition": partitions[run.id]} if run.id in partitions else {}),
         )
         if distributed:
             dist.barrier()  # rank 0 has written results.json before any rank goes on
@@ -416,6 +419,19 @@ def execute(
         if budget <= 0:
             break
     return outcomes
+
+
+def _partitions(states: list[tuple[PlannedRun, str]], source: DataSource) -> dict[str, Any]:
+    """The partition table of every unfinished run that learns the data's coarse labels
+    (``run_partition_for``), made before any run trains: one that cannot be made is an
+    error before anything is written."""
+    found = {}
+    for run, state in states:
+        if state != "finished":
+            table = run_partition_for(run.config, source)
+            if table is not None:
+                found[run.id] = table
+    return found
 
 
 def _execute_jobs(

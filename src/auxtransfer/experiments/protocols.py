@@ -509,12 +509,12 @@ def aux_labels(
         raise ValueError(
             "Expected `aux_weight` to be above 0 (the auxiliary heads' loss weight), but got 0."
         )
-    num_groups = check_int("num_groups", num_groups, minimum=3)
     if isinstance(aux, str) or not aux or any(kind not in AUX_KINDS for kind in aux):
         raise ValueError(
             f"Expected `aux` to be kinds of {', '.join(AUX_KINDS)}, but got {describe(aux)}."
         )
     _check_unique("aux", list(aux))
+    num_groups = check_int("num_groups", num_groups, minimum=3 if "random" in aux else 2)
     if num_groups > SIDE_CLASSES:
         raise ValueError(
             f"Expected `num_groups` to be at most the {SIDE_CLASSES} classes of A, but got "

@@ -239,9 +239,9 @@ def run_figure(run: Mapping[str, Any]) -> Figure:
     side = {"A": "on A", "B": "on B", "all": ""}.get(run["side"], "")
     binary = any(v is not None for v in curves["train_binary_loss"])
     for ax, measure, unit in ((axes[0], "error", " (%)"), (axes[1], "loss", "")):
-        train = "train (with the binary term)" if binary and measure == "loss" else "train"
+        train = "train (with the auxiliary term)" if binary and measure == "loss" else "train"
         lines = [(train, f"train_{measure}", "-"), ("test", f"test_{measure}", "-"),
-                 ("train, binary head (2 classes)", f"train_binary_{measure}", "--")]  # fmt: skip
+                 ("train, auxiliary head (its groups)", f"train_binary_{measure}", "--")]  # fmt: skip
         for label, column, style in lines:
             points = [
                 (e, v)

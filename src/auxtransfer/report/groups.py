@@ -13,6 +13,7 @@ runs per split (replications), the two with the same seed.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -262,12 +263,15 @@ def address_key(address: str) -> tuple[int, float, float, str]:
 
 
 def _place(run: Run, source: Run) -> Transfer:
-    config = run.config
+    # A setting a config.json predates is at its default (as a resumed run reads it), so
+    # runs written before and after it was added share their setting.
+    config = {**_defaults(), **run.config}
+    source_config = {**_defaults(), **source.config}
     freeze, reset = config.get("freeze"), config.get("reset")
     kind = "freeze" if freeze is not None else "reset" if reset is not None else "finetune"
     point = freeze if kind == "freeze" else reset if kind == "reset" else None
     setting = {k: v for k, v in config.items() if k not in _NOT_SETTING and k != kind}
-    setting["pretrain"] = {k: v for k, v in source.config.items() if k not in _NOT_SOURCE_SETTING}
+    setting["pretrain"] = {k: v for k, v in source_config.items() if k not in _NOT_SOURCE_SETTING}
     split = config.get("split_seed")
     return Transfer(
         run=run,
@@ -279,6 +283,13 @@ def _place(run: Run, source: Run) -> Transfer:
         point=None if point is None else str(point),
         setting=json.dumps(setting, sort_keys=True),
     )
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    from ..experiments.train import RunConfig
+
+    return RunConfig.defaults()
 
 
 def _condition_order(condition: Condition) -> tuple[bool, bool, bool, str, int, int, float]:
