@@ -11,8 +11,14 @@ The speeds come from a ``benchmarks/run.py --device cuda --json FILE`` table (``
 FILE``: the graphed images/s of each model, else the eager ones), or are given by hand
 (``--densenet`` / ``--wrn`` images/s, e.g. a goal, to see what it would mean).
 
+Under ``torchrun`` the steps are not replayed as CUDA graphs (a graph holds one process's
+step; DDP's gradient allreduce happens between processes), so every GPU trains at the eager
+speed: ``--eager`` projects with the eager images/s of the table, the speed of each GPU of
+a DDP run (the allreduce's own cost is not counted).
+
     python benchmarks/projection.py --rates runs/benchmarks/run.json
     python benchmarks/projection.py --densenet 950 --wrn 6300    # the speeds before graphs
+    python benchmarks/projection.py --rates runs/benchmarks/run.json --eager   # per GPU under torchrun
 """
 
 from __future__ import annotations
@@ -47,13 +53,14 @@ def work(experiment: str, setup: protocols.Setup) -> tuple[int, int, float]:
     return len(plan), epochs, images
 
 
-def rates_from(path: Path) -> dict[str, tuple[float, str]]:
-    """Each model's training images/s in a run.py table, graphed where measured."""
+def rates_from(path: Path, *, eager: bool = False) -> dict[str, tuple[float, str]]:
+    """Each model's training images/s in a run.py table: graphed where measured, else
+    eager; with ``eager``, the eager figure only (a GPU of a ``torchrun`` run)."""
     table = json.loads(path.read_text())
     measured = table.get("images_per_s", {})
     rates = {}
     for model, keys in RATE_KEYS.items():
-        for key in keys:
+        for key in keys[1:] if eager else keys:
             if key in measured:
                 rates[model] = (float(measured[key]), f"{key} on {table.get('device', '?')}")
                 break
@@ -65,9 +72,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rates", type=Path, help="a benchmarks/run.py --json table")
     parser.add_argument("--densenet", type=float, help="DenseNet-BC-100 training images/s")
     parser.add_argument("--wrn", type=float, help="WRN-28-10 training images/s")
+    parser.add_argument(
+        "--eager",
+        action="store_true",
+        help="the table's eager speeds: each GPU of a torchrun run, where the steps are not "
+        "replayed as CUDA graphs",
+    )
     args = parser.parse_args(argv)
     try:
-        rates = rates_from(args.rates) if args.rates else {}
+        rates = rates_from(args.rates, eager=args.eager) if args.rates else {}
     except (OSError, ValueError, AttributeError) as error:
         parser.error(f"argument --rates: expected a benchmarks/run.py --json table, but {error}")
     for model, given in (("DenseNet-BC-100", args.densenet), ("WRN-28-10", args.wrn)):

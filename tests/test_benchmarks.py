@@ -95,8 +95,8 @@ def test_goals_are_judged_where_they_apply(tiny_run):
         assert goal["holds"] is expected, (name, goal, value)
     for name in INFORMATION:
         assert data["goals"][name] == {"goal": None, "holds": None}, name
-    # jobs4_vs_jobs1 (the concurrent runs' goal) only comes with a jobs4.
-    assert "jobs4_vs_jobs1" not in data["ratios"]
+    assert "jobs4_vs_jobs1" not in data["ratios"]  # only with a jobs4
+    assert data["mps"] is None  # MPS is a question on CUDA only
 
 
 def test_printed_table_matches_the_json(tiny_run):
@@ -109,14 +109,16 @@ def test_printed_table_matches_the_json(tiny_run):
     assert "failed" not in table.lower()
 
 
-def test_the_concurrent_runs_goal_is_judged_on_the_gpu_only(bench):
-    assert bench.judged("jobs4_vs_jobs1", 3.0, CPU) == {"goal": ">= 2.5x on GPU", "holds": None}
-    assert bench.judged("jobs4_vs_jobs1", 3.0, CUDA)["holds"] is True
-    assert bench.judged("jobs4_vs_jobs1", 2.0, CUDA)["holds"] is False
+def test_goals_are_judged_where_they_apply_and_concurrent_runs_only_inform(bench):
+    assert bench.judged("loop_vs_reference", 12.0, CPU) == {"goal": ">= 10x on GPU", "holds": None}
+    assert bench.judged("loop_vs_reference", 12.0, CUDA)["holds"] is True
+    assert bench.judged("loop_vs_reference", 9.0, CUDA)["holds"] is False
     # Failed: not judged on the CPU, does not hold on the GPU.
-    assert bench.judged("jobs4_vs_jobs1", None, CPU)["holds"] is None
-    assert bench.judged("jobs4_vs_jobs1", None, CUDA)["holds"] is False
-    assert bench.judged("jobs2_vs_jobs1", 3.0, CUDA) == {"goal": None, "holds": None}
+    assert bench.judged("loop_vs_reference", None, CPU)["holds"] is None
+    assert bench.judged("loop_vs_reference", None, CUDA)["holds"] is False
+    # Without MPS, processes on one GPU take turns: a goal the design cannot reach is none.
+    for count in (2, 4, 8):
+        assert bench.judged(f"jobs{count}_vs_jobs1", 3.0, CUDA) == {"goal": None, "holds": None}
 
 
 def test_concurrent_runs_are_measured_on_the_cpu_only_when_asked(bench):
@@ -176,8 +178,7 @@ def test_a_failed_entry_is_marked_in_the_table_and_fails_its_ratio(bench, monkey
     )
     rows = {line.split()[0]: line.split() for line in table.splitlines() if line.strip()}
     assert rows["jobs2_vs_jobs1"][1:3] == ["failed", "-"]
-    assert rows["jobs4_vs_jobs1"][1:6] == ["1.000", ">=", "2.5x", "on", "GPU"]
-    assert rows["jobs4_vs_jobs1"][6] == "NO"
+    assert rows["jobs4_vs_jobs1"][1:4] == ["1.000", "-", "-"]
     assert rows["jobs2"][1:3] == ["failed", "worker"]
     assert rows["jobs1"][1] == "100"
 

@@ -48,6 +48,13 @@ def test_rates_prefer_the_graphed_figure(projection, tmp_path, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if "DenseNet-BC-100  paired" in x)
     hours = 1100 * (25_000 + 5_000 / 3) / 6000 / 3600
     assert line.endswith(f"{hours:6.1f} h")
+    # Under torchrun every GPU trains eagerly: --eager takes the eager figures only.
+    assert projection.rates_from(path, eager=True)["DenseNet-BC-100"] == (
+        1000.0, "cifar_densenet_bc_100_b64_eager on GPU X"
+    )  # fmt: skip
+    projection.main(["--rates", str(path), "--eager"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if "DenseNet-BC-100  paired" in x)
+    assert line.endswith(f"{hours * 6:6.1f} h")
 
 
 @pytest.mark.parametrize(

@@ -333,7 +333,7 @@ class Example:
         p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
         p.add_argument("--compile", action="store_true", help="torch.compile every model, once, for its full training batches (the short last batch and evaluation run eagerly); the steps are then not replayed as CUDA graphs")  # fmt: skip
         p.add_argument("--no-cuda-graphs", action="store_true", help="replay training and evaluation steps eagerly instead of as CUDA graphs (they are used on CUDA in one process without --compile)")  # fmt: skip
-        p.add_argument("--jobs", type=int, default=1, metavar="N", help="N runs at once as separate processes, on one GPU or spread over the GPUs of CUDA_VISIBLE_DEVICES with --device cuda; a failing run is reported with its log and the others go on")  # fmt: skip
+        p.add_argument("--jobs", type=int, default=1, metavar="N", help="N runs at once as separate processes, on one GPU or spread over the GPUs of CUDA_VISIBLE_DEVICES with --device cuda; a failing run is reported with its log and the others go on. On one GPU without NVIDIA MPS the processes take turns: with CUDA graphs expect little more than one run's throughput (docs/performance.md)")  # fmt: skip
         p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs of training (a job with a time limit; with --jobs, of each run); calling again continues")  # fmt: skip
         p.add_argument("--smoke", action="store_true", help=f"{self.smoke}, {protocols.SMOKE_EPOCHS}-epoch runs, one split: every step in seconds; the runs say they are not results")  # fmt: skip
         return p

@@ -175,11 +175,18 @@ class GraphTrainer:
         self._eval_sums = torch.zeros(2, device=self.device, dtype=torch.float64)
         self._train: tuple[torch.cuda.CUDAGraph, list[Tensor]] | None = None
         self._eval: tuple[torch.cuda.CUDAGraph, list[Tensor]] | None = None
+        self._replays = [0, 0]
 
     @property
     def captured(self) -> tuple[bool, bool]:
         """Whether the training step and the evaluation step have been recorded."""
         return self._train is not None, self._eval is not None
+
+    @property
+    def replays(self) -> tuple[int, int]:
+        """How many training and evaluation steps were replayed so far (the others ran
+        eagerly: the first step, short batches, everything without capture)."""
+        return self._replays[0], self._replays[1]
 
     def train_one_epoch(self, batches: DeviceBatches | LoaderBatches, *, epoch: int) -> Tensor:
         """Train for one epoch of ``batches``; what ``train_one_epoch`` returns (the sums)."""
@@ -201,6 +208,7 @@ class GraphTrainer:
                 if self._train is None:
                     self._train = self._record(self._recorded_step, inputs, train=True)
                 _replay(self._train, inputs)
+                self._replays[0] += 1
         return self._sums.clone()
 
     @torch.no_grad()
@@ -216,6 +224,7 @@ class GraphTrainer:
                 if self._eval is None:
                     self._eval = self._record(self._eval_step, [x, y], train=False)
                 _replay(self._eval, [x, y])
+                self._replays[1] += 1
             count += len(y)
         loss, wrong = self._eval_sums.tolist()
         return loss / count, 100.0 * wrong / count
