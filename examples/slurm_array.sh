@@ -1,7 +1,12 @@
 #!/bin/bash
 # One run of an experiment's plan per SLURM array task.
 #
-#   slurm_array.sh STEP [cifar100_densenet.py flags ...]
+#   slurm_array.sh STEP [example flags ...]
+#
+# The example is examples/cifar100_densenet.py; EXAMPLE names another
+# (EXAMPLE=examples/cifar100_wrn.py, EXAMPLE=examples/imagenet100_densenet121.py). With
+# submitit installed, `--launcher submitit` on the example itself does all of this in one
+# command (docs/experiments.md).
 #
 # STEP is "pretrain" (the plan's pre-trainings on A), "transfer" (every other run) or
 # "all". Array task i runs the i-th of those ids, in the order `--list` prints them, with
@@ -32,11 +37,11 @@
 
 set -euo pipefail
 
-step=${1:?usage: slurm_array.sh pretrain|transfer|all [cifar100_densenet.py flags ...]}
+step=${1:?usage: slurm_array.sh pretrain|transfer|all [example flags ...]}
 shift
 python=${PYTHON:-python}
 launch=${LAUNCH:-$python}
-example=examples/cifar100_densenet.py
+example=${EXAMPLE:-examples/cifar100_densenet.py}
 task=${SLURM_ARRAY_TASK_ID:?not an array task: submit with sbatch --array}
 
 ids=$("$python" "$example" "$@" --list)

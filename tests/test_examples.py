@@ -444,6 +444,20 @@ def test_slurm_array_script(tmp_path):
     assert not (out / "split0" / "baseline").exists()
 
 
+@pytest.mark.parametrize("example", ["cifar100_wrn", "imagenet100_densenet121"])
+def test_slurm_array_script_drives_the_other_examples(tmp_path, example):
+    script = ROOT / "examples" / "slurm_array.sh"
+    out = tmp_path / "out"
+    env = {**ENV, "SLURM_ARRAY_TASK_ID": "0", "PYTHON": sys.executable,
+           "EXAMPLE": f"examples/{example}.py"}  # fmt: skip
+    command = ["bash", str(script), "pretrain", "--smoke", "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "array task 0: split0/baseline/pretrain" in done.stdout
+    config = json.loads((out / "split0/baseline/pretrain/config.json").read_text())
+    assert config["model"] == {"cifar100_wrn": "cifar_wrn_28_10"}.get(example, "densenet121")
+
+
 @pytest.mark.parametrize("damage", ["garbage", "download"])
 def test_unloadable_data_is_one_line_naming_the_flag_and_writes_nothing(
     damage, tmp_path, capsys, monkeypatch

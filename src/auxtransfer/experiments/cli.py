@@ -46,6 +46,11 @@ __all__ = ["CifarData", "DataFlags", "Example", "FlagError", "Given", "ImageNetD
 #: Where an output folder records what its runs' configs do not say about their data.
 DATA_RECORD = "data.json"
 
+# The flags that only --launcher submitit reads, and submitit's clusters.
+_CLUSTER_FLAGS = ("slurm_partition", "gpus_per_run", "cpus_per_run", "mem_gb", "time_min",
+                  "array_parallelism", "submitit_folder", "submitit_cluster")  # fmt: skip
+_CLUSTERS = ("slurm", "local", "debug")
+
 # Builder and run-option parameters by flag, for messages naming them.
 _FLAGS = {
     "splits": "--splits/--split-seeds", "replications": "--replications",
@@ -328,7 +333,7 @@ class Example:
         p.add_argument("--transfer-from", choices=["best", "last"], default="best", help="A's weights to start B from: its best epoch (as the paper) or its last")  # fmt: skip
         p.add_argument("--bn", choices=["freeze", "update"], default="update", help="BatchNorm of frozen layers: keep A's statistics (freeze), or let them follow B (update, what the paper's code most likely did)")  # fmt: skip
         self.data.add_arguments(p)
-        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK")  # fmt: skip
+        p.add_argument("--device", default=Given("cuda where available, else cpu"), help="cpu, cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK; with --launcher submitit, where the task runs")  # fmt: skip
         p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
         p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
         p.add_argument("--compile", action="store_true", help="torch.compile every model, once, for its full training batches (the short last batch and evaluation run eagerly); the steps are then not replayed as CUDA graphs")  # fmt: skip
@@ -336,6 +341,20 @@ class Example:
         p.add_argument("--jobs", type=int, default=1, metavar="N", help="N runs at once as separate processes, on one GPU or spread over the GPUs of CUDA_VISIBLE_DEVICES with --device cuda; a failing run is reported with its log and the others go on. On one GPU without NVIDIA MPS the processes take turns: with CUDA graphs expect little more than one run's throughput (docs/performance.md)")  # fmt: skip
         p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs of training (a job with a time limit; with --jobs, of each run); calling again continues")  # fmt: skip
         p.add_argument("--smoke", action="store_true", help=f"{self.smoke}, {protocols.SMOKE_EPOCHS}-epoch runs, one split: every step in seconds; the runs say they are not results")  # fmt: skip
+        cluster = p.add_argument_group(
+            "submitting to a cluster (--launcher submitit; needs auxtransfer[cluster])"
+        )
+        cluster.add_argument("--launcher", choices=["here", "submitit"], default="here", help="here: train in this process (or --jobs processes); submitit: every unfinished run as a SLURM array task, in dependency order (pre-trainings, then the transfers once they have ended well)")  # fmt: skip
+        cluster.add_argument(
+            "--slurm-partition", default=None, help="the SLURM partition of the tasks"
+        )
+        cluster.add_argument("--gpus-per-run", type=int, default=None, help="GPUs of each run's task; above 1 the run trains with DDP over them, one task per GPU (default: 1 on SLURM)")  # fmt: skip
+        cluster.add_argument("--cpus-per-run", type=int, default=None, help="CPUs of each run's task (default: submitit's)")  # fmt: skip
+        cluster.add_argument("--mem-gb", type=float, default=None, help="memory of each run's task, in GB (default: submitit's)")  # fmt: skip
+        cluster.add_argument("--time-min", type=int, default=None, help="time limit of each run's task, in minutes (default: 1440); a run stopped at its limit resumes when submitted again")  # fmt: skip
+        cluster.add_argument("--array-parallelism", type=int, default=None, help="at most this many tasks of an array at once (default: submitit's)")  # fmt: skip
+        cluster.add_argument("--submitit-folder", default=None, help="the tasks' logs and pickles (default: OUT/submitit/%%j)")  # fmt: skip
+        cluster.add_argument("--submitit-cluster", choices=list(_CLUSTERS), default=None, help="slurm (default): submit and return; local or debug: run the tasks on this machine and wait (to try a plan without SLURM)")  # fmt: skip
         return p
 
     def parameters(
@@ -397,6 +416,9 @@ class Example:
         execute the plan and print its summary."""
         parser = self.build_parser()
         args = parser.parse_args(argv)
+        args.device_given = given(args, "device")
+        if not args.device_given:
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
             self.data.check(args)
         except FlagError as error:
@@ -419,11 +441,12 @@ class Example:
         if args.jobs > 1 and world > 1:
             parser.error(f"argument --jobs: expected 1 under torchrun, where every run trains on "
                          f"all {world} processes with DDP, got {args.jobs}")  # fmt: skip
+        self._check_launcher(args, parser, world)
         try:
             device = torch.device(args.device)
         except RuntimeError as error:
             parser.error(f"argument --device: {error}")
-        if device.type == "cuda" and not torch.cuda.is_available():
+        if device.type == "cuda" and not torch.cuda.is_available() and args.launcher == "here":
             parser.error(f"argument --device: {args.device!r}, but CUDA is not available here")
         if args.smoke and "OMP_NUM_THREADS" not in os.environ:
             # Tiny models: a second thread saves little, and on a busy CPU threads that wait
@@ -438,6 +461,12 @@ class Example:
             parser.error(f"argument --out: {error}")
         except ValueError as error:
             parser.error(f"argument --run: {error}")
+        if args.launcher == "submitit":
+            failed = self._submit(args, parser, plan, states)
+            if failed:
+                parser.exit(1, f"{parser.prog}: error: {len(failed)} run(s) failed: {', '.join(failed)} "
+                               f"(see their logs above); run the same command again once fixed\n")  # fmt: skip
+            return
         with contextlib.ExitStack() as scratch:
             source = self._checked_source(args, parser, plan, scratch)
             if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and any(
@@ -454,6 +483,71 @@ class Example:
         if failed:
             parser.exit(1, f"{parser.prog}: error: {len(failed)} run(s) failed: {', '.join(failed)} "
                            f"(see their logs above); run the same command again once fixed\n")  # fmt: skip
+
+    def _check_launcher(
+        self, args: argparse.Namespace, parser: argparse.ArgumentParser, world: int
+    ) -> None:
+        """The cluster flags come with --launcher submitit, which needs submitit."""
+        if args.launcher != "submitit":
+            stray = [name for name in _CLUSTER_FLAGS if getattr(args, name) is not None]
+            if stray:
+                flag = "--" + stray[0].replace("_", "-")
+                parser.error(f"argument {flag}: only used with --launcher submitit")
+            return
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            parser.error("argument --launcher: submitit is not installed: pip install "
+                         "'auxtransfer[cluster]' (or submitit)")  # fmt: skip
+        if world > 1:
+            parser.error("argument --launcher: submitit submits the runs from one process, "
+                         f"not under torchrun ({world} processes): use --gpus-per-run")  # fmt: skip
+        if args.jobs > 1:
+            parser.error("argument --jobs: not with --launcher submitit, where every run is a "
+                         "task of its own (--array-parallelism limits how many run at once)")  # fmt: skip
+        for name in ("gpus_per_run", "cpus_per_run", "time_min", "array_parallelism"):
+            value = getattr(args, name)
+            if value is not None and value < (0 if name == "gpus_per_run" else 1):
+                parser.error(f"argument --{name.replace('_', '-')}: expected at least "
+                             f"{0 if name == 'gpus_per_run' else 1}, got {value}")  # fmt: skip
+        if args.mem_gb is not None and not args.mem_gb > 0:
+            parser.error(f"argument --mem-gb: expected more than 0, got {args.mem_gb}")
+
+    def _submit(
+        self,
+        args: argparse.Namespace,
+        parser: argparse.ArgumentParser,
+        plan: plans.Plan,
+        states: list[tuple[plans.PlannedRun, str]],
+    ) -> list[str]:
+        """Check the data here, then submit the unfinished runs through submitit."""
+        from .submit import RunTask, submit_plan
+
+        with contextlib.ExitStack() as scratch:  # the checks only; each task makes its own
+            self._checked_source(args, parser, plan, scratch)
+        cluster = args.submitit_cluster or "slurm"
+        gpus = (
+            args.gpus_per_run
+            if args.gpus_per_run is not None
+            else (1 if cluster == "slurm" else None)
+        )
+        parameters = {
+            "name": f"auxtransfer-{args.experiment}",
+            "timeout_min": args.time_min if args.time_min is not None else 24 * 60,
+            "gpus_per_node": gpus,
+            "tasks_per_node": gpus if gpus and gpus > 1 else 1,
+            "cpus_per_task": args.cpus_per_run,
+            "mem_gb": args.mem_gb,
+            "slurm_partition": args.slurm_partition,
+            "slurm_array_parallelism": args.array_parallelism,
+        }
+        folder = args.submitit_folder or str(Path(args.out) / "submitit" / "%j")
+        device = args.device if args.device_given else None
+        task = RunTask(self, argparse.Namespace(**{**vars(args), "device": device}), plan)
+        failed = submit_plan(task, states, cluster=cluster, folder=folder, parameters=parameters)
+        if cluster != "slurm":  # waited for: the summary a plain call ends with
+            print(plans.format_summary(plans.summarise(plan, args.out, args.run)))
+        return failed
 
     def _checked_source(
         self,

@@ -1,0 +1,149 @@
+"""--launcher submitit: a smoke plan through submitit's local executor ends where a plain
+call does, a second submission skips it, SLURM arrays are chained by dependency, and
+bad flags are one line naming them."""
+
+import json
+import sys
+from typing import ClassVar
+
+import pytest
+
+pytest.importorskip("submitit")
+
+from auxtransfer.experiments import protocols
+from auxtransfer.experiments.cli import CifarData, Example
+from auxtransfer.experiments.plan import check_plan
+from auxtransfer.experiments.submit import RunTask, dependency_levels, submit_plan
+
+EXAMPLE = Example(protocols.DENSENET_CIFAR, CifarData(), "the DenseNet example", smoke="tiny")
+
+
+def _results(out):
+    return {
+        p.parent.relative_to(out).as_posix(): json.loads(p.read_text())
+        for p in sorted(out.rglob("results.json"))
+    }
+
+
+def test_a_smoke_plan_through_the_local_executor_ends_as_a_plain_call(tmp_path, capsys, one_thread):
+    flags = ["--experiment", "paired", "--smoke", "--device", "cpu"]
+    EXAMPLE.main([*flags, "--out", str(tmp_path / "plain")])
+    submitted = tmp_path / "submitted"
+    EXAMPLE.main([*flags, "--out", str(submitted), "--launcher", "submitit",
+                  "--submitit-cluster", "local"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "submitted 2 run(s) as job array" in out
+    assert out.count("submitted 2 run(s)") == 2  # the pre-trainings, then the transfers
+    plain, through = _results(tmp_path / "plain"), _results(submitted)
+    assert len(plain) == 4 and through == plain
+    assert out.splitlines()[-1].startswith("split0/binary/finetune")  # the summary table
+    logs = sorted(p.name for p in (submitted / "submitit").rglob("*.out"))
+    assert len(logs) == 4
+    # Submitted again: every run has finished, nothing is submitted or written.
+    before = {p: p.stat().st_mtime_ns for p in submitted.rglob("*") if p.is_file()}
+    EXAMPLE.main([*flags, "--out", str(submitted), "--launcher", "submitit",
+                  "--submitit-cluster", "local"])  # fmt: skip
+    assert "every selected run has finished: nothing to submit" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in submitted.rglob("*") if p.is_file()} == before
+
+
+class _Job:
+    def __init__(self, job_id):
+        self.job_id = job_id
+
+
+class _Executor:
+    """Stands in for submitit.AutoExecutor on SLURM: records what is asked of it."""
+
+    calls: ClassVar[list] = []
+
+    def __init__(self, folder, cluster):
+        self.calls.append(("executor", str(folder), cluster))
+
+    def update_parameters(self, **kwargs):
+        self.calls.append(("parameters", kwargs))
+
+    def map_array(self, task, ids):
+        number = 100 + sum(call[0] == "array" for call in self.calls)
+        self.calls.append(("array", list(ids)))
+        return [_Job(f"{number}_{i}") for i in range(len(ids))]
+
+
+def test_slurm_arrays_wait_for_the_runs_they_transfer_from(tmp_path, monkeypatch, capsys):
+    import submitit
+
+    monkeypatch.setattr(submitit, "AutoExecutor", _Executor)
+    monkeypatch.setattr(_Executor, "calls", [])
+    EXAMPLE.main(["--experiment", "freeze", "--smoke", "--out", str(tmp_path), "--launcher",
+                  "submitit", "--slurm-partition", "gpu", "--time-min", "600",
+                  "--array-parallelism", "4"])  # fmt: skip
+    calls = _Executor.calls
+    assert calls[0] == ("executor", str(tmp_path / "submitit" / "%j"), "slurm")
+    assert calls[1] == ("parameters", {
+        "name": "auxtransfer-freeze", "timeout_min": 600, "gpus_per_node": 1,
+        "tasks_per_node": 1, "slurm_partition": "gpu", "slurm_array_parallelism": 4,
+    })  # fmt: skip
+    plan = protocols.build("freeze", **protocols.smoke_parameters("freeze"))
+    pretrainings = [r.id for r in plan if r.config.side == "A"]
+    assert calls[2] == ("array", pretrainings)
+    assert calls[3] == (
+        "parameters",
+        {"slurm_additional_parameters": {"dependency": "afterok:100"}},
+    )
+    assert calls[4] == ("array", [r.id for r in plan if r.config.side == "B"])
+    out = capsys.readouterr().out
+    assert "submitted 2 run(s) as job array 100" in out and "as job array 101" in out
+    assert not any(tmp_path.glob("split*"))  # nothing trained here
+
+
+def test_dependency_levels_of_a_selection():
+    plan = protocols.build("paired", **protocols.smoke_parameters("paired"))
+    # A transfer whose pre-training is not pending (finished) needs no earlier array.
+    levels = dependency_levels([plan["split0/binary/finetune"], plan["split0/baseline/pretrain"]])
+    assert [[r.id for r in level] for level in levels] == [
+        ["split0/binary/finetune", "split0/baseline/pretrain"]
+    ]
+
+
+def test_a_failed_local_array_stops_the_arrays_after_it(tmp_path, capsys):
+    plan = protocols.build("paired", **protocols.smoke_parameters("paired"))
+    args = EXAMPLE.build_parser().parse_args(["--smoke", "--out", str(tmp_path)])
+    args.device, args.device_given = "nope", True  # every task fails on its device
+    task = RunTask(EXAMPLE, args, plan)
+    lines = []
+    failed = submit_plan(task, check_plan(plan, tmp_path), cluster="local",
+                         folder=tmp_path / "logs" / "%j", parameters={}, say=lines.append)  # fmt: skip
+    assert failed == ["split0/baseline/pretrain", "split0/binary/pretrain"]
+    assert lines[-1] == (
+        "not submitted, they need a run that failed or its array: "
+        "split0/baseline/finetune, split0/binary/finetune"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--slurm-partition", "gpu"], "--slurm-partition"),
+        (["--submitit-cluster", "local"], "--submitit-cluster"),
+        (["--launcher", "submitit", "--jobs", "2"], "--jobs"),
+        (["--launcher", "submitit", "--time-min", "0"], "--time-min"),
+        (["--launcher", "submitit", "--mem-gb", "-1"], "--mem-gb"),
+    ],
+)
+def test_bad_cluster_flags_are_one_line_naming_the_flag(tmp_path, capsys, args, flag):
+    with pytest.raises(SystemExit) as stop:
+        EXAMPLE.main(["--smoke", "--out", str(tmp_path / "out"), *args])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and f"error: argument {flag}" in err[1], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_launcher_without_submitit_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError
+    with pytest.raises(SystemExit):
+        EXAMPLE.main(["--smoke", "--out", str(tmp_path), "--launcher", "submitit"])
+    err = capsys.readouterr().err
+    assert (
+        "argument --launcher: submitit is not installed: pip install 'auxtransfer[cluster]'" in err
+    )
