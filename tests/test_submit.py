@@ -147,3 +147,25 @@ def test_the_launcher_without_submitit_says_how_to_install_it(tmp_path, capsys, 
     assert (
         "argument --launcher: submitit is not installed: pip install 'auxtransfer[cluster]'" in err
     )
+
+
+def test_a_run_on_two_tasks_trains_as_under_torchrun(tmp_path, capsys):
+    """--gpus-per-run 2: one task per GPU (here CPU processes, gloo), the run under DDP:
+    the same results.json as torchrun with two processes."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    flags = ["--smoke", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(root / "examples" / "cifar100_densenet.py"), *flags, "--out", str(tmp_path / "torchrun")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    EXAMPLE.main([*flags, "--out", str(tmp_path / "tasks"), "--launcher", "submitit",
+                  "--submitit-cluster", "local", "--gpus-per-run", "2"])  # fmt: skip
+    assert _results(tmp_path / "tasks") == _results(tmp_path / "torchrun")
+    assert len(_results(tmp_path / "tasks")) == 4
+    logs = "".join(p.read_text() for p in (tmp_path / "tasks" / "submitit").rglob("*_log.out"))
+    assert logs.count("training split0/binary/pretrain") == 1  # rank 0 reports, not both

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from . import plan as plans
 
@@ -78,13 +79,20 @@ class RunTask:
         if self.args.smoke and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(1)  # as a plain --smoke call does
         device = self.args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        with contextlib.ExitStack() as scratch:
-            source = self.example.data.source(self.args, scratch)
-            outcomes = plans.execute(
-                self.plan, self.args.out, source, ids=[run_id], device=device,
-                stop_after=self.args.stop_after, cuda_graphs=not self.args.no_cuda_graphs,
-                report=print,
-            )  # fmt: skip
+        # Several tasks: the process group, each task on its GPU (as under torchrun).
+        device = plans.distributed_device(device)
+        try:
+            with contextlib.ExitStack() as scratch:
+                source = self.example.data.source(self.args, scratch)
+                rank = dist.get_rank() if dist.is_initialized() else 0
+                outcomes = plans.execute(
+                    self.plan, self.args.out, source, ids=[run_id], device=device,
+                    stop_after=self.args.stop_after, cuda_graphs=not self.args.no_cuda_graphs,
+                    report=print if rank == 0 else None,
+                )  # fmt: skip
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
         (outcome,) = outcomes
         return outcome.results
 
@@ -136,7 +144,7 @@ def submit_plan(
             continue
         for run_id, job in zip(ids, jobs, strict=True):
             try:
-                job.result()
+                job.results()  # one result per task (several with --gpus-per-run)
             except Exception as error:  # the task's traceback is in its log
                 failed.append(run_id)
                 first = str(error).strip().splitlines()
