@@ -191,6 +191,8 @@ BAD_INPUT = [
     ("cifar100_densenet", ["--experiment", "weight-sweep", "--weights", "0", "1.5"], "--weights"),
     ("cifar100_densenet", ["--experiment", "heads", "--head-weight", "0.5"], "--head-weight"),
     ("cifar100_densenet", ["--experiment", "aux-labels", "--groups", "51"], "--groups"),
+    ("cifar100_densenet", ["--weight-decay", "-1"], "--weight-decay"),
+    ("cifar100_densenet", ["--momentum", "2"], "--momentum"),
     ("cifar100_densenet", ["--experiment", "paired", "--groups", "7"], "--groups"),
     ("cifar100_densenet", ["--experiment", "aux-labels", "--aux", "wordnet"], "--aux"),
     ("cifar100_densenet", ["--experiment", "aux-labels", "--aux-weight", "0"], "--aux-weight"),
@@ -240,6 +242,22 @@ def test_bad_input_is_one_line_naming_the_flag_and_writes_nothing(
     assert len(err) == 2 and err[0].startswith("usage: "), err
     assert "error: " in err[1] and flag in err[1], err[1]
     assert not out.exists()
+
+
+def test_an_interrupted_call_is_one_line_saying_how_to_continue(tmp_path, capsys, monkeypatch):
+    from auxtransfer.experiments import plan as plans
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plans, "execute", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        EXAMPLES["cifar100_densenet"].main(["--smoke", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == (
+        "cifar100_densenet.py: interrupted: run the same command again to continue (finished "
+        "runs are skipped, an unfinished one resumes from its last finished epoch)\n"
+    ).replace("cifar100_densenet.py", EXAMPLES["cifar100_densenet"].build_parser().prog)
 
 
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):

@@ -190,6 +190,44 @@ def test_execute_gives_a_coarse_run_its_partition(tmp_path):
     )
 
 
+def test_a_run_that_raises_is_reported_and_the_runs_that_do_not_need_it_finish(tmp_path):
+    plan = _smoke()
+    fake = FakeTrain()
+
+    def train(config, run_dir, *args, **kwargs):
+        if str(run_dir).endswith("baseline/pretrain"):
+            raise ValueError("Expected last.pt to be an auxtransfer checkpoint\n(details)")
+        return fake(config, run_dir, *args, **kwargs)
+
+    lines = []
+    outcomes = execute(plan, tmp_path, SyntheticCifar100(), train=train, report=lines.append)
+    assert [(o.id.split("/", 1)[1], o.status) for o in outcomes] == [
+        ("baseline/pretrain", "failed"), ("binary/pretrain", "trained"),
+        ("baseline/finetune", "blocked"), ("binary/finetune", "trained"),
+    ]  # fmt: skip
+    assert outcomes[0].error == "ValueError: Expected last.pt to be an auxtransfer checkpoint"
+    assert outcomes[2].error == "the run it transfers from, split0/baseline/pretrain, failed"
+    assert (
+        "failed split0/baseline/pretrain: ValueError: Expected last.pt to be an auxtransfer checkpoint"
+        in lines
+    )
+    assert "not started split0/baseline/finetune: the run it transfers from, " \
+        "split0/baseline/pretrain, failed" in lines  # fmt: skip
+    assert not (tmp_path / "split0/baseline/finetune").exists()
+
+
+def test_a_damaged_results_file_is_refused_naming_it(tmp_path):
+    plan = _smoke()
+    execute(plan, tmp_path, SyntheticCifar100(), train=FakeTrain(), ids=["split0/binary/pretrain"])
+    path = tmp_path / "split0/binary/pretrain/results.json"
+    path.write_text('{"epochs": 2, "final')  # cut short
+    with pytest.raises(
+        RunDirConflictError,
+        match=r"results\.json to hold a finished run's results, but it does not parse .*: delete it; the run then resumes at its last epoch",
+    ):
+        check_plan(plan, tmp_path)
+
+
 def test_execute_skips_resumes_and_stops(tmp_path):
     plan = _smoke()
     train = FakeTrain()

@@ -54,6 +54,13 @@ def _without_timing(rows):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+def _checkpoint(path):
+    """A last.pt, its metrics rows without their timings."""
+    state = torch.load(path, weights_only=True)
+    state["metrics"] = _without_timing(state["metrics"])
+    return state
+
+
 def _files(folder):
     """Every file under ``folder`` with its bytes ({} when the folder does not exist)."""
     if not folder.exists():
@@ -104,6 +111,9 @@ def test_resume_is_bitwise_equal_to_a_straight_run(tmp_path):
     a = torch.load(straight / "last.pt", weights_only=True)
     b = torch.load(resumed / "last.pt", weights_only=True)
     assert a["epoch"] == 4
+    # The rows it keeps are the file's, timings aside.
+    assert a["metrics"] == _metrics(straight) and b["metrics"] == _metrics(resumed)
+    a["metrics"], b["metrics"] = _without_timing(a["metrics"]), _without_timing(b["metrics"])
     # Everything: weights, optimizer (momentum buffers, rates), random state, settings.
     _assert_same(a, b)
     assert len(_metrics(straight)) == 4
@@ -401,16 +411,51 @@ def test_bad_auxiliary_labels_are_refused_before_anything_is_written(
     assert list(tmp_path.iterdir()) == []
 
 
+def _tear(path, cut=60):
+    """The end of a file cut off, as a process killed mid-write leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[:-cut])
+
+
+def test_a_torn_metrics_row_comes_back_whole_from_the_checkpoint(tmp_path, runs):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "unfinished", run)
+    _tear(run / "metrics.csv")  # epoch 1's row, which last.pt has finished, torn
+    _run(_config(epochs=2), run, resume=True)
+    assert _without_timing(_metrics(run)) == _without_timing(_metrics(runs / "finished"))
+    # Gone altogether, the same.
+    shutil.rmtree(run)
+    shutil.copytree(runs / "unfinished", run)
+    (run / "metrics.csv").unlink()
+    _run(_config(epochs=2), run, resume=True)
+    assert _without_timing(_metrics(run)) == _without_timing(_metrics(runs / "finished"))
+
+
+def test_a_torn_row_an_older_checkpoint_cannot_restore_is_refused_untouched(tmp_path, runs):
+    run = tmp_path / "run"
+    shutil.copytree(runs / "unfinished", run)
+    _edit_checkpoint(run / "last.pt", lambda state: state.pop("metrics"))  # as before
+    _tear(run / "metrics.csv")
+    before = _files(run)
+    with pytest.raises(
+        ValueError,
+        match=r"metrics\.csv to hold a whole row for each of epochs 1 to 1, .* the row of epoch 1 has no number in",
+    ):
+        _run(_config(epochs=2), run, resume=True)
+    assert _files(run) == before  # nothing rewritten
+    # Whole, the older checkpoint resumes as before.
+    shutil.copy(runs / "unfinished" / "metrics.csv", run / "metrics.csv")
+    _run(_config(epochs=2), run, resume=True)
+    assert _without_timing(_metrics(run)) == _without_timing(_metrics(runs / "finished"))
+
+
 def test_resume_of_the_unfinished_run_finishes_it(tmp_path, runs):
     # The fixture's runs are sound: what the refusals above start from resumes and matches.
     run = tmp_path / "run"
     shutil.copytree(runs / "unfinished", run)
     _run(_config(epochs=2), run, resume=True)
     assert _without_timing(_metrics(run)) == _without_timing(_metrics(runs / "finished"))
-    _assert_same(
-        torch.load(run / "last.pt", weights_only=True),
-        torch.load(runs / "finished" / "last.pt", weights_only=True),
-    )
+    _assert_same(_checkpoint(run / "last.pt"), _checkpoint(runs / "finished" / "last.pt"))
 
 
 def test_cuda_random_state_is_restored_into_the_runs_device(monkeypatch):
@@ -458,7 +503,7 @@ def test_load_checkpoint_restores_the_cuda_state_into_the_runs_device(tmp_path, 
         epoch = load_checkpoint(
             path, config=config.to_json(), model=model, optimizer=optimizer,
             rank=0, world=1, device=torch.device("cuda", 1),
-        )  # fmt: skip
+        ).epoch  # fmt: skip
     assert epoch == 1
     assert len(restored) == 1
     assert torch.equal(restored[0][0], cuda)
@@ -490,8 +535,7 @@ def test_torchrun_two_ranks_end_with_identical_weights_and_resume_exactly(tmp_pa
     assert len(_metrics(straight)) == 2
     # Stopped after epoch 1 and resumed by both ranks: every rank's random state (its own
     # dropout masks) came back, so the run is the straight one, bit for bit.
-    a = torch.load(straight / "last.pt", weights_only=True)
-    b = torch.load(resumed / "last.pt", weights_only=True)
+    a, b = _checkpoint(straight / "last.pt"), _checkpoint(resumed / "last.pt")
     assert len(a["rng"]) == 2
     assert not torch.equal(a["rng"][0][0], a["rng"][1][0])  # the ranks draw differently
     _assert_same(a, b)

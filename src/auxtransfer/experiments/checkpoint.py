@@ -12,9 +12,9 @@ is not what it should be is refused, never loaded in a weaker way.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import torch
 import torch.distributed as dist
@@ -88,6 +88,7 @@ def save_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     rng_states: list[RngState],
+    metrics: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
     """Write a checkpoint atomically (a temporary file renamed over ``path``).
 
@@ -98,6 +99,8 @@ def save_checkpoint(
         model: The model, unwrapped from DDP and ``torch.compile``.
         optimizer: The optimizer.
         rng_states: Every process's random state (``gather_rng_states``).
+        metrics: The rows of ``metrics.csv`` up to ``epoch``: a resume rewrites the file
+            from them, so a row torn by a kill mid-write comes back whole.
     """
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -107,6 +110,10 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "rng": rng_states,
     }
+    if metrics is not None:  # as metrics.csv holds them: text
+        state["metrics"] = [
+            {k: "" if v is None else str(v) for k, v in row.items()} for row in metrics
+        ]
     replace_atomically(Path(path), lambda tmp: torch.save(state, tmp))
 
 
@@ -179,7 +186,7 @@ def load_checkpoint(
     world: int,
     device: torch.device,
     defaults: Mapping[str, Any] | None = None,
-) -> int:
+) -> Resumed:
     """Continue a run from its checkpoint: load the states and this process's random state.
 
     Everything is checked before anything is loaded.
@@ -196,7 +203,8 @@ def load_checkpoint(
             it was written).
 
     Returns:
-        The last epoch the checkpoint finished.
+        The last epoch the checkpoint finished, and the rows of ``metrics.csv`` it keeps
+        (None for a checkpoint written before it kept them).
 
     Raises:
         ValueError: The file is not a run checkpoint, or was written by another run or by
@@ -214,4 +222,12 @@ def load_checkpoint(
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     restore_rng_state(state["rng"][rank], device)
-    return int(state["epoch"])
+    metrics = state.get("metrics")
+    return Resumed(int(state["epoch"]), None if metrics is None else list(metrics))
+
+
+class Resumed(NamedTuple):
+    """What ``load_checkpoint`` restored: the last finished epoch and its metrics rows."""
+
+    epoch: int
+    metrics: list[dict[str, Any]] | None

@@ -479,7 +479,12 @@ class Example:
                     source.load()
                 except (FileNotFoundError, ValueError) as error:
                     parser.error(f"argument --data-root: {error}")
-            failed = self._execute(args, plan, source, device)
+            try:
+                failed = self._execute(args, plan, source, device)
+            except KeyboardInterrupt:
+                parser.exit(130, f"{parser.prog}: interrupted: run the same command again to "
+                                 f"continue (finished runs are skipped, an unfinished one resumes "
+                                 f"from its last finished epoch)\n")  # fmt: skip
         if failed:
             parser.exit(1, f"{parser.prog}: error: {len(failed)} run(s) failed: {', '.join(failed)} "
                            f"(see their logs above); run the same command again once fixed\n")  # fmt: skip

@@ -161,7 +161,7 @@ class Plan:
 
 
 class RunDirConflictError(ValueError):
-    """A run directory holds a run of the same id with other settings."""
+    """A run directory holds a run of the same id with other settings, or a damaged one."""
 
 
 def run_state(run_dir: str | os.PathLike[str]) -> str:
@@ -188,7 +188,8 @@ def check_plan(
     Raises:
         ValueError: An id is not in the plan (``Plan.select``), or a selected run transfers
             from a run that is neither finished nor selected.
-        RunDirConflictError: A run directory holds a run with other settings.
+        RunDirConflictError: A run directory holds a run with other settings, or a finished
+            run whose results.json does not parse.
     """
     selected = plan.select(ids)
     out = Path(out)
@@ -196,6 +197,8 @@ def check_plan(
     states = []
     for run in selected:
         state = run_state(out / run.id)
+        if state == "finished":
+            _check_results(RunDir(out / run.id))
         if state != "new":
             saved = RunDir(out / run.id).read_config()
             differ = differing_keys(
@@ -220,6 +223,25 @@ def check_plan(
             )
         states.append((run, state))
     return states
+
+
+def _check_results(run: RunDir) -> None:
+    """A finished run's results.json reads as the results of a run."""
+    try:
+        results = run.read_results()
+        problem = None if isinstance(results, dict) else "not a JSON object"
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        problem = str(error)
+    if problem is not None:
+        again = (
+            "the run then resumes at its last epoch and writes it again"
+            if run.checkpoint_path.exists()
+            else "the run then trains again"
+        )
+        raise RunDirConflictError(
+            f"Expected {run.results_path} to hold a finished run's results, but it does not "
+            f"parse ({problem}): delete it; {again}."
+        )
 
 
 def check_data(plan: Plan, source: DataSource, ids: Sequence[str] | None = None) -> None:
@@ -277,9 +299,9 @@ class RunOutcome:
         id: The run's id.
         status: ``"skipped"`` (already finished), ``"trained"`` (started and finished),
             ``"resumed"`` (continued and finished), ``"stopped"`` (``stop_after`` ended
-            it; the next call resumes it); with ``jobs > 1`` also ``"failed"`` (its
-            process raised or died; the others went on) and ``"blocked"`` (not started:
-            the run it transfers from failed, stopped or was blocked).
+            it; the next call resumes it), ``"failed"`` (it raised, or with ``jobs > 1``
+            its process died; the others went on) and ``"blocked"`` (not started: the
+            run it transfers from failed, or with ``jobs > 1`` stopped, or was blocked).
         results: The content of its ``results.json`` (None unless it finished).
         error: Why it failed (the exception and its log) or was blocked; None otherwise.
     """
@@ -308,8 +330,11 @@ def execute(
 
     Every selected run is checked first (``check_plan``, ``check_data``): nothing is
     written when one is wrong. Then, in plan order, a finished run is skipped without
-    touching its files, an unfinished one resumed, a new one started. Under ``torchrun``
-    call it on every rank: each run trains with DDP and rank 0 writes.
+    touching its files, an unfinished one resumed, a new one started. A run that raises
+    is reported (``"failed"``, with its error) and the runs that do not need it go on;
+    those that transfer from it are not started (``"blocked"``). Under ``torchrun`` call
+    it on every rank: each run trains with DDP and rank 0 writes (an error there ends
+    every rank).
 
     With ``jobs > 1`` up to ``jobs`` runs train at once, each in a process of its own
     that appends its output to ``<run dir>/train.log``: a run starts once the run it
@@ -385,29 +410,53 @@ def execute(
     partitions = _partitions(states, source)
     budget = math.inf if stop_after is None else stop_after
     outcomes = []
+    ended: dict[str, RunOutcome] = {}  # the runs that failed or were blocked, by id
     for run, state in states:
         run_dir = Path(out) / run.id
         if state == "finished":
             outcomes.append(RunOutcome(run.id, "skipped", RunDir(run_dir).read_results()))
             continue
+        needed = run.requires
+        if needed in ended:
+            why = "was not started" if ended[needed].status == "blocked" else "failed"
+            blocked = RunOutcome(
+                run.id, "blocked", None, f"the run it transfers from, {needed}, {why}"
+            )
+            outcomes.append(blocked)
+            ended[run.id] = blocked
+            if report is not None and rank == 0:
+                report(f"not started {run.id}: {blocked.error}")
+            continue
         if report is not None and rank == 0:
             verb = "resuming" if state == "unfinished" else "training"
             report(f"{verb} {run.id} ({run.config.epochs} epochs)")
-        train_data, test_data = run_data_for(run.config, source)
-        results = train(
-            run.config,
-            run_dir,
-            train_data,
-            test_data,
-            mean=source.mean,
-            std=source.std,
-            device=device,
-            resume=state == "unfinished",
-            progress=progress,
-            stop_after=None if budget == math.inf else int(budget),
-            cuda_graphs=cuda_graphs,
-            **({"partition": partitions[run.id]} if run.id in partitions else {}),
-        )
+        try:
+            train_data, test_data = run_data_for(run.config, source)
+            results = train(
+                run.config,
+                run_dir,
+                train_data,
+                test_data,
+                mean=source.mean,
+                std=source.std,
+                device=device,
+                resume=state == "unfinished",
+                progress=progress,
+                stop_after=None if budget == math.inf else int(budget),
+                cuda_graphs=cuda_graphs,
+                **({"partition": partitions[run.id]} if run.id in partitions else {}),
+            )
+        except Exception as error:
+            if distributed:
+                raise  # the other ranks wait in a collective: end them all
+            # As under jobs > 1: this run is reported, the runs that do not need it go on.
+            first = str(error).strip().split("\n", 1)[0]
+            failed = RunOutcome(run.id, "failed", None, f"{type(error).__name__}: {first}")
+            outcomes.append(failed)
+            ended[run.id] = failed
+            if report is not None:
+                report(f"failed {run.id}: {failed.error}")
+            continue
         if distributed:
             dist.barrier()  # rank 0 has written results.json before any rank goes on
         if results is None:

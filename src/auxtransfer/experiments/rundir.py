@@ -255,7 +255,11 @@ class RunDir:
         again), rewriting the file with the current header."""
         if not self.metrics_path.exists():
             return
-        rows = [row for row in self.read_metrics() if int(row["epoch"]) < before]
+        self.check_metrics(through=before - 1)
+        self.write_metrics([row for row in self.read_metrics() if int(row["epoch"]) < before])
+
+    def write_metrics(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Replace ``metrics.csv`` (atomically) by ``rows``, with the current header."""
 
         def write(tmp: Path) -> None:
             with tmp.open("w", newline="") as handle:
@@ -264,6 +268,39 @@ class RunDir:
                 writer.writerows(rows)
 
         replace_atomically(self.metrics_path, write)
+
+    def check_metrics(self, *, through: int) -> None:
+        """Raise unless ``metrics.csv`` holds one whole row for each epoch 1 .. ``through``
+        (later rows may be torn: a resume drops them)."""
+        problem = None
+        try:
+            rows = self.read_metrics() if self.metrics_path.exists() else []
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            rows, problem = [], f"it cannot be read ({error})"
+        epochs = []
+        for row in rows:
+            try:
+                epoch = int(row.get("epoch") or "")
+            except ValueError:
+                problem = problem or f"a row has no epoch number ({row.get('epoch')!r})"
+                continue
+            epochs.append(epoch)
+            if epoch <= through:
+                for name in ("train_loss", "train_error", "test_loss", "test_error"):
+                    try:
+                        float(row.get(name) or "")
+                    except ValueError:
+                        problem = problem or f"the row of epoch {epoch} has no number in {name}"
+        wanted = list(range(1, through + 1))
+        if problem is None and [e for e in epochs if e <= through] != wanted:
+            problem = f"it holds the rows of epochs {sorted(set(epochs))}"
+        if problem is not None:
+            raise ValueError(
+                f"Expected {self.metrics_path} to hold a whole row for each of epochs 1 to "
+                f"{through}, which last.pt has finished, but {problem}: the file was damaged "
+                f"(a write cut short?) and last.pt does not keep a copy of the rows; move the "
+                f"run directory away to train the run again."
+            )
 
     def read_metrics(self) -> list[dict[str, str]]:
         """The rows of ``metrics.csv``, as strings keyed by column."""

@@ -205,19 +205,27 @@ def train_run(
     batches = _batches(train_data, config, device, mean, std, train=True, rank=rank,
         world=world, partition=partition)  # fmt: skip
     tests = _batches(test_data, config, device, mean, std, train=False)
-    start_epoch = 1
+    start_epoch, kept = 1, None
     if resume and run.checkpoint_path.exists():
-        start_epoch = 1 + load_checkpoint(
+        resumed = load_checkpoint(
             run.checkpoint_path, config=settings, model=net, optimizer=optimizer,
             rank=rank, world=world, device=device, defaults=RunConfig.defaults(),
         )  # fmt: skip
+        start_epoch, kept = 1 + resumed.epoch, resumed.metrics
+        if rank == 0 and kept is None:  # a checkpoint from before it kept the rows
+            run.check_metrics(through=resumed.epoch)  # before anything is rewritten
     if rank == 0:
         run.write_config(settings)
-        # Rows of epochs after the checkpoint (a run stopped between writing its metrics and
-        # its checkpoint) are dropped: those epochs run again.
-        run.truncate_metrics(before=start_epoch)
-    done = run.read_metrics() if rank == 0 and start_epoch > 1 else []
-    best_error = min((float(row["test_error"]) for row in done), default=math.inf)
+        if kept is not None:
+            # The rows of the checkpoint's epochs, whatever the file holds: a row torn by a
+            # kill mid-write comes back whole, and rows of later epochs are dropped.
+            run.write_metrics(kept)
+        else:
+            # Rows of epochs after the checkpoint (a run stopped between writing its
+            # metrics and its checkpoint) are dropped: those epochs run again.
+            run.truncate_metrics(before=start_epoch)
+    logged = (kept or run.read_metrics()) if rank == 0 and start_epoch > 1 else []
+    best_error = min((float(row["test_error"]) for row in logged), default=math.inf)
 
     trainer = _wrap_for_training(net, config, device, world)
     use_amp = config.amp and device.type == "cuda"
@@ -259,6 +267,7 @@ def train_run(
         }
         rng_states = gather_rng_states(device, world)
         if rank == 0:
+            logged.append(row)
             run.append_metrics(row, fresh=epoch == 1)
             if test_error < best_error:  # the paper kept A's best epoch (on A's test set)
                 best_error = test_error
@@ -267,7 +276,7 @@ def train_run(
                 )
             save_checkpoint(
                 run.checkpoint_path, config=settings, epoch=epoch, model=net,
-                optimizer=optimizer, rng_states=rng_states,
+                optimizer=optimizer, rng_states=rng_states, metrics=logged,
             )  # fmt: skip
         if world > 1:
             dist.barrier()
@@ -461,6 +470,12 @@ def _check_settings(
         )
     if config.epochs < 1:
         raise ValueError(f"Expected `epochs` to be at least 1, but got {config.epochs}.")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise ValueError(
+            f"Expected `weight_decay` to be a finite number >= 0, but got {config.weight_decay}."
+        )
+    if not 0 <= config.momentum < 1:
+        raise ValueError(f"Expected `momentum` to be in [0, 1), but got {config.momentum}.")
     milestones = list(config.milestones)
     if milestones != sorted(set(milestones)) or any(not 1 < m <= config.epochs for m in milestones):
         raise ValueError(
