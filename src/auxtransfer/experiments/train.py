@@ -205,26 +205,26 @@ def train_run(
     batches = _batches(train_data, config, device, mean, std, train=True, rank=rank,
         world=world, partition=partition)  # fmt: skip
     tests = _batches(test_data, config, device, mean, std, train=False)
-    start_epoch, kept = 1, None
+    start_epoch, saved_rows = 1, None
     if resume and run.checkpoint_path.exists():
         resumed = load_checkpoint(
             run.checkpoint_path, config=settings, model=net, optimizer=optimizer,
             rank=rank, world=world, device=device, defaults=RunConfig.defaults(),
         )  # fmt: skip
-        start_epoch, kept = 1 + resumed.epoch, resumed.metrics
-        if rank == 0 and kept is None:  # a checkpoint from before it kept the rows
+        start_epoch, saved_rows = 1 + resumed.epoch, resumed.metrics
+        if rank == 0 and saved_rows is None:  # a checkpoint from before it kept the rows
             run.check_metrics(through=resumed.epoch)  # before anything is rewritten
     if rank == 0:
         run.write_config(settings)
-        if kept is not None:
+        if saved_rows is not None:
             # The rows of the checkpoint's epochs, whatever the file holds: a row torn by a
             # kill mid-write comes back whole, and rows of later epochs are dropped.
-            run.write_metrics(kept)
+            run.write_metrics(saved_rows)
         else:
             # Rows of epochs after the checkpoint (a run stopped between writing its
             # metrics and its checkpoint) are dropped: those epochs run again.
             run.truncate_metrics(before=start_epoch)
-    logged = (kept or run.read_metrics()) if rank == 0 and start_epoch > 1 else []
+    logged = (saved_rows or run.read_metrics()) if rank == 0 and start_epoch > 1 else []
     best_error = min((float(row["test_error"]) for row in logged), default=math.inf)
 
     trainer = _wrap_for_training(net, config, device, world)
