@@ -263,7 +263,7 @@ def test_report_writes_real_pngs_and_only_report_files(written):
     assert _files(root) >= before
     figures = [f["file"] for s in report["sections"] for f in s["figures"]]
     assert all(r["figure"] is None for r in report["runs"])
-    assert added == {"report.md", "report.json", *figures}
+    assert added == {"report.md", "report.json", ".report-files", *figures}
     assert all((root / name).read_bytes()[:8] == PNG for name in figures)
     kinds = {f["kind"] for s in report["sections"] for f in s["figures"]}
     assert kinds == {"points", "curves", "splits", "weights", "heads"}
@@ -423,9 +423,10 @@ def test_empty_broken_and_half_written_runs_are_reported_and_skipped(tmp_path, c
     assert "binary 0.4 - baseline" in text
     runs = [f"run-split0_{name}_{step}.png" for name in ("baseline", "binary")
             for step in ("pretrain", "finetune")]  # fmt: skip
-    assert _files(root) - before == {
-        "report.md", "report.json", "fig-finetune-1-splits.png", "fig-finetune-1-weights.png", *runs,
-    }  # fmt: skip
+    (section,) = json.loads((root / "report.json").read_text())["sections"]
+    assert section["id"].startswith("finetune-cifar_densenet_bc_100-")
+    figures = [f"fig-{section['id']}-splits.png", f"fig-{section['id']}-weights.png"]
+    assert _files(root) - before == {"report.md", "report.json", ".report-files", *figures, *runs}
     assert all((root / name).read_bytes()[:8] == PNG for name in runs)
     assert f"[curves]({runs[0]})" in text
     assert [s.id for s in gather(root).skipped] == [
@@ -573,3 +574,48 @@ def test_pairs_are_made_by_split_then_by_seed(tmp_path):
         "split1/seed0/baseline/finetune",
         "split1/seed2/binary/finetune",
     ]
+
+
+def test_left_out_runs_are_counted_once_and_figures_keep_their_names(tmp_path):
+    for split in (0, 1):
+        for name, weight in (("baseline", 0.0), ("binary", 0.4)):
+            _pretrain(tmp_path, f"split{split}/{name}", weight, split)
+            _transfer(tmp_path, f"split{split}/{name}", "finetune", 30.0 + weight, split)
+    # A B run whose A run is not there: left out, and so not among the runs reported.
+    _transfer(tmp_path, "orphan/binary", "finetune", 31.0, 0)
+    first = write_report(tmp_path, format="json", run_curves=False)
+    assert "orphan/binary/finetune" not in [r["id"] for r in first["runs"]]
+    assert [s["id"] for s in first["skipped"]] == ["orphan/binary/finetune"]
+    text = (tmp_path / "report.md").read_text()
+    assert "8 finished run(s) reported, 1 skipped" in text
+    figures = {f["file"] for s in first["sections"] for f in s["figures"]}
+    # Another setting beside it: the first keeps its figure names, and its section its id.
+    for name, weight in (("baseline", 0.0), ("binary", 0.4)):
+        _pretrain(tmp_path, f"long/split0/{name}", weight, 0)
+        _transfer(tmp_path, f"long/split0/{name}", "finetune", 33.0, 0, epochs=6)
+    second = write_report(tmp_path, format="json", run_curves=False)
+    assert figures < {f["file"] for s in second["sections"] for f in s["figures"]}
+    # The long runs gone, their figures go with them; nothing else is removed.
+    import shutil
+
+    (tmp_path / "notes.png").write_bytes(PNG)
+    shutil.rmtree(tmp_path / "long")
+    write_report(tmp_path, format="json", run_curves=False)
+    pngs = {p.name for p in tmp_path.glob("*.png")}
+    assert pngs == figures | {"notes.png"}
+    assert set((tmp_path / ".report-files").read_text().split()) == {
+        "report.md",
+        "report.json",
+        *figures,
+    }
+
+
+def test_figures_of_a_report_from_before_the_manifest_are_replaced(tmp_path):
+    _pretrain(tmp_path, "split0/baseline", 0.0, 0)
+    _transfer(tmp_path, "split0/baseline", "finetune", 30.0, 0)
+    (tmp_path / "report.md").write_text("# an earlier report\n")
+    (tmp_path / "fig-finetune-1-splits.png").write_bytes(PNG)  # its index-named figure
+    (tmp_path / "figure-of-mine.png").write_bytes(PNG)
+    report = write_report(tmp_path, run_curves=False)
+    names = {p.name for p in tmp_path.glob("*.png")}
+    assert names == {"figure-of-mine.png", *(f["file"] for f in report["sections"][0]["figures"])}

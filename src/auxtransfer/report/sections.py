@@ -10,6 +10,9 @@ numbers, and ``--format json`` writes them as they are.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -26,6 +29,7 @@ __all__ = [
     "reported_epochs",
     "run_entry",
     "section",
+    "section_id",
     "section_name",
 ]
 
@@ -69,16 +73,31 @@ def section_name(family: Family) -> str:
     return family.kind
 
 
-def section(family: Family, number: int) -> dict[str, Any]:
-    """Everything the report shows about one family of settings; its id is
-    ``<section_name>-<number>``."""
+def section_id(family: Family) -> str:
+    """``<section_name>-<model>-<key>``: the key is the first 8 hex digits of the SHA-256 of
+    the family's setting (canonical JSON), so the same setting has the same id (and figure
+    names) in every report, whatever else the folder holds.
+
+    Example:
+        >>> from auxtransfer.report.groups import Family
+        >>> section_id(Family("freeze", {"model": "cifar_wrn_28_10", "epochs": 40}, ()))
+        'freeze-cifar_wrn_28_10-4e217448'
+    """
+    canonical = json.dumps(family.setting, sort_keys=True, separators=(",", ":"))
+    key = hashlib.sha256(canonical.encode()).hexdigest()[:8]
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(family.setting.get("model", "model")))
+    return f"{section_name(family)}-{model}-{key}"
+
+
+def section(family: Family) -> dict[str, Any]:
+    """Everything the report shows about one family of settings (its id: ``section_id``)."""
     kind = family.kind
     per_class = family.setting.get("per_class")
     heading = {"freeze": "Freeze sweep", "reset": "Reset sweep"}.get(
         kind, "Long tail" if per_class is not None else "Fine-tuning all layers"
     )
     data: dict[str, Any] = {
-        "id": f"{section_name(family)}-{number}",
+        "id": section_id(family),
         "kind": kind,
         "title": f"{heading}: {_describe(family)}",
         "smoke": family.smoke,

@@ -2,8 +2,10 @@
 
 ``build_report`` reads the runs and computes every number (no file is written);
 ``write_report`` draws the figures and writes ``report.md`` (and ``report.json``) beside
-them. Nothing but these files is written, and nothing at all inside a run directory's
-files.
+them, and ``.report-files``, the list of what it wrote: a later report into the same
+folder removes the figures of the earlier one that it does not draw again, so no stale
+figure stays beside a new ``report.md``. Nothing else is written or removed, and nothing at
+all inside a run directory's files.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import json
 import math
 import os
 import re
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .figures import FIGURES, run_figure, save
 from .gather import gather, natural_key
 from .groups import families, transfers
 from .markdown import render
-from .sections import run_entry, section, section_name
+from .sections import run_entry, section
 
 __all__ = ["FORMATS", "build_report", "write_report"]
 
@@ -50,11 +51,9 @@ def build_report(root: str | os.PathLike[str]) -> dict[str, Any]:
     """
     gathered = gather(root)
     placed, left_out = transfers(gathered)
-    numbers: Counter[str] = Counter()
     sections = []
     for family in families(placed):
-        numbers[section_name(family)] += 1
-        data = section(family, numbers[section_name(family)])
+        data = section(family)
         kinds = ["points", "curves"] if family.kind in ("freeze", "reset") else ["splits"]
         if data.get("weight_sweep"):
             kinds.append("weights")
@@ -67,7 +66,10 @@ def build_report(root: str | os.PathLike[str]) -> dict[str, Any]:
         ]  # fmt: skip
         sections.append(data)
     conditions = {t.run.id: t.condition for t in placed}
-    runs = [run_entry(run, conditions.get(run.id)) for run in gathered.runs]
+    # A B run left out (no A run among the finished ones, or a duplicate) is counted and
+    # listed among the skipped only, not among the runs reported.
+    out = {s.id for s in left_out}
+    runs = [run_entry(run, conditions.get(run.id)) for run in gathered.runs if run.id not in out]
     used: set[str] = set()
     for run in runs:
         run["figure"] = _unique(f"run-{_slug(run['id'])}", used) + ".png"
@@ -105,6 +107,10 @@ def write_report(
             run["figure"] = None
     folder = Path(root if out is None else out)
     folder.mkdir(parents=True, exist_ok=True)
+    written = ["report.md", *(["report.json"] if format == "json" else [])]
+    written += [figure["file"] for data in report["sections"] for figure in data["figures"]]
+    written += [run["figure"] for run in report["runs"] if run["figure"] is not None]
+    _remove_stale(folder, set(written))
     for data in report["sections"]:
         for figure in data["figures"]:
             save(FIGURES[figure["kind"]](data), folder / figure["file"])
@@ -115,7 +121,29 @@ def write_report(
     if format == "json":
         text = json.dumps(_json_safe(report), indent=1, allow_nan=False)
         (folder / "report.json").write_text(text + "\n")
+    (folder / MANIFEST).write_text("\n".join(written) + "\n")
     return report
+
+
+#: The list of files the last report wrote into its folder, one name per line.
+MANIFEST = ".report-files"
+
+
+def _remove_stale(folder: Path, keep: set[str]) -> None:
+    """Remove what an earlier report wrote into ``folder`` and this one does not: the files
+    of its manifest, or, for a report written before the manifest existed, its figures
+    (``fig-*.png``, ``run-*.png`` beside a ``report.md``). Nothing else is touched."""
+    listed = folder / MANIFEST
+    if listed.is_file():
+        earlier = set(listed.read_text().split())
+    elif (folder / "report.md").is_file():
+        earlier = {p.name for pattern in ("fig-*.png", "run-*.png") for p in folder.glob(pattern)}
+    else:
+        earlier = set()
+    for name in sorted(earlier - keep):
+        path = folder / name
+        if "/" not in name and "\\" not in name and path.is_file():
+            path.unlink()
 
 
 def _json_safe(value: Any) -> Any:
