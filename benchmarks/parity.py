@@ -121,15 +121,24 @@ def train_both(
     amp: bool,
     channels_last: bool,
     capture: bool | None = None,
+    reference: str = "loop",
 ) -> dict[str, Any]:
-    """Train ``case``'s model through ``GraphTrainer`` and a copy through the plain loop;
-    what ``judge`` compares."""
+    """Train ``case``'s model through ``GraphTrainer`` and a copy through ``reference``:
+    ``"loop"``, the plain loop (``train_one_epoch``, SGD's own step), or ``"steps"``, the
+    same trainer's steps run eagerly (``capture=False``); what ``judge`` compares."""
+    if reference not in ("loop", "steps"):
+        raise ValueError(f"Expected `reference` to be 'loop' or 'steps', but got {reference!r}.")
     graphed, batches = build(case, device, channels_last)
     eager = copy.deepcopy(graphed)
     start = [p.detach().clone() for p in eager.parameters()]
     optimizers = _optimizer(eager, case.rates[0]), _optimizer(graphed, case.rates[0])
     trainer = GraphTrainer(
         graphed, optimizers[1], binary_weight=case.binary_weight, amp=amp, capture=capture
+    )
+    steps = (
+        GraphTrainer(eager, optimizers[0], binary_weight=case.binary_weight, amp=amp, capture=False)
+        if reference == "steps"
+        else None
     )
     epochs = []
     for epoch, rate in enumerate(case.rates, 1):
@@ -138,7 +147,9 @@ def train_both(
             optimizer = optimizers[side == "graphed"]
             optimizer.param_groups[0]["lr"] = rate
             torch.manual_seed(100 + epoch)  # the same dropout masks on both sides
-            if side == "eager":
+            if side == "eager" and steps is not None:
+                sums = steps.train_one_epoch(batches, epoch=epoch)
+            elif side == "eager":
                 sums = train_one_epoch(
                     eager, batches, optimizer, epoch=epoch, binary_weight=case.binary_weight,
                     amp=amp,

@@ -198,3 +198,38 @@ def test_the_example_runs_both_phases(capsys):
     assert all(0.0 <= value <= 1.0 for value in results.values())
     out = capsys.readouterr().out
     assert "frozen on B: froze 3 layer groups (stem ... 2.1)" in out
+
+
+def test_validate_leaves_the_model_and_a_second_fit_freezes_anew(tmp_path):
+    module = AuxTransferModule(_backbone(), num_classes=5, weight=0.4, lr=0.1)
+    callback = FreezeUntil("2.1", unfreeze_at_epoch=1, lr=0.01)
+    trainer = _trainer(tmp_path, 2, [callback])
+    trainer.fit(module, _loader(), _loader())
+    assert all(p.requires_grad for p in module.model.parameters())
+    trainer.validate(module, _loader())  # not a fit: nothing frozen again
+    assert all(p.requires_grad for p in module.model.parameters())
+    # The same callback in a new fit: frozen from the start, unfrozen at epoch 1 again.
+    frozen, _ = _frozen_names("2.1", "freeze")
+    seen = []
+
+    class Watch(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            names = {n for n, p in pl_module.model.named_parameters() if not p.requires_grad}
+            seen.append(names)
+
+    _trainer(tmp_path, 2, [callback, Watch()], limit_val_batches=0).fit(module, _loader())
+    assert seen == [frozen, set()]
+
+
+def test_unfreezing_is_refused_under_ddp():
+    from types import SimpleNamespace
+
+    module = AuxTransferModule(_backbone(), num_classes=5)
+    callback = FreezeUntil("2", unfreeze_at_epoch=1, lr=0.01)
+    with pytest.raises(
+        ValueError, match=r"one process for `unfreeze_at_epoch` \(1\), but the trainer has 2"
+    ):
+        callback.setup(SimpleNamespace(world_size=2), module, "fit")
+    FreezeUntil("2").setup(
+        SimpleNamespace(world_size=2, strategy=None), module, "fit"
+    )  # freezing alone is fine

@@ -45,6 +45,11 @@ def test_the_graphed_side_agrees_with_the_plain_loop(parity, monkeypatch):
     _tensor_rates(monkeypatch)
     close = parity.train_both(parity.TINY, CPU, amp=False, channels_last=False)
     assert parity.judge(close) == [] and 0 < close["drift"] < 1e-4
+    # Against the same steps run eagerly (GraphTrainer without capture): equal to the bit.
+    same = parity.train_both(parity.TINY, CPU, amp=False, channels_last=False, reference="steps")
+    assert same["drift"] == 0.0 and parity.judge(same) == []
+    with pytest.raises(ValueError, match=r"`reference` to be 'loop' or 'steps'"):
+        parity.train_both(parity.TINY, CPU, amp=False, channels_last=False, reference="graph")
 
 
 def test_a_stale_learning_rate_is_caught(parity, monkeypatch):

@@ -169,3 +169,43 @@ def test_a_run_on_two_tasks_trains_as_under_torchrun(tmp_path, capsys):
     assert len(_results(tmp_path / "tasks")) == 4
     logs = "".join(p.read_text() for p in (tmp_path / "tasks" / "submitit").rglob("*_log.out"))
     assert logs.count("training split0/binary/pretrain") == 1  # rank 0 reports, not both
+
+
+def test_a_run_that_fails_in_its_task_fails_the_task(tmp_path):
+    """A run that raises inside its task (here a damaged last.pt) fails the task, so that
+    the arrays after it, which need it, are not submitted (on SLURM their afterok fails)."""
+    from auxtransfer.experiments.rundir import RunDir
+
+    plan = protocols.build("paired", **protocols.smoke_parameters("paired"))
+    for run in plan:
+        if run.config.side == "A":
+            RunDir(tmp_path / run.id).write_config(run.config.to_json())
+            (tmp_path / run.id / "last.pt").write_bytes(b"not a checkpoint")
+    args = EXAMPLE.build_parser().parse_args(["--smoke", "--out", str(tmp_path)])
+    args.device, args.device_given = "cpu", True
+    lines = []
+    failed = submit_plan(RunTask(EXAMPLE, args, plan), check_plan(plan, tmp_path), cluster="local",
+                         folder=tmp_path / "logs" / "%j", parameters={}, say=lines.append)  # fmt: skip
+    assert failed == ["split0/baseline/pretrain", "split0/binary/pretrain"]
+    assert lines[1].startswith("run split0/baseline/pretrain failed (log: ")
+    why = lines[1].split("): ", 1)[1]
+    assert why.startswith("run split0/baseline/pretrain failed: ValueError: Expected ")
+    assert "pretrain/last.pt to be an auxtransfer checkpoint, but it cannot be read" in why
+    assert lines[-1].startswith("not submitted, they need a run that failed or its array")
+    assert not (tmp_path / "split0/baseline/finetune").exists()
+
+
+def test_submitting_records_the_data_as_a_plain_call_does(tmp_path, monkeypatch):
+    import submitit
+
+    from auxtransfer.experiments.cli import ImageNetData
+
+    monkeypatch.setattr(submitit, "AutoExecutor", _Executor)
+    monkeypatch.setattr(_Executor, "calls", [])
+    example = Example(protocols.DENSENET121_IMAGENET, ImageNetData(), "ImageNet", smoke="tiny")
+    example.main(["--smoke", "--out", str(tmp_path), "--launcher", "submitit"])
+    record = json.loads((tmp_path / "data.json").read_text())
+    assert record["class_seed"] == 0 and len(record["classes"]) == 100
+    with pytest.raises(SystemExit):  # other classes into the same folder: refused, as always
+        example.main(["--smoke", "--out", str(tmp_path), "--launcher", "submitit",
+                      "--class-seed", "1"])  # fmt: skip

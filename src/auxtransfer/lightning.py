@@ -61,6 +61,9 @@ class FreezeUntil(BaseFinetuning):
 
     Resuming (``Trainer.fit(ckpt_path=...)``) restores what the run had: frozen before
     ``unfreeze_at_epoch``, trainable with the same groups, rates and momentum after it.
+    Each ``fit`` freezes anew; ``validate`` and ``test`` leave the model as it is.
+    ``unfreeze_at_epoch`` needs one process: under DDP, layers unfrozen after the model was
+    wrapped would not be synchronised, and the fit is refused.
 
     Args:
         until: The last address to freeze (``"2.9"``, a block ``"2"``, ``"stem"``, a full
@@ -124,6 +127,22 @@ class FreezeUntil(BaseFinetuning):
                 f"Expected `module` to name a submodule of {type(pl_module).__name__} (it has "
                 f"{children}), but got {self.module!r}."
             ) from None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return  # validate / test / predict take the model as it is
+        if self.unfreeze_at_epoch is not None and trainer.world_size > 1:
+            raise ValueError(
+                f"Expected one process for `unfreeze_at_epoch` ({self.unfreeze_at_epoch}), but "
+                f"the trainer has {trainer.world_size}: DDP synchronises only the parameters "
+                f"that train when it wraps the model, so layers unfrozen later would train "
+                f"apart on each process. Freeze without unfreezing, or train on one device."
+            )
+        # A new fit starts frozen; a resumed one learns from its checkpoint whether the
+        # layers were unfrozen (load_state_dict, after this).
+        self._unfrozen = False
+        self._internal_optimizer_metadata: dict[int, list[dict[str, Any]]] = {}
+        super().setup(trainer, pl_module, stage)
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         model = self.model_of(pl_module)

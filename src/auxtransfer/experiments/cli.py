@@ -529,13 +529,13 @@ class Example:
         from .submit import RunTask, submit_plan
 
         with contextlib.ExitStack() as scratch:  # the checks only; each task makes its own
-            self._checked_source(args, parser, plan, scratch)
+            source = self._checked_source(args, parser, plan, scratch)
+            self._write_record(args, source)
         cluster = args.submitit_cluster or "slurm"
-        gpus = (
-            args.gpus_per_run
-            if args.gpus_per_run is not None
-            else (1 if cluster == "slurm" else None)
-        )
+        # One GPU per run on SLURM, and here where there is one (submitit's local executor
+        # hides every GPU from a task that asks for none).
+        default = 1 if cluster == "slurm" or torch.cuda.is_available() else None
+        gpus = args.gpus_per_run if args.gpus_per_run is not None else default
         parameters = {
             "name": f"auxtransfer-{args.experiment}",
             "timeout_min": args.time_min if args.time_min is not None else 24 * 60,
@@ -599,18 +599,23 @@ class Example:
                              f"differ): use another --out, or the data settings it was started with")  # fmt: skip
         return source
 
+    def _write_record(self, args: argparse.Namespace, source: DataSource) -> None:
+        """``<out>/data.json``, what the runs' configs do not say about their data, once."""
+        record = self.data.record(source)
+        path = Path(args.out) / DATA_RECORD
+        if record is not None and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(record, indent=2) + "\n"
+            replace_atomically(path, lambda tmp: tmp.write_text(text))
+
     def _execute(
         self, args: argparse.Namespace, plan: plans.Plan, source: DataSource, device: torch.device
     ) -> list[str]:
         """Execute the plan, print its summary and how to go on; the ids of failed runs."""
         device = plans.distributed_device(device)
         rank = dist.get_rank() if dist.is_initialized() else 0
-        record = self.data.record(source)
-        path = Path(args.out) / DATA_RECORD
-        if record is not None and rank == 0 and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(record, indent=2) + "\n"
-            replace_atomically(path, lambda tmp: tmp.write_text(text))
+        if rank == 0:
+            self._write_record(args, source)
         say = print if rank == 0 else None
         outcomes = plans.execute(
             plan, args.out, source, ids=args.run, device=device, progress=rank == 0 and sys.stderr.isatty(),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,10 @@ class RunTask:
             if dist.is_initialized():
                 dist.destroy_process_group()
         (outcome,) = outcomes
+        if outcome.status in ("failed", "blocked", "stopped"):
+            # The task fails, so that the arrays that need this run do not start (afterok).
+            why = outcome.error or f"stopped after --stop-after {self.args.stop_after} epochs"
+            raise RuntimeError(f"run {run_id} {outcome.status}: {why}")
         return outcome.results
 
 
@@ -147,10 +152,7 @@ def submit_plan(
                 job.results()  # one result per task (several with --gpus-per-run)
             except Exception as error:  # the task's traceback is in its log
                 failed.append(run_id)
-                first = str(error).strip().splitlines()
-                say(
-                    f"run {run_id} failed (log: {Path(job.paths.stderr)}): {first[-1] if first else error}"
-                )
+                say(f"run {run_id} failed (log: {Path(job.paths.stderr)}): {_why(error)}")
         if failed:
             later = [run.id for levels in dependency_levels(pending) for run in levels]
             left = later[later.index(ids[-1]) + 1 :]
@@ -158,6 +160,18 @@ def submit_plan(
                 say(f"not submitted, they need a run that failed or its array: {', '.join(left)}")
             break
     if cluster == "slurm":
-        say(f"submitted to SLURM; logs under {folder}: call the same command again to check "
-            f"and carry on, finished runs are skipped")  # fmt: skip
+        say(f"submitted to SLURM; logs under {folder}. Once these jobs have ended (squeue), "
+            f"call the same command again to carry on: finished runs are skipped, the others "
+            f"submitted again (while they are queued or running, they would be submitted "
+            f"twice)")  # fmt: skip
     return failed
+
+
+def _why(error: Exception) -> str:
+    """The line of a failed task's error that says why: the task's own RuntimeError where
+    it raised one, else the last exception line of submitit's report."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("RuntimeError: run ")]
+    raised = [line for line in lines if re.match(r"^\w+(Error|Exception|Interrupt)\b", line)]
+    chosen = ours or raised or lines or [type(error).__name__]
+    return chosen[-1].removeprefix("RuntimeError: ")
