@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import timm
 import torch
@@ -24,6 +26,9 @@ import torchvision
 
 import auxtransfer.models  # noqa: F401  (registers cifar_densenet_bc_100 with timm)
 from auxtransfer import freeze_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from preflight import checked_device
 
 
 def densenet_bc_100(num_classes: int, stem: str) -> torch.nn.Module:
@@ -53,8 +58,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     args = parser.parse_args()
-
-    device = torch.device(args.device)
+    device = checked_device(parser, args.device)
     torch.manual_seed(0)
     full = densenet_bc_100(50, args.stem).to(device)
     frozen = copy.deepcopy(full)

@@ -12,13 +12,18 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 
 from auxtransfer import CombinedLoss, RandomPartitionHead
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from preflight import checked_device
 
 
 def main() -> None:
@@ -34,8 +39,7 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-
-    device = torch.device(args.device)
+    device = checked_device(parser, args.device)
     torch.manual_seed(0)
     plain = timm.create_model(args.model, num_classes=args.classes).to(device)
     wrapped = RandomPartitionHead(copy.deepcopy(plain)).to(device)

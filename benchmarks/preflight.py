@@ -36,6 +36,17 @@ def _driver() -> str | None:
     return found.stdout.strip().splitlines()[0] if found.returncode == 0 and found.stdout else None
 
 
+def checked_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """``--device`` as a device, or one line (``parser.error``) where it cannot be used."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"argument --device: expected cpu, cuda or cuda:N, but got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
 def mps_running() -> bool:
     """Whether an MPS control daemon answers at its pipe (``CUDA_MPS_PIPE_DIRECTORY``)."""
     pipes = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))

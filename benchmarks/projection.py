@@ -97,6 +97,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{model:<16} {experiment:<13} {runs:>5} {epochs:>7} {images:>13,.0f}  {clock}")
     for model, (rate, source) in rates.items():
         print(f"{model}: {rate:,.0f} images/s ({source})")
+    missing = [model for model in SETUPS if model not in rates]
+    if missing:
+        where = f"{args.rates} holds none of their images/s" if args.rates else "none given"
+        print(f"(no speed) for {', '.join(missing)}: {where} (the CIFAR models are timed on "
+              f"CUDA only: benchmarks/run.py --device cuda --json FILE; or --densenet, --wrn)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ Every number is a flag.
 
   python examples/imagenet100_densenet121.py --smoke --out runs/in100-smoke   # every step, tiny
   python examples/imagenet100_densenet121.py --data-root /data/imagenet --amp --out runs/in100
-  torchrun --nproc_per_node=4 examples/imagenet100_densenet121.py --data-root /data/imagenet \
-      --amp --batch-size 64 --out runs/in100                                  # DDP, 4 x 64
+  torchrun --nproc_per_node=4 examples/imagenet100_densenet121.py --data-root /data/imagenet --amp --batch-size 64 --out runs/in100   # DDP, 4 x 64
 
 --smoke writes a tiny ImageNet-style folder of generated images to a temporary folder and
 trains a DenseNet-121 of growth rate 4 with one layer per block on 32x32 crops, 2-epoch

@@ -82,3 +82,17 @@ def test_bad_requests():
     with pytest.raises(ValueError, match=r"could not find the classifier of Sequential"):
         reset_classifier(nn.Sequential(nn.Linear(2, 2)), 5)
     assert model.fc.out_features == 10  # nothing changed
+
+
+def test_a_wrapped_net_is_refused_with_what_to_do():
+    import torchvision
+
+    from auxtransfer import RandomPartitionHead
+
+    net = RandomPartitionHead(torchvision.models.resnet18(num_classes=10))
+    with pytest.raises(
+        TypeError,
+        match=r"got a RandomPartitionHead: .*\(reset_classifier\(net\.unwrap\(\), num_classes\)",
+    ):
+        reset_classifier(net, 5)
+    assert net.num_classes == 10  # untouched

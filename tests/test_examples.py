@@ -161,6 +161,15 @@ def test_aux_labels_flags_reach_the_plan(tmp_path, capsys):
     assert weight == plan.ids and plan["split1/coarse/pretrain"].config.binary_weight == 0.2
 
 
+def test_a_schedule_whose_phases_collapse_says_so(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    cli.main(["--out", out, "--list", "--pretrain-epochs", "4"])
+    err = capsys.readouterr().err
+    assert "note: --pretrain-epochs 4 keeps 2 of the schedule's 3 rate phases" in err
+    cli.main(["--out", out, "--list", "--pretrain-epochs", "100"])
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_wrn_flags_reach_the_plan(tmp_path, capsys):
     out = str(tmp_path / "out")
     wrn.main(["--experiment", "freeze", "--out", out, "--list", "--splits", "1",
@@ -507,3 +516,12 @@ def test_unloadable_data_is_one_line_naming_the_flag_and_writes_nothing(
     assert expected in err[-1]
     assert "Traceback" not in "\n".join(err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help_shows_the_docstrings_commands_as_written(name):
+    """A backslash at a line's end inside a docstring joins the lines: --help would show a
+    command other than the one the source shows."""
+    source = (ROOT / "examples" / f"{name}.py").read_text()
+    docstring = source.split('"""', 2)[1]
+    assert "\\\n" not in docstring

@@ -88,3 +88,17 @@ def test_the_check_runner_reports_each_check_and_goes_on(monkeypatch):
     assert [list(s) for s in saved] == [["bad"], ["bad", "ok"]]  # saved after every check
     with pytest.raises(ValueError, match=r"but got \['nope'\]"):
         checks.run(["nope"])
+
+
+@pytest.mark.parametrize("script", ["freeze_speed.py", "head_overhead.py"])
+def test_a_gpu_benchmark_without_a_gpu_is_one_line(script):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--device", "cuda"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"{script}: error: argument --device: cuda was asked for, but torch sees no CUDA device"
+    )
+    assert "Traceback" not in done.stderr

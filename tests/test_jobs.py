@@ -123,9 +123,9 @@ def test_one_call_skips_resumes_stops_and_goes_on_after_a_failure(
     stdout, stderr = capsys.readouterr()
     lines = stdout.splitlines()
     assert lines[:3] == [
-        f"resuming {broken} (2 epochs) [job 1 on cpu]",
+        f"resuming {broken} (2 epochs, 0 done) [job 1 on cpu]",
         f"training {stopped} (2 epochs) [job 2 on cpu]",
-        f"resuming {resumed} (2 epochs) [job 3 on cpu]",
+        f"resuming {resumed} (2 epochs, 1 done) [job 3 on cpu]",
     ]
     # The failure: its first line, the end of its log; the transfer from it not started.
     log = out / broken / LOG_NAME

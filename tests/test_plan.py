@@ -216,6 +216,20 @@ def test_a_run_that_raises_is_reported_and_the_runs_that_do_not_need_it_finish(t
     assert not (tmp_path / "split0/baseline/finetune").exists()
 
 
+def test_metrics_without_their_checkpoint_are_not_overwritten(tmp_path):
+    plan = _smoke()
+    execute(plan, tmp_path, SyntheticCifar100(), train=FakeTrain(), ids=["split0/binary/pretrain"])
+    run = RunDir(tmp_path / "split0/binary/pretrain")
+    run.results_path.unlink()
+    run.checkpoint_path.unlink()  # deleted, say, because it was damaged
+    before = run.metrics_path.read_bytes()
+    with pytest.raises(
+        RunDirConflictError, match=r"metrics\.csv holds the metrics of a run whose last\.pt is gone"
+    ):
+        execute(plan, tmp_path, SyntheticCifar100(), train=FakeTrain())
+    assert run.metrics_path.read_bytes() == before
+
+
 def test_a_damaged_results_file_is_refused_naming_it(tmp_path):
     plan = _smoke()
     execute(plan, tmp_path, SyntheticCifar100(), train=FakeTrain(), ids=["split0/binary/pretrain"])

@@ -72,3 +72,12 @@ def test_a_missing_or_foreign_table_is_a_one_line_error(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "argument --rates: expected a benchmarks/run.py --json table" in error
     assert match in error
+
+
+def test_a_table_without_the_models_speeds_says_why(projection, tmp_path, capsys):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"device": "CPU", "images_per_s": {"plain_step": 13.0}}))
+    projection.main(["--rates", str(path)])
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f"(no speed) for DenseNet-BC-100, WRN-28-10: {path} holds none of")
+    assert "benchmarks/run.py --device cuda" in last

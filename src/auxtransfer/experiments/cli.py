@@ -391,6 +391,12 @@ class Example:
             except ValueError as error:
                 names = "/".join("--" + f.replace("_", "-") for f in flags if given(args, f))
                 parser.error(f"argument {names}: {error}")
+            kept, planned = len(params[step].milestones), len(default.milestones)
+            if given(args, flags[0]) and not given(args, flags[1]) and kept < planned:
+                print(f"{parser.prog}: note: --{step}-epochs {params[step].epochs} keeps "
+                      f"{kept + 1} of the schedule's {planned + 1} rate phases (phases that shrink "
+                      f"to nothing when scaled are dropped); --{step}-milestones places them",
+                      file=sys.stderr)  # fmt: skip
         changes = {
             name: getattr(args, name)
             for name in ("batch_size", "weight_decay", "momentum", "seed", "partition_seed")

@@ -199,6 +199,13 @@ def check_plan(
         state = run_state(out / run.id)
         if state == "finished":
             _check_results(RunDir(out / run.id))
+        metrics = RunDir(out / run.id).metrics_path
+        if state == "new" and metrics.exists() and metrics.stat().st_size > 0:
+            raise RunDirConflictError(
+                f"{metrics} holds the metrics of a run whose last.pt is gone: starting "
+                f"{run.id!r} again would overwrite them. Move the run directory away (or "
+                f"delete its metrics.csv) to train the run again."
+            )
         if state != "new":
             saved = RunDir(out / run.id).read_config()
             differ = differing_keys(
@@ -428,8 +435,7 @@ def execute(
                 report(f"not started {run.id}: {blocked.error}")
             continue
         if report is not None and rank == 0:
-            verb = "resuming" if state == "unfinished" else "training"
-            report(f"{verb} {run.id} ({run.config.epochs} epochs)")
+            report(_starting(run, state, Path(out)))
         try:
             train_data, test_data = run_data_for(run.config, source)
             results = train(
@@ -526,8 +532,7 @@ def _execute_jobs(
                         run.id, run.config, out / run.id, str(devices[slot]),
                         state == "unfinished", stop_after, cuda_graphs, threads,
                     )  # fmt: skip
-                    verb = "resuming" if job.resume else "training"
-                    say(f"{verb} {run.id} ({run.config.epochs} epochs) [job {slot + 1} on {job.device}]")  # fmt: skip
+                    say(f"{_starting(run, state, out)} [job {slot + 1} on {job.device}]")
                     running[slot] = (run, state, run_jobs.RunProcess(job, payload))
                 else:
                     why = "was not started" if before.status == "blocked" else before.status
@@ -604,16 +609,22 @@ def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     Example:
         >>> print(format_summary([{"id": "split0/baseline/finetune", "side": "B",
         ...     "state": "finished", "final_test_error": 31.5, "best_test_error": 30.25,
-        ...     "best_epoch": 90}]))
+        ...     "best_epoch": 90}, {"id": "split0/binary/finetune", "side": "B",
+        ...     "state": "finished", "final_test_error": 31.0, "best_test_error": 29.5,
+        ...     "best_epoch": 7}]))
         run                       data  final error  best error (epoch)
         split0/baseline/finetune  B           31.50          30.25 (90)
+        split0/binary/finetune    B           31.00          29.50 (7)
     """
     header = ("run", "data", "final error", "best error (epoch)")
+    digits = max((len(str(r["best_epoch"])) for r in rows if r["state"] == "finished"), default=1)
     lines = []
     for row in rows:
         if row["state"] == "finished":
             final = f"{row['final_test_error']:.2f}"
-            best = f"{row['best_test_error']:.2f} ({row['best_epoch']})"
+            # The epochs padded after their parenthesis: the errors stay in one column.
+            epoch = str(row["best_epoch"])
+            best = f"{row['best_test_error']:.2f} ({epoch})" + " " * (digits - len(epoch))
         else:
             final, best = row["state"], ""
         lines.append((row["id"], row["side"], final, best))
@@ -623,6 +634,14 @@ def format_summary(rows: Sequence[dict[str, Any]]) -> str:
         for a, b, c, d in [header, *lines]
     ]
     return "\n".join(text)
+
+
+def _starting(run: PlannedRun, state: str, out: Path) -> str:
+    """``"training ID (N epochs)"``, or ``"resuming ID (N epochs, K done)"``."""
+    if state != "unfinished":
+        return f"training {run.id} ({run.config.epochs} epochs)"
+    done = _epochs_done(out / run.id)
+    return f"resuming {run.id} ({run.config.epochs} epochs, {done} done)"
 
 
 def _epochs_done(run_dir: Path) -> int:
