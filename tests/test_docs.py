@@ -90,6 +90,15 @@ def test_built_site_has_no_literal_roles_and_shows_inherited_members(tmp_path):
         assert f'id="auxtransfer.models.{member}"' in api, member
     # Cross-references became links.
     assert 'href="#auxtransfer.class_partition"' in api
+    # Examples are highlighted code, not ">>>" read as nested blockquotes with the lines
+    # run together; a description over several lines is one Returns row, not one per line.
+    assert "<blockquote>" not in api
+    assert api.count('<span class="gp">&gt;&gt;&gt; </span>') > 50
+    assert re.search(
+        r"<p>Group ids <code>S \+ \(n,\)</code> \(long\), or group probabilities "
+        r"<code>\[\.\.\., n, K\]</code> in\n<code>target</code>'s dtype; on",
+        api,
+    )
 
 
 def test_citation_names_the_current_version():

@@ -37,7 +37,7 @@ def find_classifier(model: nn.Module) -> str:
         ValueError: if no classifier is found; pass its name as ``classifier=`` to
             [`RandomPartitionHead`][auxtransfer.RandomPartitionHead] instead.
 
-    Example:
+    Examples:
         >>> import torchvision
         >>> find_classifier(torchvision.models.vgg11(num_classes=10))
         'classifier.6'
@@ -105,7 +105,7 @@ def reset_classifier(model: nn.Module, num_classes: int, *, seed: int = 0) -> nn
     Returns:
         ``model``, changed in place.
 
-    Example:
+    Examples:
         >>> import torchvision
         >>> model = reset_classifier(torchvision.models.resnet18(), 50)
         >>> model.fc

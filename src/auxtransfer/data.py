@@ -108,7 +108,7 @@ def binary_relabel(dataset: Any, partition: Any) -> BinaryRelabeled:
     Returns:
         A dataset yielding ``(x, y, y_b)`` with ``y_b`` a long tensor of shape ``[n]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.utils.data import TensorDataset
         >>> data = TensorDataset(torch.randn(3, 8), torch.tensor([0, 2, 3]))
@@ -195,7 +195,7 @@ def split_classes(
     Returns:
         ``(a_classes, b_classes)``, two sorted lists that together hold every class once.
 
-    Example:
+    Examples:
         >>> a, b = split_classes(100, seed=0)
         >>> len(a), len(b), sorted(a + b) == list(range(100))
         (50, 50, True)
@@ -223,7 +223,7 @@ def subset_classes(labels: Tensor, classes: Sequence[int]) -> ClassSubset:
     Returns:
         A [`ClassSubset`][auxtransfer.ClassSubset].
 
-    Example:
+    Examples:
         >>> import torch
         >>> subset = subset_classes(torch.tensor([5, 1, 2, 5, 7]), [5, 7])
         >>> subset.indices, subset.labels, subset.classes
@@ -264,7 +264,7 @@ def limit_per_class(labels: Tensor, n: int, *, seed: int) -> Tensor:
     Returns:
         The kept positions, ascending.
 
-    Example:
+    Examples:
         >>> import torch
         >>> labels = torch.tensor([0, 1, 0, 1, 0, 1])
         >>> limit_per_class(labels, 2, seed=0).tolist()

@@ -113,7 +113,7 @@ def freeze_until(
     Returns:
         A [`FreezeSummary`][auxtransfer.FreezeSummary]; ``print`` it for a readable line.
 
-    Example:
+    Examples:
         >>> import torchvision
         >>> model = torchvision.models.resnet18()
         >>> print(freeze_until(model, "2"))  # doctest: +NORMALIZE_WHITESPACE
@@ -264,7 +264,7 @@ def reset_after(
     Returns:
         A [`ResetSummary`][auxtransfer.ResetSummary].
 
-    Example:
+    Examples:
         >>> import torch, torchvision
         >>> model = torchvision.models.resnet18(num_classes=10)
         >>> summary = reset_after(model, "4.0", seed=0)

@@ -113,7 +113,7 @@ class RandomPartitionHead(nn.Module):
         - Output: [`AuxOutput`][auxtransfer.AuxOutput] with ``logits`` ``[B, C]`` and
           ``aux_logits`` ``[B, n, K]``.
 
-    Example:
+    Examples:
         >>> import torch, torchvision
         >>> net = RandomPartitionHead(torchvision.models.resnet18(num_classes=10), seed=0)
         >>> out = net(torch.randn(2, 3, 32, 32))
@@ -443,7 +443,7 @@ class RandomPartitionHead(nn.Module):
             Group ids ``S + (n,)`` (long), or group probabilities ``[..., n, K]`` in
             ``target``'s dtype; on ``target``'s device.
 
-        Example:
+        Examples:
             >>> import torch, torchvision
             >>> net = RandomPartitionHead(torchvision.models.resnet18(num_classes=4),
             ...                           partition=torch.tensor([0, 0, 1, 1]))

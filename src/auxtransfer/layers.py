@@ -133,7 +133,7 @@ def layer_names(model: nn.Module) -> list[str]:
     Returns:
         Addresses such as ``['stem', '1.0', '1.1', ..., '4.1', 'head']``.
 
-    Example:
+    Examples:
         >>> import torchvision
         >>> names = layer_names(torchvision.models.resnet18())
         >>> names[:3], names[-2:]

@@ -153,7 +153,7 @@ def combined_loss(
         - aux_target: ``[B, n]`` group labels (or ``[B]`` for one head), or ``[B, n, K]``
           group probabilities (or ``[B, K]`` for one head).
 
-    Example:
+    Examples:
         >>> import torch
         >>> import torch.nn.functional as F
         >>> logits, aux_logits = torch.randn(4, 10), torch.randn(4, 1, 2)
@@ -194,7 +194,7 @@ class CombinedLoss(nn.Module):
         label_smoothing: Label smoothing of the class term.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> loss_fn = CombinedLoss(0.4)
         >>> out = (torch.randn(4, 10, requires_grad=True), torch.randn(4, 1, 2))

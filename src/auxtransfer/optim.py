@@ -51,7 +51,7 @@ def layerwise_lr(
     Returns:
         A list of parameter-group dicts for ``torch.optim``.
 
-    Example:
+    Examples:
         >>> import torch, torchvision
         >>> model = torchvision.models.resnet18()
         >>> groups = layerwise_lr(model, until="3", lr=0.01, new_lr=0.1)

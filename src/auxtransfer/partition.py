@@ -49,7 +49,7 @@ def class_partition(
     Shape:
         - Output: ``[num_partitions, num_classes]``.
 
-    Example:
+    Examples:
         >>> class_partition(6, seed=0)
         tensor([[0, 0, 1, 0, 1, 1]])
         >>> class_partition(100, num_partitions=3).sum(dim=1)
@@ -144,7 +144,7 @@ def group_partition(
             not cover, a group id of ``num_groups`` or more, or a kept side with a single
             group.
 
-    Example:
+    Examples:
         >>> group_partition([0, 0, 1, 2, 1, 2])
         tensor([[0, 0, 1, 2, 1, 2]])
         >>> group_partition({0: 1, 1: 0, 2: 1})

@@ -99,7 +99,7 @@ class DeviceBatches:
         channels_last: Return images in channels-last memory format.
         dtype: Dtype of the returned images.
 
-    Example:
+    Examples:
         >>> import torch
         >>> images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
         >>> batches = DeviceBatches(images, torch.arange(10), batch_size=4, mean=(0.5,) * 3, std=(0.25,) * 3)

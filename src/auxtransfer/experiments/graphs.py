@@ -120,7 +120,7 @@ class GraphTrainer:
         warmup: Eager steps before recording (their effect is undone), for the
             libraries' lazy set-up (cuDNN, cuBLAS) to happen outside the graph.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from auxtransfer.experiments import DeviceBatches
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))

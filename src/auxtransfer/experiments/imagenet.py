@@ -55,7 +55,7 @@ def draw_classes(names: Sequence[str], count: int, *, seed: int) -> list[str]:
     Fisher-Yates shuffle driven by SplitMix64 seeded with ``(seed + 0xD4A3C1A50003) mod
     2**64``, and the first ``count`` kept. The draw depends on the set of names only.
 
-    Example:
+    Examples:
         >>> names = [f"n{i:08d}" for i in range(1000)]
         >>> drawn = draw_classes(names, 100, seed=0)
         >>> len(drawn), drawn == sorted(drawn), drawn == draw_classes(names[::-1], 100, seed=0)
@@ -154,7 +154,7 @@ class ImageNet100:
         crop_size: Side of the network's input (``imagenet_transforms``).
         resize_size: Evaluation: the shorter side before the centre crop.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     source = ImageNet100(write_smoke_folder(folder, classes=101), crop_size=32,

@@ -188,7 +188,7 @@ def group_names(param_groups: Sequence[Mapping[str, Any]]) -> list[str]:
     makes them) is named ``"first..last"`` (or ``"first"`` when both are one address),
     any other group by its index. A name already taken gets ``#index`` appended.
 
-    Example:
+    Examples:
         >>> group_names([{"addresses": ("stem", "3.1")}, {"addresses": ("head", "head")}, {}])
         ['stem..3.1', 'head', '2']
     """
@@ -218,7 +218,7 @@ def head_learning_rate(param_groups: Sequence[Mapping[str, Any]]) -> float:
     """The learning rate of the head: that of the (last) group whose addresses end with
     ``"head"``, else that of the last group.
 
-    Example:
+    Examples:
         >>> head_learning_rate([{"lr": 0.1, "addresses": ("4.0", "head")}, {"lr": 0.0}])
         0.1
     """

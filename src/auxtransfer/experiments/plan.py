@@ -90,7 +90,7 @@ class Plan:
         ValueError: An id is not a relative path of plain names, appears twice, or a run
             comes before the run it transfers from.
 
-    Example:
+    Examples:
         >>> from auxtransfer.experiments.train import RunConfig
         >>> pre = RunConfig(model="cifar_densenet_bc_100", num_classes=50, epochs=2)
         >>> plan = Plan([PlannedRun("split0/baseline/pretrain", pre)])
@@ -606,7 +606,7 @@ def summarise(
 def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     """``summarise``'s rows as a text table: run, data, final and best test error (%).
 
-    Example:
+    Examples:
         >>> print(format_summary([{"id": "split0/baseline/finetune", "side": "B",
         ...     "state": "finished", "final_test_error": 31.5, "best_test_error": 30.25,
         ...     "best_epoch": 90}, {"id": "split0/binary/finetune", "side": "B",

@@ -82,7 +82,7 @@ SIDE_CLASSES = NUM_CLASSES // 2
 def rates_at(lr_table: Sequence[tuple[int, Sequence[float]]], epoch: int) -> tuple[float, ...]:
     """The rate of every role in ``epoch`` (1-based): the last entry starting at or before it.
 
-    Example:
+    Examples:
         >>> table = ((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))
         >>> rates_at(table, 50), rates_at(table, 51), rates_at(table, 100)
         ((0.01, 0.1), (0.01, 0.01), (0.001, 0.001))
@@ -103,7 +103,7 @@ class Schedule:
         milestones: Increasing epochs in ``[2, epochs]``.
         rates: Per role, the rate of each phase.
 
-    Example:
+    Examples:
         >>> s = Schedule(100, (51, 76), ((0.01, 0.01, 0.001), (0.1, 0.01, 0.001)))
         >>> s.lr_table
         ((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))
@@ -586,7 +586,7 @@ class Setup:
             ones (freeze and reset points of the tiny model).
         experiments: The experiments it offers, names of ``EXPERIMENTS``.
 
-    Example:
+    Examples:
         >>> setup = Setup("a tiny WRN", RunOptions(model="cifar_wrn_28_10",
         ...     model_kwargs={"depth": 10, "widen_factor": 1}), experiments=("paired",))
         >>> build("paired", setup=setup, splits=1).runs[0].config.model_kwargs
@@ -691,7 +691,7 @@ def build(experiment: str, *, setup: Setup = DENSENET_CIFAR, **parameters: Any) 
     """The plan of an experiment that ``setup`` offers, from the setup's defaults and the
     ``parameters`` given.
 
-    Example:
+    Examples:
         >>> plan = build("paired", setup=WRN_CIFAR)
         >>> len(plan), plan.runs[0].config.model, plan.runs[0].config.batch_size
         (8, 'cifar_wrn_28_10', 128)
@@ -707,7 +707,7 @@ def defaults(parameter: str, setup: Setup = DENSENET_CIFAR) -> dict[str, Any]:
     """The default of ``parameter`` in every experiment of ``setup`` that takes it, by
     experiment name.
 
-    Example:
+    Examples:
         >>> defaults("replications")
         {'paired': 1, 'freeze': 1, 'reset': 1, 'weight-sweep': 1, 'heads': 1, 'long-tail': 7, 'aux-labels': 1}
         >>> defaults("freeze_at", WRN_CIFAR)["freeze"][:3]

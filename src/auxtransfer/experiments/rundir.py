@@ -49,7 +49,7 @@ def differing_keys(
     ``missing_as`` gives the value of a key that ``saved`` lacks: a setting added after the
     saved file was written, at its default, is the same as no setting at all.
 
-    Example:
+    Examples:
         >>> differing_keys({"lr": 0.1, "epochs": 2}, {"lr": 0.1, "seed": 1})
         ['epochs', 'seed']
         >>> differing_keys({"lr": 0.1}, {"lr": 0.1, "seed": 0}, missing_as={"seed": 0})
@@ -89,7 +89,7 @@ def format_learning_rates(rates: Mapping[str, float]) -> str:
 
     Rates are written with ``repr``, which reads back to the same float.
 
-    Example:
+    Examples:
         >>> format_learning_rates({"stem..3.1": 0.04, "4.0..head": 0.01})
         'stem..3.1=0.04 4.0..head=0.01'
     """
@@ -99,7 +99,7 @@ def format_learning_rates(rates: Mapping[str, float]) -> str:
 def parse_learning_rates(text: str) -> dict[str, float]:
     """Read back an ``lr_groups`` cell: each group's name and rate, in the groups' order.
 
-    Example:
+    Examples:
         >>> parse_learning_rates("stem..3.1=0.04 4.0..head=0.01")
         {'stem..3.1': 0.04, '4.0..head': 0.01}
     """
@@ -146,7 +146,7 @@ class RunDir:
         path: The run directory (need not exist yet).
         fields: The columns of ``metrics.csv``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> run = RunDir(tempfile.mkdtemp())
         >>> run.check_start({"lr": 0.1}, resume=False)

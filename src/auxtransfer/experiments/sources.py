@@ -222,7 +222,7 @@ def run_data(
     Returns:
         ``(train, test)``, each ``(images, labels)`` with labels ``0 .. k-1``.
 
-    Example:
+    Examples:
         >>> whole = SyntheticCifar100(train_per_class=3, test_per_class=1).load()
         >>> train, test = run_data(whole, num_classes=100, side="B", split_seed=0, per_class=2)
         >>> len(train[1]), len(test[1]), int(train[1].max())
@@ -283,7 +283,7 @@ def run_partition_for(config: Any, source: DataSource) -> Tensor | None:
     Raises:
         ValueError: The source has no coarse labels, or not ``config.num_groups`` of them.
 
-    Example:
+    Examples:
         >>> from auxtransfer.experiments import RunConfig
         >>> config = RunConfig("cifar_densenet_bc_100", num_classes=50, epochs=1,
         ...     binary_weight=0.4, aux_labels="coarse", num_groups=20, side="A", split_seed=0)

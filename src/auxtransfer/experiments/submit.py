@@ -39,7 +39,7 @@ def dependency_levels(runs: Sequence[plans.PlannedRun]) -> list[list[plans.Plann
     """``runs`` in arrays: first those that need none of them, then those that need a run
     of the arrays before, and so on (plan order within each).
 
-    Example:
+    Examples:
         >>> from auxtransfer.experiments import protocols
         >>> plan = protocols.build("paired", **protocols.smoke_parameters("paired"))
         >>> [[r.id.split("/", 1)[1] for r in level] for level in dependency_levels(list(plan))]

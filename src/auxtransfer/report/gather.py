@@ -131,7 +131,7 @@ def gather(root: str | os.PathLike[str]) -> Gathered:
 def natural_key(text: str) -> list[tuple[int, int | str]]:
     """Sort key reading digit runs as numbers: ``split2`` before ``split10``.
 
-    Example:
+    Examples:
         >>> sorted(["split10/a", "split2/a", "split2/rep1"], key=natural_key)
         ['split2/a', 'split2/rep1', 'split10/a']
     """

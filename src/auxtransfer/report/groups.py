@@ -245,7 +245,7 @@ def address_key(address: str) -> tuple[int, float, float, str]:
     """Layer order of a freeze / reset address: ``"0"``, ``"stem"``, ``"1.8"``, ``"1"``
     (all of block 1), ``"2.1"``, ..., ``"head"``, then any other name.
 
-    Example:
+    Examples:
         >>> sorted(["3", "1", "2.8", "0", "1.8", "3.14"], key=address_key)
         ['0', '1.8', '1', '2.8', '3.14', '3']
     """

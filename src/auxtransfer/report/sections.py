@@ -56,7 +56,7 @@ def reported_epochs(kind: str, epochs: int) -> list[int]:
     """The epochs at which B's error is reported: the paper's for a run of the paper's
     length, else the run's first, middle and last.
 
-    Example:
+    Examples:
         >>> reported_epochs("freeze", 40), reported_epochs("reset", 100), reported_epochs("freeze", 10)
         ([1, 21, 40], [1, 51, 100], [1, 6, 10])
     """
@@ -78,7 +78,7 @@ def section_id(family: Family) -> str:
     the family's setting (canonical JSON), so the same setting has the same id (and figure
     names) in every report, whatever else the folder holds.
 
-    Example:
+    Examples:
         >>> from auxtransfer.report.groups import Family
         >>> section_id(Family("freeze", {"model": "cifar_wrn_28_10", "epochs": 40}, ()))
         'freeze-cifar_wrn_28_10-4e217448'

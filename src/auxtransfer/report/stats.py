@@ -142,7 +142,7 @@ def paired_test(
         The differences' statistics, with a ``"cannot test: ..."`` note instead of each
         number that cannot be had.
 
-    Example:
+    Examples:
         >>> result = paired_test([30.0, 32.0, 31.0], [31.0, 32.5, 33.0])
         >>> round(result.mean_difference, 3), round(result.t_pvalue, 3)
         (1.167, 0.118)
@@ -207,7 +207,7 @@ def variance_decomposition(
         and F-tests of split and condition, with a ``"cannot test: ..."`` note where the
         pairs come from fewer than 2 splits or every error is the same.
 
-    Example:
+    Examples:
         >>> v = variance_decomposition([30.0, 35.0], [31.0, 36.0], splits=[0, 1])
         >>> v.split_fraction, v.condition_fraction, v.residual_fraction
         (0.9615384615384616, 0.038461538461538464, 0.0)
