@@ -171,6 +171,7 @@ def _write_run(root, run_id, config, errors, *, finish=True):
             "train_error": test_error - 5, "test_loss": 2.5 / epoch, "test_error": test_error,
             "train_binary_loss": 0.5 if binary else "", "train_binary_error": 20.0 if binary else "",
             "seconds": 1.0, "lr_groups": "body=0.01 head=0.1",
+            "train_main_loss": 1.7 / epoch if binary else 2.0 / epoch,
         }  # fmt: skip
         run.append_metrics(row, fresh=epoch == 1)
     if finish:
@@ -619,3 +620,47 @@ def test_figures_of_a_report_from_before_the_manifest_are_replaced(tmp_path):
     report = write_report(tmp_path, run_curves=False)
     names = {p.name for p in tmp_path.glob("*.png")}
     assert names == {"figure-of-mine.png", *(f["file"] for f in report["sections"][0]["figures"])}
+
+
+def _lines(figure):
+    """Every plotted line of a figure's panels with its label, x, y, marker and style."""
+    return [
+        (line.get_label(), list(line.get_xdata()), list(line.get_ydata()), line.get_marker(),
+         line.get_linestyle())
+        for ax in figure.axes for line in ax.get_lines() if not line.get_label().startswith("_")
+    ]  # fmt: skip
+
+
+def test_lines_that_coincide_stay_visible(written):
+    _, _, report = written
+    freeze = _section(report, "freeze")
+    points = FIGURES["points"](freeze)
+    per_panel = [ln for ln in _lines(points) if ln[0].startswith("epoch ")]
+    # Each epoch's line drawn beside the others, with its own marker and style.
+    by_label = {}
+    for label, xs, _, marker, style in per_panel:
+        by_label.setdefault(label, (xs, marker, style))
+    firsts = [xs[0] for xs, _, _ in by_label.values()]
+    assert len(set(firsts)) == len(firsts) == len(freeze["at_epochs"])
+    assert len({(m, st) for _, m, st in by_label.values()}) == len(by_label)
+    curves = FIGURES["curves"](freeze)
+    styles = {(label, m, st) for label, _, _, m, st in _lines(curves) if "(n=" in label}
+    assert len({(m, st) for _, m, st in styles}) == len(freeze["points"])
+
+
+def test_the_splits_figure_joins_no_conditions(written):
+    _, _, report = written
+    figure = FIGURES["splits"](_section(report, "finetune"))
+    assert all(not ax.get_lines() for ax in figure.axes)  # markers (scatter) only
+    assert all(ax.collections for ax in figure.axes)
+
+
+def test_a_pretraining_with_a_head_plots_its_class_loss_against_the_test_loss(written):
+    _, _, report = written
+    run = next(r for r in report["runs"] if r["id"] == "weights/split0/w0.4/pretrain")
+    lines = {label: ys for label, _, ys, _, _ in _lines(run_figure(run))}
+    assert lines["train, class term"] == pytest.approx(run["curves"]["train_main_loss"])
+    assert lines["train, total with the auxiliary term"] == pytest.approx(
+        run["curves"]["train_loss"]
+    )
+    assert lines["test"] == pytest.approx(run["curves"]["test_loss"])  # the loss panel's

@@ -38,6 +38,9 @@ _POINT_AXIS = {
 _POINT_LEGEND = {"freeze": "frozen up to", "reset": "kept up to"}
 _B_ERROR = "test error on B (%)"
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+_STYLES = ("-", "--", "-.", ":")
+#: How far apart (in points of the x axis) the epochs' lines of a points figure are drawn.
+EPOCH_SHIFT = 0.06
 
 
 def points_figure(section: Mapping[str, Any]) -> Figure:
@@ -50,13 +53,17 @@ def points_figure(section: Mapping[str, Any]) -> Figure:
     for ax, condition in zip(axes, conditions, strict=True):
         rows = [r for r in section["errors_at_epochs"] if r["condition"] == condition]
         tests = max((r["n"] for r in rows), default=0)
-        for k, epoch in enumerate(section["at_epochs"]):
+        epochs = section["at_epochs"]
+        for k, epoch in enumerate(epochs):
+            # Each epoch's line a little to the side: lines with equal errors stay visible.
+            shift = (k - (len(epochs) - 1) / 2) * EPOCH_SHIFT
             at = [r for r in rows if r["epoch"] == epoch and r["mean"] is not None]
             label = f"epoch {epoch} of {section['epochs']}"
-            ax.plot([x[r["point"]] for r in at], [r["mean"] for r in at], marker=_MARKERS[k % 7],
+            ax.plot([x[r["point"]] + shift for r in at], [r["mean"] for r in at],
+                    marker=_MARKERS[k % 7], linestyle=_STYLES[k % len(_STYLES)],
                     color=colours[k], label=label)  # fmt: skip
             dots = [
-                (x[r["point"]], v["error"])
+                (x[r["point"]] + shift, v["error"])
                 for r in at
                 for v in r["values"]
                 if v["error"] is not None
@@ -88,10 +95,17 @@ def point_curves_figure(section: Mapping[str, Any]) -> Figure:
     conditions, points = section["conditions"], section["points"]
     fig, axes = _panels(len(conditions), width=5.5)
     colours = dict(zip(points, _colours(len(points), "viridis", stop=0.9), strict=True))
+    style = {
+        p: (_STYLES[i % len(_STYLES)], _MARKERS[i % len(_MARKERS)]) for i, p in enumerate(points)
+    }
     for ax, condition in zip(axes, conditions, strict=True):
         for curve in (c for c in section["curves"] if c["condition"] == condition):
+            # A line style and marker per point: curves that coincide stay apart.
+            linestyle, marker = style[curve["point"]]
+            every = max(1, len(curve["epoch"]) // 8)
             ax.plot(curve["epoch"], curve["mean_test_error"], color=colours[curve["point"]],
-                    label=f"{point_label(curve['point'])} (n={curve['n']})", marker="." if len(curve["epoch"]) < 12 else None)  # fmt: skip
+                    linestyle=linestyle, marker=marker, markevery=every, markersize=4,
+                    label=f"{point_label(curve['point'])} (n={curve['n']})")  # fmt: skip
         _lr_lines(ax, section["lr_steps"])
         _integer_ticks(ax)
         ax.set_xlabel("epoch on B")
@@ -112,8 +126,8 @@ def point_curves_figure(section: Mapping[str, Any]) -> Figure:
 
 def per_split_figure(section: Mapping[str, Any]) -> Figure:
     """Fig. 5: A's error (of the weights B starts from, top) and B's final error (bottom)
-    per split, the conditions side by side; thin lines join the conditions' means on one
-    split."""
+    per split, the conditions side by side (markers only: the conditions are categories,
+    no line joins them)."""
     rows, conditions = section["per_split"], section["conditions"]
     splits = list(dict.fromkeys(r["split"] for r in rows))
     width = min(16.0, max(8.0, 2.5 + 0.35 * len(splits) * (len(conditions) + 1)))
@@ -123,10 +137,6 @@ def per_split_figure(section: Mapping[str, Any]) -> Figure:
     offset = {c: (i - (len(conditions) - 1) / 2) * step for i, c in enumerate(conditions)}
     many = any(r["n"] > 1 for r in rows)
     for ax, side in zip(axes, ("a", "b"), strict=True):
-        for i, split in enumerate(splits):
-            at = [r for r in rows if r["split"] == split]
-            ax.plot([i + offset[r["condition"]] for r in at], [r[f"{side}_mean"] for r in at],
-                    color="0.7", linewidth=1, zorder=1)  # fmt: skip
         for k, condition in enumerate(conditions):
             at = [r for r in rows if r["condition"] == condition]
             xs = [splits.index(r["split"]) + offset[condition] for r in at]
@@ -238,10 +248,17 @@ def run_figure(run: Mapping[str, Any]) -> Figure:
     fig, axes = _panels(2, width=5.0, sharey=False, fixed=True)
     side = {"A": "on A", "B": "on B", "all": ""}.get(run["side"], "")
     binary = any(v is not None for v in curves["train_binary_loss"])
+    main = any(v is not None for v in curves.get("train_main_loss", ()))
     for ax, measure, unit in ((axes[0], "error", " (%)"), (axes[1], "loss", "")):
-        train = "train (with the auxiliary term)" if binary and measure == "loss" else "train"
-        lines = [(train, f"train_{measure}", "-"), ("test", f"test_{measure}", "-"),
-                 ("train, auxiliary head (its groups)", f"train_binary_{measure}", "--")]  # fmt: skip
+        if binary and main and measure == "loss":
+            # The class term beside the test loss, which has no auxiliary term; the total
+            # the run minimised dotted.
+            lines = [("train, class term", "train_main_loss", "-"), ("test", "test_loss", "-"),
+                     ("train, total with the auxiliary term", "train_loss", ":")]  # fmt: skip
+        else:
+            train = "train (with the auxiliary term)" if binary and measure == "loss" else "train"
+            lines = [(train, f"train_{measure}", "-"), ("test", f"test_{measure}", "-")]
+        lines.append(("train, auxiliary head (its groups)", f"train_binary_{measure}", "--"))
         for label, column, style in lines:
             points = [
                 (e, v)

@@ -27,7 +27,7 @@ RUN_FILES = ("config.json", "metrics.csv", "results.json", "last.pt", "best.pt")
 #: Columns of ``metrics.csv`` the report reads as numbers (empty cells read as None).
 _NUMBERS = (
     "lr", "train_loss", "train_error", "test_loss", "test_error",
-    "train_binary_loss", "train_binary_error",
+    "train_binary_loss", "train_binary_error", "train_main_loss",
 )  # fmt: skip
 
 
