@@ -269,6 +269,17 @@ def test_an_interrupted_call_is_one_line_saying_how_to_continue(tmp_path, capsys
     ).replace("cifar100_densenet.py", EXAMPLES["cifar100_densenet"].build_parser().prog)
 
 
+def test_under_torchrun_rank_0_alone_says_what_is_wrong(tmp_path, capsys, monkeypatch):
+    args = ["--out", str(tmp_path / "out"), "--batch-size", "0", "--smoke"]
+    for rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exit_info:
+            EXAMPLES["cifar100_densenet"].main(args)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert ("error: " in err) is said, (rank, err)
+
+
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("kept")
     with pytest.raises(SystemExit) as exit_info:

@@ -127,8 +127,8 @@ def _read(root: str | os.PathLike[str], *, train: bool, download: bool) -> tuple
     path = folder / ("train" if train else "test")
     if not path.is_file():
         raise FileNotFoundError(
-            f"CIFAR-100 not found: expected the file {path}. Either pass download=True (or "
-            f"--download) on a machine with a network, or copy the unpacked 'cifar-100-python' "
+            f"CIFAR-100 not found: expected the file {path}. Either pass --download "
+            f"(download=True in Python) on a machine with a network, or copy the unpacked 'cifar-100-python' "
             f"folder of the Python version of CIFAR-100 into {root}."
         )
     try:

@@ -421,6 +421,10 @@ class Example:
         """Parse ``argv`` (default: the command line), check every setting, then list or
         execute the plan and print its summary."""
         parser = self.build_parser()
+        if int(os.environ.get("RANK", "0")) != 0:
+            # Under torchrun every rank checks the same flags and data: rank 0 says what is
+            # wrong, once; the others end with the same status, silently.
+            parser.error = lambda message: parser.exit(2)  # type: ignore[method-assign]
         args = parser.parse_args(argv)
         args.device_given = given(args, "device")
         if not args.device_given:

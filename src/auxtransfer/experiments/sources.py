@@ -134,8 +134,8 @@ class Cifar100(_Loadable):
         missing = [name for name in ("train", "test") if not (folder / name).is_file()]
         if missing and not self.download:
             raise FileNotFoundError(
-                f"CIFAR-100 is not under {self.root} (no {folder / missing[0]}): pass download=True "
-                f"(or --download) on a machine with a network, or copy the unpacked "
+                f"CIFAR-100 is not under {self.root} (no {folder / missing[0]}): pass --download "
+                f"(download=True in Python) on a machine with a network, or copy the unpacked "
                 f"'cifar-100-python' folder there."
             )
 
