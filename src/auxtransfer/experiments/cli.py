@@ -393,10 +393,12 @@ class Example:
                 parser.error(f"argument {names}: {error}")
             kept, planned = len(params[step].milestones), len(default.milestones)
             if given(args, flags[0]) and not given(args, flags[1]) and kept < planned:
-                print(f"{parser.prog}: note: --{step}-epochs {params[step].epochs} keeps "
-                      f"{kept + 1} of the schedule's {planned + 1} rate phases (phases that shrink "
-                      f"to nothing when scaled are dropped); --{step}-milestones places them",
-                      file=sys.stderr)  # fmt: skip
+                # Said once every check has passed (a refused call is one line).
+                args.notes = [*getattr(args, "notes", []),
+                              f"{parser.prog}: note: --{step}-epochs {params[step].epochs} keeps "
+                              f"{kept + 1} of the schedule's {planned + 1} rate phases (phases that "
+                              f"shrink to nothing when scaled are dropped); --{step}-milestones "
+                              f"places them"]  # fmt: skip
         changes = {
             name: getattr(args, name)
             for name in ("batch_size", "weight_decay", "momentum", "seed", "partition_seed")
@@ -441,6 +443,7 @@ class Example:
             parser.error(self.flagged(str(error)))
         if args.list:
             if int(os.environ.get("RANK", "0")) == 0:
+                self._notes(args)
                 print("\n".join(plan.ids))
             return
         if args.stop_after is not None and args.stop_after < 1:
@@ -489,6 +492,8 @@ class Example:
                     source.load()
                 except (FileNotFoundError, ValueError) as error:
                     parser.error(f"argument --data-root: {error}")
+            if int(os.environ.get("RANK", "0")) == 0:
+                self._notes(args)
             try:
                 failed = self._execute(args, plan, source, device)
             except KeyboardInterrupt:
@@ -498,6 +503,12 @@ class Example:
         if failed:
             parser.exit(1, f"{parser.prog}: error: {len(failed)} run(s) failed: {', '.join(failed)} "
                            f"(see their logs above); run the same command again once fixed\n")  # fmt: skip
+
+    @staticmethod
+    def _notes(args: argparse.Namespace) -> None:
+        """What the flags changed that the user may not expect, once the checks passed."""
+        for note in getattr(args, "notes", []):
+            print(note, file=sys.stderr)
 
     def _check_launcher(
         self, args: argparse.Namespace, parser: argparse.ArgumentParser, world: int
@@ -541,6 +552,7 @@ class Example:
         with contextlib.ExitStack() as scratch:  # the checks only; each task makes its own
             source = self._checked_source(args, parser, plan, scratch)
             self._write_record(args, source)
+        self._notes(args)
         cluster = args.submitit_cluster or "slurm"
         # One GPU per run on SLURM, and here where there is one (submitit's local executor
         # hides every GPU from a task that asks for none).
