@@ -89,9 +89,12 @@ def test_two_jobs_give_the_numbers_of_one_in_dependency_order(tmp_path, one_thre
         assert weights.keys() == weights_2.keys()
         assert all(torch.equal(weights[k], weights_2[k]) for k in weights), a.id
         # Trained in a process of its own, which wrote its log; none in this process.
-        (header, *_) = (tmp_path / "two" / b.id / LOG_NAME).read_text().splitlines()
+        (header, *epochs) = (tmp_path / "two" / b.id / LOG_NAME).read_text().splitlines()
         pid = re.fullmatch(rf"--- [\d: -]+ training {b.id} on cpu \(process (\d+)\)", header)
         assert pid and int(pid.group(1)) != os.getpid(), header
+        # One line per epoch, with the numbers metrics.csv holds.
+        assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"], epochs
+        assert f"error {float(rows_2[-1]['test_error']):.2f} % (lr" in epochs[-1]
         assert not (tmp_path / "one" / a.id / LOG_NAME).exists()
 
 

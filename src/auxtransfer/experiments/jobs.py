@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from .sources import DataSource, run_data_for, run_partition_for
-from .train import RunConfig
+from .train import RunConfig, train_run
 
 __all__ = [
     "LOG_NAME",
@@ -241,10 +241,13 @@ def _train_in_process(job: RunJob, payload: tuple[bytes, bytes], connection: Con
             torch.cuda.set_device(device)
         train_data, test_data = run_data_for(job.config, source)
         partition = run_partition_for(job.config, source)
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if train is train_run:  # one line per epoch in train.log (another train: its own)
+            extra["log"] = print
         results = train(
             job.config, job.run_dir, train_data, test_data, mean=source.mean, std=source.std,
             device=device, resume=job.resume, progress=False, stop_after=job.stop_after,
-            cuda_graphs=job.cuda_graphs, **({} if partition is None else {"partition": partition}),
+            cuda_graphs=job.cuda_graphs, **extra,
         )  # fmt: skip
     except BaseException as error:  # an interrupt too: the parent is told, the log has it
         traceback.print_exc()

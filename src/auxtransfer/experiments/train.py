@@ -151,6 +151,7 @@ def train_run(
     param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
     cuda_graphs: bool = True,
     partition: Tensor | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any] | None:
     """Train ``config.model`` on ``train_data``, evaluating on ``test_data`` every epoch.
 
@@ -186,6 +187,8 @@ def train_run(
             run may be resumed with it on or off.
         partition: The ``[1, num_classes]`` group ids of a run with
             ``aux_labels="coarse"`` (``run_partition_for``); None for every other run.
+        log: Called on rank 0 with one line per epoch: its losses, errors and seconds
+            (``--jobs`` writes them to each run's ``train.log``).
 
     Returns:
         The content of ``results.json``, or None when ``stop_after`` stopped the run early.
@@ -283,6 +286,10 @@ def train_run(
         if bar is not None:
             bar.set_postfix(test_error=f"{test_error:.2f}", loss=f"{row['train_loss']:.3f}")
             bar.update(1)
+        if log is not None and rank == 0:
+            log(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, error "
+                f"{row['train_error']:.2f} %; test loss {test_loss:.4f}, error {test_error:.2f} % "
+                f"(lr {lr:g}, {row['seconds']:.1f} s)")  # fmt: skip
     if bar is not None:
         bar.close()
     if last_epoch < config.epochs:
