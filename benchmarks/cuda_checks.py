@@ -23,6 +23,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import timm
 import torch
@@ -46,17 +47,6 @@ def check(name: str | None = None) -> Callable[[Callable[[], None]], Callable[[]
         return function
 
     return register
-
-
-@contextlib.contextmanager
-def patched(owner: Any, name: str, value: Any) -> Iterator[None]:
-    """``owner.name`` replaced by ``value`` inside the block."""
-    saved = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, saved)
 
 
 def _net(dtype: torch.dtype = torch.float32) -> RandomPartitionHead:
@@ -149,7 +139,7 @@ CUDA = torch.device("cuda")
 def _recorded_arithmetic() -> Iterator[None]:
     """Eager steps that multiply by the rate tensor, as a recorded step does."""
     update = graphs._Group.update
-    with patched(graphs._Group, "update", lambda self, captured: update(self, True)):
+    with patch.object(graphs._Group, "update", lambda self, captured: update(self, True)):
         yield
 
 
@@ -179,7 +169,7 @@ def check_a_replayed_stale_batch_is_caught() -> None:
     def stale(recorded: Any, inputs: list[torch.Tensor]) -> None:
         recorded[0].replay()  # broken: the graph's inputs are not refilled
 
-    with _recorded_arithmetic(), patched(graphs, "_replay", stale):
+    with _recorded_arithmetic(), patch.object(graphs, "_replay", stale):
         result = parity.train_both(
             parity.TINY, CUDA, amp=False, channels_last=False, reference="steps"
         )
@@ -196,7 +186,7 @@ def check_a_replayed_stale_rate_is_caught() -> None:
         if float(self.rate) == 0:
             refresh(self)
 
-    with _recorded_arithmetic(), patched(graphs._Group, "refresh_rate", once):
+    with _recorded_arithmetic(), patch.object(graphs._Group, "refresh_rate", once):
         result = parity.train_both(
             parity.TINY, CUDA, amp=False, channels_last=False, reference="loop"
         )

@@ -40,16 +40,16 @@ from . import protocols
 from .imagenet import ImageNet100, write_smoke_folder
 from .rundir import as_json, differing_keys, replace_atomically
 from .sources import Cifar100, DataSource, SyntheticCifar100
+from .submit import CLUSTERS
 
 __all__ = ["CifarData", "DataFlags", "Example", "FlagError", "Given", "ImageNetData"]
 
 #: Where an output folder records what its runs' configs do not say about their data.
 DATA_RECORD = "data.json"
 
-# The flags that only --launcher submitit reads, and submitit's clusters.
+# The flags that only --launcher submitit reads.
 _CLUSTER_FLAGS = ("slurm_partition", "gpus_per_run", "cpus_per_run", "mem_gb", "time_min",
                   "array_parallelism", "submitit_folder", "submitit_cluster")  # fmt: skip
-_CLUSTERS = ("slurm", "local", "debug")
 
 # Builder and run-option parameters by flag, for messages naming them.
 _FLAGS = {
@@ -354,7 +354,7 @@ class Example:
         cluster.add_argument("--time-min", type=int, default=None, help="time limit of each run's task, in minutes (default: 1440); a run stopped at its limit resumes when submitted again")  # fmt: skip
         cluster.add_argument("--array-parallelism", type=int, default=None, help="at most this many tasks of an array at once (default: submitit's)")  # fmt: skip
         cluster.add_argument("--submitit-folder", default=None, help="the tasks' logs and pickles (default: OUT/submitit/%%j)")  # fmt: skip
-        cluster.add_argument("--submitit-cluster", choices=list(_CLUSTERS), default=None, help="slurm (default): submit and return; local or debug: run the tasks on this machine and wait (to try a plan without SLURM)")  # fmt: skip
+        cluster.add_argument("--submitit-cluster", choices=list(CLUSTERS), default=None, help="slurm (default): submit and return; local or debug: run the tasks on this machine and wait (to try a plan without SLURM)")  # fmt: skip
         return p
 
     def parameters(

@@ -37,7 +37,7 @@ import torch
 
 from .._checks import check_int, check_seed, check_unit_float, describe
 from .plan import Plan, PlannedRun
-from .train import RunConfig
+from .train import RunConfig, check_sgd
 
 __all__ = [
     "AUX_KINDS",
@@ -280,25 +280,7 @@ class RunOptions:
             )
         if self.bn not in ("freeze", "update"):
             raise ValueError(f"Expected `bn` to be 'freeze' or 'update', but got {self.bn!r}.")
-        _check_sgd(self.weight_decay, self.momentum)
-
-
-def _check_sgd(weight_decay: Any, momentum: Any) -> None:
-    """SGD's weight decay (finite, >= 0) and momentum (in [0, 1))."""
-    if (
-        isinstance(weight_decay, bool)
-        or not isinstance(weight_decay, (int, float))
-        or not (math.isfinite(weight_decay) and weight_decay >= 0)
-    ):
-        raise ValueError(
-            f"Expected `weight_decay` to be a finite number >= 0, but got {describe(weight_decay)}."
-        )
-    if (
-        isinstance(momentum, bool)
-        or not isinstance(momentum, (int, float))
-        or not 0 <= momentum < 1
-    ):
-        raise ValueError(f"Expected `momentum` to be in [0, 1), but got {describe(momentum)}.")
+        check_sgd(self.weight_decay, self.momentum)
 
 
 #: The smoke runs' model and batch: a DenseNet-BC of depth 10 and growth rate 4 (one layer

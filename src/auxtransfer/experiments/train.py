@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .._checks import describe
 from ..heads import RandomPartitionHead
 from ..partition import as_partition
 from .batches import DeviceBatches, LoaderBatches
@@ -477,12 +478,7 @@ def _check_settings(
         )
     if config.epochs < 1:
         raise ValueError(f"Expected `epochs` to be at least 1, but got {config.epochs}.")
-    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
-        raise ValueError(
-            f"Expected `weight_decay` to be a finite number >= 0, but got {config.weight_decay}."
-        )
-    if not 0 <= config.momentum < 1:
-        raise ValueError(f"Expected `momentum` to be in [0, 1), but got {config.momentum}.")
+    check_sgd(config.weight_decay, config.momentum)
     milestones = list(config.milestones)
     if milestones != sorted(set(milestones)) or any(not 1 < m <= config.epochs for m in milestones):
         raise ValueError(
@@ -570,6 +566,24 @@ def _check_aux_labels(config: RunConfig, partition: Tensor | None) -> None:
             raise ValueError(
                 f"Expected `partition` to hold one row of group ids, but got {partition.shape[0]}."
             )
+
+
+def check_sgd(weight_decay: Any, momentum: Any) -> None:
+    """SGD's weight decay (finite, >= 0) and momentum (in [0, 1))."""
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, (int, float))
+        or not (math.isfinite(weight_decay) and weight_decay >= 0)
+    ):
+        raise ValueError(
+            f"Expected `weight_decay` to be a finite number >= 0, but got {describe(weight_decay)}."
+        )
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, (int, float))
+        or not 0 <= momentum < 1
+    ):
+        raise ValueError(f"Expected `momentum` to be in [0, 1), but got {describe(momentum)}.")
 
 
 def _progress(enabled: bool, total: int, start: int) -> Any:
