@@ -273,11 +273,36 @@ def test_under_torchrun_rank_0_alone_says_what_is_wrong(tmp_path, capsys, monkey
     args = ["--out", str(tmp_path / "out"), "--batch-size", "0", "--smoke"]
     for rank, said in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)
+        error_file = tmp_path / f"error-{rank}.json"
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
         with pytest.raises(SystemExit) as exit_info:
             EXAMPLES["cifar100_densenet"].main(args)
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert ("error: " in err) is said, (rank, err)
+        # Every rank names the error in torchrun's report: the line rank 0 prints.
+        recorded = json.loads(error_file.read_text())
+        prog = EXAMPLES["cifar100_densenet"].build_parser().prog
+        assert recorded["message"].startswith(f"{prog}: error: Expected --batch-size")
+        assert "\n" not in recorded["message"] and isinstance(recorded["timestamp"], int)
+        if said:
+            assert err.splitlines()[-1] == recorded["message"]
+
+
+def test_under_torchrun_the_launchers_report_names_the_error(tmp_path):
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--nproc_per_node=2", str(ROOT / "examples" / "cifar100_densenet.py"),
+               "--smoke", "--device", "cpu", "--out", str(tmp_path / "out"), "--weight-decay", "-1"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=ENV,
+                            cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1  # torchrun's status when a process fails
+    line = "cifar100_densenet.py: error: Expected --weight-decay to be a finite number >= 0"
+    err = result.stderr
+    assert err.count(f"\n{line}") == 1, err  # said once, by rank 0
+    # torchrun's report, for both ranks, quotes it instead of a page on tracebacks.
+    assert err.count(f"traceback : {line}") == 2, err
+    assert "To enable traceback see" not in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):

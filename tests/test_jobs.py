@@ -62,9 +62,23 @@ def _snapshot(folder):
 def test_two_jobs_give_the_numbers_of_one_in_dependency_order(tmp_path, one_thread, child_threads):
     plan, source, ids = _smoke(), SyntheticCifar100(), [BASELINE, BINARY, BINARY_FT]
     one = execute(plan, tmp_path / "one", source, ids=ids)
-    lines = []
-    two = execute(plan, tmp_path / "two", source, ids=ids, jobs=2, report=lines.append)
+    said = []
+    two = execute(plan, tmp_path / "two", source, ids=ids, jobs=2, report=said.append,
+                  progress=True)  # fmt: skip
     assert [(o.id, o.status) for o in two] == [(i, "trained") for i in ids]
+    # With progress, each epoch of each run as a line (train.log's, named) between the
+    # lines saying that it started and that it finished.
+    epoch_line = re.compile(r"(\S+) \[job (\d)\] (epoch .*)")
+    lines = [line for line in said if not epoch_line.fullmatch(line)]
+    for run_id in ids:
+        shown = [
+            (i, m) for i, m in enumerate(map(epoch_line.fullmatch, said)) if m and m[1] == run_id
+        ]
+        logged = (tmp_path / "two" / run_id / LOG_NAME).read_text().splitlines()[1:]
+        assert [m[3] for _, m in shown] == logged and len(logged) == 2, said
+        (job,) = {m[2] for _, m in shown}
+        start = said.index(f"training {run_id} (2 epochs) [job {job} on cpu]")
+        assert start < shown[0][0] and shown[-1][0] < said.index(f"finished {run_id} [job {job}]")
     # Both pre-trainings start at once, one per job slot; the transfer in a free slot once
     # its own pre-training has finished, whichever ends first.
     assert lines[:2] == [
@@ -125,6 +139,7 @@ def test_one_call_skips_resumes_stops_and_goes_on_after_a_failure(
     assert exit_info.value.code == 1
     stdout, stderr = capsys.readouterr()
     lines = stdout.splitlines()
+    assert not [line for line in lines if "] epoch " in line]  # not a terminal: no progress
     assert lines[:3] == [
         f"resuming {broken} (2 epochs, 0 done) [job 1 on cpu]",
         f"training {stopped} (2 epochs) [job 2 on cpu]",

@@ -26,11 +26,12 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -423,10 +424,7 @@ class Example:
         """Parse ``argv`` (default: the command line), check every setting, then list or
         execute the plan and print its summary."""
         parser = self.build_parser()
-        if int(os.environ.get("RANK", "0")) != 0:
-            # Under torchrun every rank checks the same flags and data: rank 0 says what is
-            # wrong, once; the others end with the same status, silently.
-            parser.error = lambda message: parser.exit(2)  # type: ignore[method-assign]
+        _report_to_torchrun(parser)
         args = parser.parse_args(argv)
         args.device_given = given(args, "device")
         if not args.device_given:
@@ -663,6 +661,36 @@ class Example:
         if dist.is_initialized():
             dist.destroy_process_group()
         return failed
+
+
+def _report_to_torchrun(parser: argparse.ArgumentParser) -> None:
+    """Under ``torchrun``, ``parser``'s errors said once and named in torchrun's report.
+
+    Every rank checks the same flags and data: rank 0 prints what is wrong, the others end
+    with the same status silently. Every rank also writes the line to the error file
+    torchrun gives it (``TORCHELASTIC_ERROR_FILE``), so that the failure report torchrun
+    prints after it names the error as the root cause, not a page on how to get tracebacks.
+    """
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    quiet = int(os.environ.get("RANK", "0")) != 0
+    if error_file is None and not quiet:
+        return
+    exit_here = parser.exit
+
+    def exit(status: int = 0, message: str | None = None) -> NoReturn:
+        if status != 0 and message and error_file is not None:
+            entry = {"message": message.strip(), "timestamp": int(time.time())}
+            with contextlib.suppress(OSError):  # the report is torchrun's; the line is said
+                Path(error_file).write_text(json.dumps(entry))
+        exit_here(status, None if quiet else message)
+
+    def error(message: str) -> NoReturn:
+        if not quiet:
+            parser.print_usage(sys.stderr)
+        exit(2, f"{parser.prog}: error: {message}\n")
+
+    parser.exit = exit  # type: ignore[method-assign]
+    parser.error = error  # type: ignore[method-assign]
 
 
 def _rates(schedule: protocols.Schedule, role: int) -> str:

@@ -7,7 +7,9 @@ it ended (``RunProcess.outcome``): ``"finished"`` with the run's results, ``"sto
 gets the run's settings and directory, and the training function and the data source
 pickled (``pickled``): it cuts the run's data out of the source itself (``run_data_for``).
 Everything it prints, warnings and tracebacks included, is appended to
-``<run dir>/train.log``; ``wait`` blocks until one of several processes has ended.
+``<run dir>/train.log``. It also sends each epoch's line (``train_run``'s ``log``) to the
+caller, which reads them with ``RunProcess.read``; ``wait`` blocks until one of several
+processes has sent a line or ended.
 """
 
 from __future__ import annotations
@@ -155,14 +157,42 @@ class RunProcess:
         )
         self.process.start()
         child_end.close()  # the pipe reads EOF once the process has ended, even unannounced
+        self._ended: tuple[str, dict[str, Any] | None, str | None] | None = None
+        self._closed = False  # the pipe read EOF: the process ended, told or not
+
+    @property
+    def ended(self) -> bool:
+        """Whether the process has ended, as far as ``read`` has seen."""
+        return self._ended is not None or self._closed
+
+    def read(self) -> list[str]:
+        """The epoch lines the process has sent since the last call, without waiting;
+        ``ended`` is True once it has also sent its outcome or ended without one."""
+        lines = []
+        while not self.ended:
+            try:
+                if not self.connection.poll():
+                    break
+                kind, message = self.connection.recv()
+            except (EOFError, OSError, pickle.UnpicklingError):  # died before or while telling
+                self._closed = True
+                break
+            if kind == "epoch":
+                lines.append(message)
+            else:
+                self._ended = message
+        return lines
 
     def outcome(self) -> tuple[str, dict[str, Any] | None, str | None]:
-        """``(status, results, error)`` once the process has ended (``wait``):
+        """``(status, results, error)`` once the process has ended (waiting for it):
         ``("finished", results, None)``, ``("stopped", None, None)`` or ``("failed", None,
-        why)``: the exception and the first line of its message, or how the process died."""
-        try:
-            ended: tuple[str, dict[str, Any] | None, str | None] = self.connection.recv()
-        except (EOFError, OSError, pickle.UnpicklingError):  # died before or while telling
+        why)``: the exception and the first line of its message, or how the process died.
+        The epoch lines not yet ``read`` are dropped."""
+        while not self.ended:
+            wait_for([self.connection])
+            self.read()
+        ended = self._ended
+        if ended is None:
             _join(self.process)
             code = self.process.exitcode
             died = (
@@ -184,7 +214,8 @@ class RunProcess:
 
 
 def wait(processes: Sequence[RunProcess]) -> list[RunProcess]:
-    """Block until at least one of ``processes`` has ended; those that have."""
+    """Block until at least one of ``processes`` has sent an epoch line or ended; those
+    that have (``RunProcess.read`` them)."""
     by_connection = {process.connection: process for process in processes}
     return [by_connection[c] for c in wait_for(list(by_connection))]  # type: ignore[index]
 
@@ -242,8 +273,13 @@ def _train_in_process(job: RunJob, payload: tuple[bytes, bytes], connection: Con
         train_data, test_data = run_data_for(job.config, source)
         partition = run_partition_for(job.config, source)
         extra: dict[str, Any] = {} if partition is None else {"partition": partition}
-        if train is train_run:  # one line per epoch in train.log (another train: its own)
-            extra["log"] = print
+        if train is train_run:  # one line per epoch (another train logs its own way)
+
+            def log_epoch(line: str) -> None:
+                print(line)  # to train.log
+                connection.send(("epoch", line))
+
+            extra["log"] = log_epoch
         results = train(
             job.config, job.run_dir, train_data, test_data, mean=source.mean, std=source.std,
             device=device, resume=job.resume, progress=False, stop_after=job.stop_after,
@@ -254,8 +290,9 @@ def _train_in_process(job: RunJob, payload: tuple[bytes, bytes], connection: Con
         sys.stderr.flush()
         first = str(error).strip().split("\n", 1)[0]  # the log holds the rest
         why = f"{type(error).__name__}: {first}" if first else type(error).__name__
-        connection.send(("failed", None, why))
+        connection.send(("ended", ("failed", None, why)))
         sys.exit(1)
     sys.stdout.flush()
     sys.stderr.flush()
-    connection.send(("stopped", None, None) if results is None else ("finished", results, None))
+    ended = ("stopped", None, None) if results is None else ("finished", results, None)
+    connection.send(("ended", ended))

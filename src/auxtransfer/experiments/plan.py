@@ -356,7 +356,8 @@ def execute(
         ids: The runs to execute, in any order (None: all).
         device: This process's device; with ``jobs > 1``, ``"cuda"`` without an index
             spreads the runs over the visible GPUs (``jobs.job_devices``).
-        progress: A progress bar per run (rank 0; none with ``jobs > 1``).
+        progress: A progress bar per run (rank 0); with ``jobs > 1``, each epoch of
+            each run as a line through ``report`` (``ID [job k] epoch 3/175: ...``).
         stop_after: Train at most this many epochs in this call, then stop, leaving the
             run in progress unfinished (a job with a time limit); the next call resumes it.
             With ``jobs > 1`` the budget is per run: every run started trains at most
@@ -398,7 +399,7 @@ def execute(
         _partitions(states, source)  # a coarse run that cannot have its table: now, not later
         return _execute_jobs(
             states, Path(out), source, jobs=jobs, device=device, stop_after=stop_after,
-            cuda_graphs=cuda_graphs, train=train, report=report,
+            cuda_graphs=cuda_graphs, train=train, report=report, progress=progress,
         )  # fmt: skip
     # Epochs an unfinished run has logged, for the budget of stop_after.
     done = {
@@ -500,6 +501,7 @@ def _execute_jobs(
     cuda_graphs: bool,
     train: Callable[..., dict[str, Any] | None],
     report: Callable[[str], None] | None,
+    progress: bool,
 ) -> list[RunOutcome]:
     """``execute``'s runs, up to ``jobs`` at once, each in a process of its own."""
     payload = run_jobs.pickled(train, source)
@@ -543,9 +545,14 @@ def _execute_jobs(
                 waiting.remove((run, state))
             if not running:
                 break  # the runs left, if any, were not started
-            ended = run_jobs.wait([process for _, _, process in running.values()])
+            ready = run_jobs.wait([process for _, _, process in running.values()])
             for slot, (run, state, process) in list(running.items()):
-                if process in ended:
+                if process not in ready:
+                    continue
+                for line in process.read():
+                    if progress:
+                        say(f"{run.id} [job {slot + 1}] {line}")
+                if process.ended:
                     del running[slot]
                     unsettled.discard(run.id)
                     outcomes[run.id] = _ended(run, state, process, f"[job {slot + 1}]", say)
