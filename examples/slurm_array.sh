@@ -57,5 +57,6 @@ if [ -z "$id" ]; then
     exit 1
 fi
 echo "array task $task: $id"
+# --runs, not --run, which torchrun would take for its own --run-path.
 # shellcheck disable=SC2086  # LAUNCH may be a command with arguments
-exec $launch "$example" "$@" --run "$id"
+exec $launch "$example" "$@" --runs "$id"

@@ -270,9 +270,14 @@ def test_an_interrupted_call_is_one_line_saying_how_to_continue(tmp_path, capsys
 
 
 def test_under_torchrun_rank_0_alone_says_what_is_wrong(tmp_path, capsys, monkeypatch):
+    from auxtransfer.experiments import cli
+
+    waits = []
+    monkeypatch.setattr(cli.time, "sleep", waits.append)
     args = ["--out", str(tmp_path / "out"), "--batch-size", "0", "--smoke"]
     for rank, said in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)
+        waits.clear()
         error_file = tmp_path / f"error-{rank}.json"
         monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
         with pytest.raises(SystemExit) as exit_info:
@@ -287,13 +292,33 @@ def test_under_torchrun_rank_0_alone_says_what_is_wrong(tmp_path, capsys, monkey
         assert "\n" not in recorded["message"] and isinstance(recorded["timestamp"], int)
         if said:
             assert err.splitlines()[-1] == recorded["message"]
+        # The other ranks end after rank 0 has said it: torchrun then ends them.
+        assert waits == ([] if said else [cli.QUIET_RANK_WAIT_S])
+    # The help too, once.
+    for rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exit_info:
+            EXAMPLES["cifar100_densenet"].main(["--help"])
+        assert exit_info.value.code == 0
+        assert ("usage:" in capsys.readouterr().out) is said
 
 
 def test_under_torchrun_the_launchers_report_names_the_error(tmp_path):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     command = [torchrun, "--nproc_per_node=2", str(ROOT / "examples" / "cifar100_densenet.py"),
                "--smoke", "--device", "cpu", "--out", str(tmp_path / "out"), "--weight-decay", "-1"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=ENV,
+    # Rank 0 the slower to start (by 3 s): it still says what is wrong before torchrun ends
+    # the processes.
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import os, time\nif os.environ.get('RANK') == '0':\n    time.sleep(3)\n"
+    )
+    env = {
+        **ENV,
+        "PYTHONPATH": os.pathsep.join([str(slow), *filter(None, [ENV.get("PYTHONPATH")])]),
+    }
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env,
                             cwd=tmp_path)  # fmt: skip
     assert result.returncode == 1  # torchrun's status when a process fails
     line = "cifar100_densenet.py: error: Expected --weight-decay to be a finite number >= 0"
@@ -303,6 +328,67 @@ def test_under_torchrun_the_launchers_report_names_the_error(tmp_path):
     assert err.count(f"traceback : {line}") == 2, err
     assert "To enable traceback see" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_run_in_a_plain_call_lets_the_others_finish(tmp_path, capsys, one_thread):
+    example, out, run = EXAMPLES["cifar100_densenet"], tmp_path / "out", "split0/baseline/pretrain"
+    argv = ["--smoke", "--device", "cpu", "--out", str(out)]
+    example.main([*argv, "--run", run, "--stop-after", "1"])
+    capsys.readouterr()
+    (out / run / "last.pt").write_bytes(b"damaged")
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(argv)
+    assert exit_info.value.code == 1
+    stdout, stderr = capsys.readouterr()
+    lines = stdout.splitlines()
+    assert lines[:2] == [
+        f"resuming {run} (2 epochs, 1 done)",
+        f"failed {run}: ValueError: Expected {out / run / 'last.pt'} to be an auxtransfer "
+        f"checkpoint, but it cannot be read: it is damaged or not a checkpoint (not the zip "
+        f"archive that torch.save writes)",
+    ]
+    assert (
+        f"not started split0/baseline/finetune: the run it transfers from, {run}, failed" in lines
+    )
+    table = {line.split()[0]: line.split()[2] for line in lines[-4:]}
+    assert table[run] == "unfinished" and table["split0/baseline/finetune"] == "new"
+    for finished in ("split0/binary/pretrain", "split0/binary/finetune"):
+        assert (out / finished / "results.json").exists() and table[finished] != "unfinished"
+    prog = example.build_parser().prog
+    assert stderr.splitlines() == [
+        f"{prog}: error: 1 run(s) failed: {run} (their errors are above); run the same command "
+        f"again once fixed"
+    ]
+    assert (out / run / "last.pt").read_bytes() == b"damaged"
+
+
+def test_under_torchrun_a_failing_run_is_one_line_and_its_traceback_in_the_report(
+    tmp_path, capsys, one_thread
+):
+    out, run = tmp_path / "out", "split0/baseline/pretrain"
+    EXAMPLES["cifar100_densenet"].main(["--smoke", "--device", "cpu", "--out", str(out),
+                                        "--run", run, "--stop-after", "1"])  # fmt: skip
+    capsys.readouterr()
+    (out / run / "last.pt").write_bytes(b"damaged")
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--nproc_per_node=2", str(ROOT / "examples" / "cifar100_densenet.py"),
+               "--smoke", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=ENV,
+                            cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    error = (f"ValueError: Expected {out / run / 'last.pt'} to be an auxtransfer checkpoint, but "
+             f"it cannot be read: it is damaged or not a checkpoint (not the zip archive that "
+             f"torch.save writes)")  # fmt: skip
+    said = result.stdout.splitlines()
+    assert said == [f"resuming {run} (2 epochs, 1 done)",
+                    f"failed {run}: {error} (under torchrun this ends the call)"]  # fmt: skip
+    err = result.stderr
+    assert err.count("error: a run failed, which under torchrun ends every process") == 1, err
+    # torchrun's report: rank 0's traceback, ending in the error.
+    root_cause = err.split("Root Cause (first observed failure):", 1)[1]
+    assert "traceback : Traceback (most recent call last):" in root_cause, err
+    assert f"  {error}" in root_cause and "To enable traceback see" not in err
+    assert (out / run / "last.pt").read_bytes() == b"damaged"
 
 
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
@@ -505,6 +591,23 @@ def test_slurm_array_script(tmp_path):
         "split0/binary/pretrain",
     ]
     assert not (out / "split0" / "baseline").exists()
+
+
+def test_slurm_array_script_under_torchrun(tmp_path):
+    """LAUNCH="torchrun ...": the run id reaches the example (torchrun would take ``--run``
+    for its ``--run-path``), which trains it with DDP."""
+    script, out = ROOT / "examples" / "slurm_array.sh", tmp_path / "out"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**ENV, "SLURM_ARRAY_TASK_ID": "0", "PYTHON": sys.executable,
+           "LAUNCH": f"{torchrun} --nproc_per_node=2"}  # fmt: skip
+    command = ["bash", str(script), "pretrain", "--smoke", "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "array task 0: split0/baseline/pretrain" in done.stdout
+    assert [p.parent.relative_to(out).as_posix() for p in out.rglob("results.json")] == [
+        "split0/baseline/pretrain"
+    ]
+    assert done.stdout.count("final error") == 1  # rank 0's summary
 
 
 @pytest.mark.parametrize("example", ["cifar100_wrn", "imagenet100_densenet121"])

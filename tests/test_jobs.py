@@ -3,9 +3,14 @@
 dependency order, a failing run, and bad input. Every process starts a fresh interpreter
 (seconds on a busy CPU), so the plans are the smoke plan or a part of it."""
 
+import contextlib
 import importlib.util
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -205,6 +210,15 @@ def test_the_command_line_passes_jobs_and_cuda_graphs_on(tmp_path, monkeypatch, 
     _example().main([*argv, "--jobs", "3", "--no-cuda-graphs"])
     _example().main(argv)
     assert [(c["jobs"], c["cuda_graphs"]) for c in calls] == [(3, False), (1, True)]
+    # Progress where it shows: with --jobs, lines on stdout; else a bar on stderr.
+    for terminal in ("stdout", "stderr"):
+        monkeypatch.setattr(getattr(sys, terminal), "isatty", lambda: True, raising=False)
+        calls.clear()
+        _example().main([*argv, "--jobs", "2"])
+        _example().main(argv)
+        assert [c["progress"] for c in calls] == [terminal == "stdout", terminal == "stderr"]
+        monkeypatch.undo()
+        monkeypatch.setattr(plans, "execute", record)
 
 
 def test_cuda_graphs_reach_train_one_run_at_a_time(tmp_path):
@@ -293,3 +307,65 @@ def test_sources_pickle_without_their_data():
     copy = pickle.loads(blob)
     assert copy._data is None and source._data is not None
     assert torch.equal(copy.load()[0][0], train[0]) and torch.equal(copy.load()[0][1], train[1])
+
+
+def test_ctrl_c_while_the_processes_start_is_one_line(tmp_path):
+    """Ctrl-C signals the terminal's whole process group: the runs' processes ignore it
+    (even while still starting, before their logs are open) and are ended by the call,
+    which prints its one line."""
+    script = ROOT / "examples" / "cifar100_densenet.py"
+    command = [sys.executable, str(script), "--smoke", "--device", "cpu", "--jobs", "2",
+               "--out", str(tmp_path / "out")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    call = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)  # fmt: skip
+    try:
+        started = [call.stdout.readline() for _ in range(2)]
+        assert all(line.startswith("training ") for line in started), started
+        deadline = time.monotonic() + 60
+        while len(_spawned_by(call.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        children = _spawned_by(call.pid)
+        assert len(children) == 2
+        # Both started and still importing what they need (seconds), their logs not yet
+        # open: they ignore SIGINT from their start (the kernel's view of the process).
+        for child in children:
+            ignored = re.search(
+                r"^SigIgn:\s+([0-9a-f]+)$", Path(f"/proc/{child}/status").read_text(), re.M
+            )
+            assert int(ignored[1], 16) >> (signal.SIGINT - 1) & 1, child
+        os.killpg(call.pid, signal.SIGINT)
+        _, stderr = call.communicate(timeout=120)
+    finally:
+        if call.poll() is None:
+            os.killpg(call.pid, signal.SIGKILL)
+    assert call.returncode == 130, stderr
+    assert stderr.splitlines() == [
+        "cifar100_densenet.py: interrupted: run the same command again to continue (finished "
+        "runs are skipped, an unfinished one resumes from its last finished epoch)"
+    ]
+    # No process of the call is left (multiprocessing's resource tracker ends on its own,
+    # once it sees the call's end).
+    deadline = time.monotonic() + 30
+    while _group_alive(call.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(call.pid)
+
+
+def _spawned_by(pid):
+    """The processes ``multiprocessing`` has spawned from process ``pid`` (Linux)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = []
+    for child in children:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+    return found
+
+
+def _group_alive(group):
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

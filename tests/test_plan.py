@@ -347,3 +347,17 @@ def test_interrupted_smoke_sweep_resumes_to_the_same_result(tmp_path, one_thread
         assert config["smoke"] is True
     binary = RunDir(straight / "split0/binary/pretrain").read_metrics()
     assert all(row["train_binary_loss"] != "" for row in binary)
+
+
+def test_resuming_says_the_epochs_of_the_checkpoint(tmp_path, one_thread):
+    """ "resuming ID (E epochs, K done)": K is the checkpoint's, which the run resumes after,
+    even when metrics.csv lost its rows (rewritten from the checkpoint as the run resumes)."""
+    plan, source, run_id = _smoke(), SyntheticCifar100(), "split0/baseline/pretrain"
+    execute(plan, tmp_path, source, ids=[run_id], stop_after=1)
+    metrics = RunDir(tmp_path / run_id).metrics_path
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")  # the header alone
+    lines = []
+    (outcome,) = execute(plan, tmp_path, source, ids=[run_id], report=lines.append)
+    assert outcome.status == "resumed"
+    assert lines == [f"resuming {run_id} (2 epochs, 1 done)"]
+    assert [row["epoch"] for row in RunDir(tmp_path / run_id).read_metrics()] == ["1", "2"]

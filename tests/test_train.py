@@ -284,7 +284,18 @@ def _edit_checkpoint(path, edit):
             True,
             {},
             ValueError,
-            r"last\.pt to be an auxtransfer checkpoint, but it cannot be read",
+            r"last\.pt to be an auxtransfer checkpoint, but it cannot be read: it is damaged or "
+            r"not a checkpoint \(not the zip archive that torch\.save writes\)$",
+        ),
+        (
+            # Cut short (a copy interrupted): damaged, not "load it with weights_only=False".
+            "unfinished",
+            lambda run: (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:-4000]),
+            True,
+            {},
+            ValueError,
+            r"last\.pt to be an auxtransfer checkpoint, but it cannot be read: it is damaged or "
+            r"not a checkpoint \(not the zip archive that torch\.save writes\)$",
         ),
         (
             # weights_only=True refuses arbitrary objects, with no fallback to a full unpickle.
@@ -295,7 +306,8 @@ def _edit_checkpoint(path, edit):
             True,
             {},
             ValueError,
-            r"(?s)last\.pt to be an auxtransfer checkpoint, but it cannot be read: .*argparse\.Namespace",
+            r"last\.pt to be an auxtransfer checkpoint, but it cannot be read: it holds what "
+            r"weights_only=True does not load \(Unsupported global: GLOBAL argparse\.Namespace[^\n]*\)$",
         ),
         (
             "unfinished",
@@ -332,6 +344,7 @@ def _edit_checkpoint(path, edit):
         "unfinished-no-resume",
         "changed-settings",
         "unreadable",
+        "cut-short",
         "not-weights-only",
         "no-format-tag",
         "another-run",

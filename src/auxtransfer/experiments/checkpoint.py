@@ -12,6 +12,8 @@ is not what it should be is refused, never loaded in a weaker way.
 from __future__ import annotations
 
 import os
+import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeAlias
@@ -167,7 +169,8 @@ def _read(path: str | os.PathLike[str], tag: str, kind: str) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(
-            f"Expected {path} to be an auxtransfer checkpoint, but it cannot be read: {error}"
+            f"Expected {path} to be an auxtransfer checkpoint, but it cannot be read: "
+            f"{_unreadable(path, error)}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != tag:
         raise ValueError(
@@ -231,3 +234,16 @@ class Resumed(NamedTuple):
 
     epoch: int
     metrics: list[dict[str, Any]] | None
+
+
+def _unreadable(path: str | os.PathLike[str], error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, without torch's advice to load
+    it with ``weights_only=False`` (a damaged file is not an untrusted one)."""
+    if isinstance(error, OSError):
+        return str(error)
+    if not zipfile.is_zipfile(path):
+        return "it is damaged or not a checkpoint (not the zip archive that torch.save writes)"
+    refused = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
+    if refused is not None:
+        return f"it holds what weights_only=True does not load ({refused[1].strip()})"
+    return str(error).strip().split("\n", 1)[0]

@@ -27,6 +27,7 @@ import re
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,10 @@ __all__ = ["CifarData", "DataFlags", "Example", "FlagError", "Given", "ImageNetD
 
 #: Where an output folder records what its runs' configs do not say about their data.
 DATA_RECORD = "data.json"
+
+#: Under torchrun, how long a rank other than 0 waits before it ends with an error, so that
+#: rank 0 has said what is wrong before torchrun ends every process.
+QUIET_RANK_WAIT_S = 10.0
 
 # The flags that only --launcher submitit reads.
 _CLUSTER_FLAGS = ("slurm_partition", "gpus_per_run", "cpus_per_run", "mem_gb", "time_min",
@@ -309,7 +314,7 @@ class Example:
         p.add_argument("--out", required=True, help="output folder: one run directory per run id")
         what = p.add_mutually_exclusive_group()
         what.add_argument("--list", action="store_true", help="print the run ids in dependency order and exit")  # fmt: skip
-        what.add_argument("--run", nargs="+", metavar="ID", default=None, help="execute these runs only")  # fmt: skip
+        what.add_argument("--run", "--runs", nargs="+", metavar="ID", default=None, help="execute these runs only (under torchrun write --runs: torchrun takes --run for its own --run-path)")  # fmt: skip
         splits = p.add_mutually_exclusive_group()
         splits.add_argument("--splits", type=int, default=self.shown("splits"), help="A/B class splits (seeds 0 .. N-1)")  # fmt: skip
         splits.add_argument("--split-seeds", type=int, nargs="+", default=None, help="the split seeds themselves")  # fmt: skip
@@ -494,13 +499,24 @@ class Example:
                 self._notes(args)
             try:
                 failed = self._execute(args, plan, source, device)
+            except Exception as error:
+                if not dist.is_initialized():
+                    raise
+                # Under torchrun a run that raises ends every process (the others may wait in
+                # a collective): one line here, the traceback in torchrun's report.
+                first = str(error).strip().split("\n", 1)[0]
+                _write_torchrun_error(f"{type(error).__name__}: {first}", traceback.format_exc())
+                parser.exit(1, f"{parser.prog}: error: a run failed, which under torchrun ends "
+                               f"every process (the run and its error are above, its traceback "
+                               f"in torchrun's report); run the same command again once fixed\n")  # fmt: skip
             except KeyboardInterrupt:
                 parser.exit(130, f"{parser.prog}: interrupted: run the same command again to "
                                  f"continue (finished runs are skipped, an unfinished one resumes "
                                  f"from its last finished epoch)\n")  # fmt: skip
         if failed:
+            shown = "see their logs above" if args.jobs > 1 else "their errors are above"
             parser.exit(1, f"{parser.prog}: error: {len(failed)} run(s) failed: {', '.join(failed)} "
-                           f"(see their logs above); run the same command again once fixed\n")  # fmt: skip
+                           f"({shown}); run the same command again once fixed\n")  # fmt: skip
 
     @staticmethod
     def _notes(args: argparse.Namespace) -> None:
@@ -637,8 +653,11 @@ class Example:
         if rank == 0:
             self._write_record(args, source)
         say = print if rank == 0 else None
+        # Progress where it is shown, on a terminal: a bar on stderr, or with --jobs a line
+        # per epoch on stdout.
+        shown = sys.stdout if args.jobs > 1 else sys.stderr
         outcomes = plans.execute(
-            plan, args.out, source, ids=args.run, device=device, progress=rank == 0 and sys.stderr.isatty(),
+            plan, args.out, source, ids=args.run, device=device, progress=rank == 0 and shown.isatty(),
             stop_after=args.stop_after, jobs=args.jobs, cuda_graphs=not args.no_cuda_graphs, report=say,
         )  # fmt: skip
         failed = [o.id for o in outcomes if o.status == "failed"]
@@ -664,33 +683,50 @@ class Example:
 
 
 def _report_to_torchrun(parser: argparse.ArgumentParser) -> None:
-    """Under ``torchrun``, ``parser``'s errors said once and named in torchrun's report.
+    """Under ``torchrun``, ``parser``'s help and errors said once and named in torchrun's
+    report.
 
-    Every rank checks the same flags and data: rank 0 prints what is wrong, the others end
-    with the same status silently. Every rank also writes the line to the error file
-    torchrun gives it (``TORCHELASTIC_ERROR_FILE``), so that the failure report torchrun
-    prints after it names the error as the root cause, not a page on how to get tracebacks.
+    Every rank checks the same flags and data: rank 0 prints, the others end with the same
+    status silently, though not before rank 0 (torchrun ends every process once one has
+    failed, and rank 0 might not have said why yet). Every rank writes its error line to
+    the error file torchrun gives it (``TORCHELASTIC_ERROR_FILE``), so that the failure
+    report torchrun prints after it quotes the error instead of a page on tracebacks.
     """
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     quiet = int(os.environ.get("RANK", "0")) != 0
-    if error_file is None and not quiet:
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ and not quiet:
         return
     exit_here = parser.exit
 
     def exit(status: int = 0, message: str | None = None) -> NoReturn:
-        if status != 0 and message and error_file is not None:
-            entry = {"message": message.strip(), "timestamp": int(time.time())}
-            with contextlib.suppress(OSError):  # the report is torchrun's; the line is said
-                Path(error_file).write_text(json.dumps(entry))
+        if status != 0 and message:
+            _write_torchrun_error(message.strip())
+        if status != 0 and quiet:
+            time.sleep(QUIET_RANK_WAIT_S)  # torchrun ends this process once rank 0 has ended
         exit_here(status, None if quiet else message)
 
     def error(message: str) -> NoReturn:
-        if not quiet:
-            parser.print_usage(sys.stderr)
+        parser.print_usage(sys.stderr)
         exit(2, f"{parser.prog}: error: {message}\n")
 
     parser.exit = exit  # type: ignore[method-assign]
     parser.error = error  # type: ignore[method-assign]
+    if quiet:
+        parser.print_help = parser.print_usage = lambda file=None: None  # type: ignore[method-assign]
+
+
+def _write_torchrun_error(message: str, callstack: str | None = None) -> None:
+    """Under ``torchrun``, ``message`` (and ``callstack``, a traceback) in the error file it
+    gives this process, which its failure report quotes; the first error written stays."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path is None or os.path.exists(path):
+        return
+    stamp = int(time.time())
+    entry: dict[str, Any] = {"message": message, "timestamp": stamp}
+    if callstack is not None:
+        entry = {"message": {"message": message, "extraInfo": {"py_callstack": callstack,
+                                                              "timestamp": stamp}}}  # fmt: skip
+    with contextlib.suppress(OSError):  # the report is torchrun's; the line is said anyway
+        Path(path).write_text(json.dumps(entry))
 
 
 def _rates(schedule: protocols.Schedule, role: int) -> str:

@@ -15,6 +15,7 @@ processes has sent a line or ended.
 from __future__ import annotations
 
 import collections
+import contextlib
 import faulthandler
 import multiprocessing
 import os
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
@@ -155,7 +156,8 @@ class RunProcess:
         self.process = context.Process(
             target=_train_in_process, args=(job, payload, child_end), name=f"run {job.id}"
         )
-        self.process.start()
+        with _interrupts_ignored():
+            self.process.start()
         child_end.close()  # the pipe reads EOF once the process has ended, even unannounced
         self._ended: tuple[str, dict[str, Any] | None, str | None] | None = None
         self._closed = False  # the pipe read EOF: the process ended, told or not
@@ -228,6 +230,21 @@ def log_tail(path: Path, lines: int = 20) -> list[str]:
         return [line.rstrip("\n") for line in collections.deque(log, maxlen=lines)]
 
 
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored while a process starts, which keeps it ignored: Ctrl-C reaches the
+    caller alone, which ends the runs' processes itself (``RunProcess.stop``), instead of
+    every process printing a traceback of its own (one still starting, on the terminal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers are the main thread's
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
 def _join(process: multiprocessing.process.BaseProcess, timeout: float = 30.0) -> None:
     """Wait for ``process`` to end; kill it when it hangs on its way out."""
     process.join(timeout)
@@ -285,7 +302,7 @@ def _train_in_process(job: RunJob, payload: tuple[bytes, bytes], connection: Con
             device=device, resume=job.resume, progress=False, stop_after=job.stop_after,
             cuda_graphs=job.cuda_graphs, **extra,
         )  # fmt: skip
-    except BaseException as error:  # an interrupt too: the parent is told, the log has it
+    except BaseException as error:  # SystemExit too: the parent is told, the log has it
         traceback.print_exc()
         sys.stderr.flush()
         first = str(error).strip().split("\n", 1)[0]  # the log holds the rest

@@ -454,11 +454,13 @@ def execute(
                 **({"partition": partitions[run.id]} if run.id in partitions else {}),
             )
         except Exception as error:
-            if distributed:
-                raise  # the other ranks wait in a collective: end them all
-            # As under jobs > 1: this run is reported, the runs that do not need it go on.
             first = str(error).strip().split("\n", 1)[0]
             failed = RunOutcome(run.id, "failed", None, f"{type(error).__name__}: {first}")
+            if distributed:
+                if report is not None and rank == 0:
+                    report(f"failed {run.id}: {failed.error} (under torchrun this ends the call)")
+                raise  # the other ranks may wait in a collective: end them all
+            # As under jobs > 1: this run is reported, the runs that do not need it go on.
             outcomes.append(failed)
             ended[run.id] = failed
             if report is not None:
@@ -652,8 +654,19 @@ def _starting(run: PlannedRun, state: str, out: Path) -> str:
 
 
 def _epochs_done(run_dir: Path) -> int:
+    """The epochs an unfinished run resumes after: its checkpoint's (read mapped, not
+    loaded), else the rows of its ``metrics.csv``; the run itself says what is wrong with a
+    checkpoint that cannot be read."""
     run = RunDir(run_dir)
-    return len(run.read_metrics()) if run.metrics_path.exists() else 0
+    try:
+        state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"])
+    except Exception:
+        pass
+    try:
+        return len(run.read_metrics()) if run.metrics_path.exists() else 0
+    except (OSError, ValueError):
+        return 0
 
 
 def _closest(run_id: str, ids: list[str], limit: int = 8) -> str:
