@@ -270,10 +270,12 @@ def test_an_interrupted_call_is_one_line_saying_how_to_continue(tmp_path, capsys
 
 
 def test_under_torchrun_rank_0_alone_says_what_is_wrong(tmp_path, capsys, monkeypatch):
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
     from auxtransfer.experiments import cli
 
-    waits = []
-    monkeypatch.setattr(cli.time, "sleep", waits.append)
+    waits = []  # (seconds, whether the error file was written by then)
+    monkeypatch.setattr(cli.time, "sleep", lambda s: waits.append((s, error_file.exists())))
     args = ["--out", str(tmp_path / "out"), "--batch-size", "0", "--smoke"]
     for rank, said in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)
@@ -285,15 +287,20 @@ def test_under_torchrun_rank_0_alone_says_what_is_wrong(tmp_path, capsys, monkey
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert ("error: " in err) is said, (rank, err)
-        # Every rank names the error in torchrun's report: the line rank 0 prints.
-        recorded = json.loads(error_file.read_text())
+        # Every rank names the error in torchrun's report: the line rank 0 prints, in the
+        # form torchrun itself reads (a plain string there makes it log warnings).
+        message = json.loads(error_file.read_text())["message"]
         prog = EXAMPLES["cifar100_densenet"].build_parser().prog
-        assert recorded["message"].startswith(f"{prog}: error: Expected --batch-size")
-        assert "\n" not in recorded["message"] and isinstance(recorded["timestamp"], int)
+        assert message["message"].startswith(f"{prog}: error: Expected --batch-size")
+        assert "\n" not in message["message"]
+        assert message["extraInfo"]["py_callstack"] == message["message"]
+        failure = ProcessFailure(int(rank), 1234, 2, str(error_file))
+        assert failure.message == message and failure.timestamp > 0
         if said:
-            assert err.splitlines()[-1] == recorded["message"]
-        # The other ranks end after rank 0 has said it: torchrun then ends them.
-        assert waits == ([] if said else [cli.QUIET_RANK_WAIT_S])
+            assert err.splitlines()[-1] == message["message"]
+        # The other ranks end after rank 0 has said it, and write their error after waiting
+        # (torchrun ends them first), so rank 0's is the first in torchrun's report.
+        assert waits == ([] if said else [(cli.QUIET_RANK_WAIT_S, False)])
     # The help too, once.
     for rank, said in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)
@@ -324,9 +331,12 @@ def test_under_torchrun_the_launchers_report_names_the_error(tmp_path):
     line = "cifar100_densenet.py: error: Expected --weight-decay to be a finite number >= 0"
     err = result.stderr
     assert err.count(f"\n{line}") == 1, err  # said once, by rank 0
-    # torchrun's report, for both ranks, quotes it instead of a page on tracebacks.
-    assert err.count(f"traceback : {line}") == 2, err
-    assert "To enable traceback see" not in err
+    # torchrun's report quotes it instead of a page on tracebacks, with rank 0 as the root
+    # cause; rank 1 was ended by torchrun while it waited for rank 0 to say it.
+    others, root_cause = err.split("\nFailures:\n", 1)[1].split("Root Cause", 1)
+    assert "rank      : 0 (local_rank: 0)" in root_cause and f"traceback : {line}" in root_cause
+    assert "rank      : 1 (local_rank: 1)" in others and "(SIGTERM)" in others, err
+    assert "To enable traceback see" not in err and "new message format" not in err
     assert not (tmp_path / "out").exists()
 
 
@@ -389,6 +399,53 @@ def test_under_torchrun_a_failing_run_is_one_line_and_its_traceback_in_the_repor
     assert "traceback : Traceback (most recent call last):" in root_cause, err
     assert f"  {error}" in root_cause and "To enable traceback see" not in err
     assert (out / run / "last.pt").read_bytes() == b"damaged"
+
+
+def test_under_torchrun_an_error_outside_a_run_is_not_said_to_be_a_run_failing(
+    tmp_path, capsys, monkeypatch
+):
+    """Only ``RunFailedError`` is a run that failed; anything else that ends a call under
+    torchrun (loading the data, say) is said as itself, in one line."""
+    from auxtransfer.experiments import cli
+    from auxtransfer.experiments import plan as plans
+
+    example, prog = EXAMPLES["cifar100_densenet"], EXAMPLES["cifar100_densenet"].build_parser().prog
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setattr(cli.dist, "is_initialized", lambda: True)
+
+    def fails(*args, **kwargs):
+        raise ValueError("cifar-100-python/train is damaged\nmore")
+
+    monkeypatch.setattr(cli.Example, "_execute", fails)
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(["--smoke", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{prog}: error: ValueError: cifar-100-python/train is damaged (under torchrun this "
+        f"ends every process; its traceback is in torchrun's report)"
+    ]
+    recorded = json.loads(error_file.read_text())["message"]
+    assert recorded["message"] == "ValueError: cifar-100-python/train is damaged"
+    assert recorded["extraInfo"]["py_callstack"].startswith("Traceback (most recent call last)")
+
+    def run_fails(*args, **kwargs):
+        try:
+            raise ValueError("bad\nmore")
+        except ValueError as error:
+            raise plans.RunFailedError("split0/baseline/pretrain", "ValueError: bad") from error
+
+    error_file.unlink()
+    monkeypatch.setattr(cli.Example, "_execute", run_fails)
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(["--smoke", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    assert "error: a run failed, which under torchrun ends" in capsys.readouterr().err
+    recorded = json.loads(error_file.read_text())["message"]
+    assert recorded["message"] == "ValueError: bad"
+    # The traceback is the run's own error's, not the wrapper's.
+    assert recorded["extraInfo"]["py_callstack"].rstrip().endswith("ValueError: bad\nmore")
+    assert "RunFailedError" not in recorded["extraInfo"]["py_callstack"]
 
 
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):

@@ -212,7 +212,9 @@ def test_the_command_line_passes_jobs_and_cuda_graphs_on(tmp_path, monkeypatch, 
     assert [(c["jobs"], c["cuda_graphs"]) for c in calls] == [(3, False), (1, True)]
     # Progress where it shows: with --jobs, lines on stdout; else a bar on stderr.
     for terminal in ("stdout", "stderr"):
-        monkeypatch.setattr(getattr(sys, terminal), "isatty", lambda: True, raising=False)
+        for stream in ("stdout", "stderr"):  # whatever pytest was run on
+            shown = stream == terminal
+            monkeypatch.setattr(getattr(sys, stream), "isatty", lambda s=shown: s, raising=False)
         calls.clear()
         _example().main([*argv, "--jobs", "2"])
         _example().main(argv)
@@ -320,6 +322,8 @@ def test_ctrl_c_while_the_processes_start_is_one_line(tmp_path):
     call = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)  # fmt: skip
     try:
+        # Said once each process has started (SIGINT no longer ignored here by then: a
+        # Ctrl-C while it is, for the milliseconds of a start, would be lost).
         started = [call.stdout.readline() for _ in range(2)]
         assert all(line.startswith("training ") for line in started), started
         deadline = time.monotonic() + 60
@@ -350,6 +354,33 @@ def test_ctrl_c_while_the_processes_start_is_one_line(tmp_path):
     while _group_alive(call.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _group_alive(call.pid)
+
+
+def test_ctrl_c_just_after_a_process_started_ends_it(tmp_path, monkeypatch, child_threads):
+    """A Ctrl-C just after a run's process has started, before the call has it among its
+    running processes, still ends it: none is left training (which the interpreter's exit
+    would then wait for, the call hanging until the run finished)."""
+    import multiprocessing.context
+
+    started = []
+    start = multiprocessing.context.SpawnProcess.start
+
+    def interrupted_start(process):
+        start(process)
+        started.append(process)
+        raise KeyboardInterrupt  # Ctrl-C, as soon as the process has started
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", interrupted_start)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute(_smoke(), tmp_path, SyntheticCifar100(), ids=[BASELINE, BINARY], jobs=2)
+        (process,) = started  # the first start was interrupted, the second never made
+        assert process.exitcode == -signal.SIGTERM  # ended by the call, before it returned
+    finally:
+        for process in started:
+            process.kill()
+            process.join()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _spawned_by(pid):

@@ -499,16 +499,23 @@ class Example:
                 self._notes(args)
             try:
                 failed = self._execute(args, plan, source, device)
-            except Exception as error:
-                if not dist.is_initialized():
-                    raise
+            except plans.RunFailedError as error:
                 # Under torchrun a run that raises ends every process (the others may wait in
-                # a collective): one line here, the traceback in torchrun's report.
-                first = str(error).strip().split("\n", 1)[0]
-                _write_torchrun_error(f"{type(error).__name__}: {first}", traceback.format_exc())
+                # a collective): its line is above, its traceback goes to torchrun's report.
+                cause = error.__cause__ if error.__cause__ is not None else error
+                _write_torchrun_error(error.error, "".join(traceback.format_exception(cause)))
                 parser.exit(1, f"{parser.prog}: error: a run failed, which under torchrun ends "
                                f"every process (the run and its error are above, its traceback "
                                f"in torchrun's report); run the same command again once fixed\n")  # fmt: skip
+            except Exception as error:
+                if not dist.is_initialized():
+                    raise
+                # Anything else under torchrun (loading the data, say): one line too.
+                first = str(error).strip().split("\n", 1)[0]
+                why = f"{type(error).__name__}: {first}" if first else type(error).__name__
+                _write_torchrun_error(why, traceback.format_exc())
+                parser.exit(1, f"{parser.prog}: error: {why} (under torchrun this ends every "
+                               f"process; its traceback is in torchrun's report)\n")  # fmt: skip
             except KeyboardInterrupt:
                 parser.exit(130, f"{parser.prog}: interrupted: run the same command again to "
                                  f"continue (finished runs are skipped, an unfinished one resumes "
@@ -689,8 +696,9 @@ def _report_to_torchrun(parser: argparse.ArgumentParser) -> None:
     Every rank checks the same flags and data: rank 0 prints, the others end with the same
     status silently, though not before rank 0 (torchrun ends every process once one has
     failed, and rank 0 might not have said why yet). Every rank writes its error line to
-    the error file torchrun gives it (``TORCHELASTIC_ERROR_FILE``), so that the failure
-    report torchrun prints after it quotes the error instead of a page on tracebacks.
+    the error file torchrun gives it (``TORCHELASTIC_ERROR_FILE``; the others after their
+    wait, if torchrun has not ended them), so that the failure report torchrun prints after
+    it quotes the error instead of a page on tracebacks, with rank 0 as its root cause.
     """
     quiet = int(os.environ.get("RANK", "0")) != 0
     if "TORCHELASTIC_ERROR_FILE" not in os.environ and not quiet:
@@ -698,10 +706,12 @@ def _report_to_torchrun(parser: argparse.ArgumentParser) -> None:
     exit_here = parser.exit
 
     def exit(status: int = 0, message: str | None = None) -> NoReturn:
+        if status not in (0, 130) and quiet:
+            # torchrun ends this process once rank 0 has ended, which then is the first
+            # error in torchrun's report (the earliest written), not this one.
+            time.sleep(QUIET_RANK_WAIT_S)
         if status != 0 and message:
             _write_torchrun_error(message.strip())
-        if status != 0 and quiet:
-            time.sleep(QUIET_RANK_WAIT_S)  # torchrun ends this process once rank 0 has ended
         exit_here(status, None if quiet else message)
 
     def error(message: str) -> NoReturn:
@@ -715,16 +725,15 @@ def _report_to_torchrun(parser: argparse.ArgumentParser) -> None:
 
 
 def _write_torchrun_error(message: str, callstack: str | None = None) -> None:
-    """Under ``torchrun``, ``message`` (and ``callstack``, a traceback) in the error file it
-    gives this process, which its failure report quotes; the first error written stays."""
+    """Under ``torchrun``, ``message`` in the error file it gives this process, in the form
+    torchrun's own ``record`` writes; its failure report quotes ``callstack`` (a traceback;
+    default: ``message``). The first error written stays."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path is None or os.path.exists(path):
         return
-    stamp = int(time.time())
-    entry: dict[str, Any] = {"message": message, "timestamp": stamp}
-    if callstack is not None:
-        entry = {"message": {"message": message, "extraInfo": {"py_callstack": callstack,
-                                                              "timestamp": stamp}}}  # fmt: skip
+    shown = message if callstack is None else callstack
+    entry = {"message": {"message": message,
+                         "extraInfo": {"py_callstack": shown, "timestamp": str(int(time.time()))}}}  # fmt: skip
     with contextlib.suppress(OSError):  # the report is torchrun's; the line is said anyway
         Path(path).write_text(json.dumps(entry))
 

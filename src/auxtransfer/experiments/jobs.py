@@ -142,7 +142,7 @@ def usable_cores() -> int:
 
 
 class RunProcess:
-    """One run training in a process of its own, started at once.
+    """One run training in a process of its own, once ``start``-ed.
 
     Args:
         job: The run.
@@ -152,15 +152,22 @@ class RunProcess:
     def __init__(self, job: RunJob, payload: tuple[bytes, bytes]) -> None:
         context = multiprocessing.get_context("spawn")
         self.job = job
-        self.connection, child_end = context.Pipe(duplex=False)
+        self.connection, self._child_end = context.Pipe(duplex=False)
         self.process = context.Process(
-            target=_train_in_process, args=(job, payload, child_end), name=f"run {job.id}"
+            target=_train_in_process, args=(job, payload, self._child_end), name=f"run {job.id}"
         )
-        with _interrupts_ignored():
-            self.process.start()
-        child_end.close()  # the pipe reads EOF once the process has ended, even unannounced
         self._ended: tuple[str, dict[str, Any] | None, str | None] | None = None
         self._closed = False  # the pipe read EOF: the process ended, told or not
+
+    def start(self) -> None:
+        """Start the process (it ignores SIGINT). Keep the ``RunProcess`` where ``stop``
+        reaches it before calling this: a Ctrl-C just after it has started must end it too."""
+        try:
+            with _interrupts_ignored():
+                self.process.start()
+        finally:
+            # The pipe reads EOF once the process has ended, even unannounced.
+            self._child_end.close()
 
     @property
     def ended(self) -> bool:
@@ -209,6 +216,9 @@ class RunProcess:
 
     def stop(self) -> None:
         """End the process if it is still running (a call interrupted)."""
+        if self.process.pid is None:  # never started
+            self.connection.close()
+            return
         if self.process.is_alive():
             self.process.terminate()
         _join(self.process)
@@ -234,7 +244,10 @@ def log_tail(path: Path, lines: int = 20) -> list[str]:
 def _interrupts_ignored() -> Iterator[None]:
     """SIGINT ignored while a process starts, which keeps it ignored: Ctrl-C reaches the
     caller alone, which ends the runs' processes itself (``RunProcess.stop``), instead of
-    every process printing a traceback of its own (one still starting, on the terminal)."""
+    every process printing a traceback of its own (one still starting, on the terminal).
+    A Ctrl-C in those milliseconds is lost: the process must inherit SIGINT ignored (a
+    blocked one is not inherited), and while it is ignored no thread can hold it back.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers are the main thread's
         return

@@ -44,6 +44,7 @@ __all__ = [
     "Plan",
     "PlannedRun",
     "RunDirConflictError",
+    "RunFailedError",
     "RunOutcome",
     "check_data",
     "check_plan",
@@ -162,6 +163,21 @@ class Plan:
 
 class RunDirConflictError(ValueError):
     """A run directory holds a run of the same id with other settings, or a damaged one."""
+
+
+class RunFailedError(RuntimeError):
+    """Under ``torchrun``, a run that raised, which ends ``execute`` on every rank (the
+    others may wait for it in a collective); the exception it raised is ``__cause__``.
+
+    Attributes:
+        run_id: The run's id.
+        error: The exception and the first line of its message.
+    """
+
+    def __init__(self, run_id: str, error: str) -> None:
+        super().__init__(f"run {run_id} failed: {error}")
+        self.run_id = run_id
+        self.error = error
 
 
 def run_state(run_dir: str | os.PathLike[str]) -> str:
@@ -341,7 +357,7 @@ def execute(
     is reported (``"failed"``, with its error) and the runs that do not need it go on;
     those that transfer from it are not started (``"blocked"``). Under ``torchrun`` call
     it on every rank: each run trains with DDP and rank 0 writes (an error there ends
-    every rank).
+    every rank: ``RunFailedError``).
 
     With ``jobs > 1`` up to ``jobs`` runs train at once, each in a process of its own
     that appends its output to ``<run dir>/train.log``: a run starts once the run it
@@ -381,6 +397,7 @@ def execute(
 
     Raises:
         ValueError: A check failed, ``jobs`` is below 1 or above 1 under ``torchrun``.
+        RunFailedError: Under ``torchrun``, a run raised.
         TypeError: ``jobs`` is not an int; with ``jobs > 1``, ``train`` or ``source``
             does not pickle.
     """
@@ -455,11 +472,13 @@ def execute(
             )
         except Exception as error:
             first = str(error).strip().split("\n", 1)[0]
-            failed = RunOutcome(run.id, "failed", None, f"{type(error).__name__}: {first}")
+            why = f"{type(error).__name__}: {first}"
+            failed = RunOutcome(run.id, "failed", None, why)
             if distributed:
                 if report is not None and rank == 0:
-                    report(f"failed {run.id}: {failed.error} (under torchrun this ends the call)")
-                raise  # the other ranks may wait in a collective: end them all
+                    report(f"failed {run.id}: {why} (under torchrun this ends the call)")
+                # The other ranks may wait in a collective: end them all.
+                raise RunFailedError(run.id, why) from error
             # As under jobs > 1: this run is reported, the runs that do not need it go on.
             outcomes.append(failed)
             ended[run.id] = failed
@@ -536,8 +555,10 @@ def _execute_jobs(
                         run.id, run.config, out / run.id, str(devices[slot]),
                         state == "unfinished", stop_after, cuda_graphs, threads,
                     )  # fmt: skip
+                    process = run_jobs.RunProcess(job, payload)
+                    running[slot] = (run, state, process)  # where `finally` stops it
+                    process.start()
                     say(f"{_starting(run, state, out)} [job {slot + 1} on {job.device}]")
-                    running[slot] = (run, state, run_jobs.RunProcess(job, payload))
                 else:
                     why = "was not started" if before.status == "blocked" else before.status
                     error = f"it transfers from {needed}, which {why}"
