@@ -524,7 +524,7 @@ def test_wrn_smoke_as_ci_runs_it(tmp_path, check_smoke):
 def test_stop_after_says_how_to_continue(tmp_path, capsys, one_thread, check_smoke):
     args = ["--smoke", "--device", "cpu", "--out", str(tmp_path / "out")]
     stdout = _main(capsys, *args, "--stop-after", "3")
-    assert "stopped in split0/binary/pretrain after --stop-after 3 epochs" in stdout
+    assert "stopped in split0/binary/pretrain after --stop-after 3 epoch(s)" in stdout
     assert "run the same command again to continue" in stdout
     again = _main(capsys, *args)
     assert "resuming split0/binary/pretrain" in again

@@ -611,6 +611,20 @@ def test_left_out_runs_are_counted_once_and_figures_keep_their_names(tmp_path):
     }
 
 
+def test_the_runs_table_has_a_curves_column_only_when_curves_are_drawn(tmp_path):
+    _pretrain(tmp_path, "split0/baseline", 0.0, 0)
+    _transfer(tmp_path, "split0/baseline", "finetune", 30.0, 0)
+    write_report(tmp_path, run_curves=False)
+    runs = (tmp_path / "report.md").read_text().split("## Runs", 1)[1]
+    assert "curves" not in runs
+    assert [line.count("|") for line in runs.splitlines() if line.startswith("|")] == [7] * 4
+    report = write_report(tmp_path)
+    runs = (tmp_path / "report.md").read_text().split("## Runs", 1)[1]
+    assert "Training and test curves of every run:" in runs
+    for run in report["runs"]:
+        assert f"[curves]({run['figure']})" in runs
+
+
 def test_figures_of_a_report_from_before_the_manifest_are_replaced(tmp_path):
     _pretrain(tmp_path, "split0/baseline", 0.0, 0)
     _transfer(tmp_path, "split0/baseline", "finetune", 30.0, 0)

@@ -676,13 +676,13 @@ class Example:
             finished = sum(o.status in plans.FINISHED_STATUSES for o in outcomes)
             left = len(plan.select(args.run)) - finished
             if args.jobs > 1 and stopped:
-                print(f"stopped {len(stopped)} run(s) after --stop-after {args.stop_after} epochs "
+                print(f"stopped {len(stopped)} run(s) after --stop-after {args.stop_after} epoch(s) "
                       f"each, {left} run(s) left: run the same command again to continue")  # fmt: skip
             elif stopped:
-                print(f"stopped in {stopped[0]} after --stop-after {args.stop_after} epochs: "
+                print(f"stopped in {stopped[0]} after --stop-after {args.stop_after} epoch(s): "
                       f"run the same command again to continue")  # fmt: skip
             elif left > 0 and not failed:
-                print(f"stopped after --stop-after {args.stop_after} epochs with {left} run(s) "
+                print(f"stopped after --stop-after {args.stop_after} epoch(s) with {left} run(s) "
                       f"left: run the same command again to continue")  # fmt: skip
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -161,9 +161,10 @@ class RunProcess:
 
     def start(self) -> None:
         """Start the process (it ignores SIGINT). Keep the ``RunProcess`` where ``stop``
-        reaches it before calling this: a Ctrl-C just after it has started must end it too."""
+        reaches it before calling this: a Ctrl-C while or just after it starts (raised
+        here once it has started) must end it too."""
         try:
-            with _interrupts_ignored():
+            with _interrupts_held():
                 self.process.start()
         finally:
             # The pipe reads EOF once the process has ended, even unannounced.
@@ -241,21 +242,46 @@ def log_tail(path: Path, lines: int = 20) -> list[str]:
 
 
 @contextlib.contextmanager
-def _interrupts_ignored() -> Iterator[None]:
-    """SIGINT ignored while a process starts, which keeps it ignored: Ctrl-C reaches the
-    caller alone, which ends the runs' processes itself (``RunProcess.stop``), instead of
-    every process printing a traceback of its own (one still starting, on the terminal).
-    A Ctrl-C in those milliseconds is lost: the process must inherit SIGINT ignored (a
-    blocked one is not inherited), and while it is ignored no thread can hold it back.
+def _interrupts_held() -> Iterator[None]:
+    """SIGINT held back while a process starts, and raised once it has started: Ctrl-C
+    reaches the caller alone, which ends the runs' processes itself (``RunProcess.stop``),
+    instead of every process printing a traceback of its own (one still starting, on the
+    terminal), and none is left half started.
+
+    The process inherits SIGINT blocked (a thread's signal mask survives ``fork`` and
+    ``exec``) and ignores it from its first line (``_ignore_interrupts``). Here the thread
+    blocks it; another thread may still take it, so the main thread's handler only notes
+    it until the start is over.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers are the main thread's
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks to inherit
+        yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Started by the first process's start, multiprocessing's resource tracker unblocks
+    # SIGINT after its own start, which that process would then inherit: started first.
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    noted = []
+    main = threading.current_thread() is threading.main_thread()
+    if main:  # signal handlers are the main thread's
+        previous = signal.signal(signal.SIGINT, lambda number, frame: noted.append(number))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if main:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one blocked is delivered now
+        if noted:
+            signal.raise_signal(signal.SIGINT)  # to the handler there was before
+
+
+def _ignore_interrupts() -> None:
+    """SIGINT ignored in a run's process, and unblocked (``_interrupts_held``): one sent
+    while it started (to the terminal's process group) is dropped."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _join(process: multiprocessing.process.BaseProcess, timeout: float = 30.0) -> None:
@@ -282,6 +308,7 @@ def _end_with_parent() -> None:
 
 def _train_in_process(job: RunJob, payload: tuple[bytes, bytes], connection: Connection) -> None:
     """The process of one run: output to its log, the run trained, the outcome sent."""
+    _ignore_interrupts()
     _end_with_parent()
     job.run_dir.mkdir(parents=True, exist_ok=True)
     with open(job.log, "a") as log:

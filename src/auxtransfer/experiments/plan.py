@@ -443,10 +443,7 @@ def execute(
             continue
         needed = run.requires
         if needed in ended:
-            why = "was not started" if ended[needed].status == "blocked" else "failed"
-            blocked = RunOutcome(
-                run.id, "blocked", None, f"the run it transfers from, {needed}, {why}"
-            )
+            blocked = _blocked(run.id, ended[needed])
             outcomes.append(blocked)
             ended[run.id] = blocked
             if report is not None and rank == 0:
@@ -560,11 +557,9 @@ def _execute_jobs(
                     process.start()
                     say(f"{_starting(run, state, out)} [job {slot + 1} on {job.device}]")
                 else:
-                    why = "was not started" if before.status == "blocked" else before.status
-                    error = f"it transfers from {needed}, which {why}"
-                    outcomes[run.id] = RunOutcome(run.id, "blocked", None, error)
+                    outcomes[run.id] = _blocked(run.id, before)
                     unsettled.discard(run.id)
-                    say(f"not starting {run.id}: {error}")
+                    say(f"not started {run.id}: {outcomes[run.id].error}")
                 waiting.remove((run, state))
             if not running:
                 break  # the runs left, if any, were not started
@@ -585,6 +580,13 @@ def _execute_jobs(
     return [outcomes[run.id] for run, _ in states]
 
 
+def _blocked(run_id: str, needed: RunOutcome) -> RunOutcome:
+    """The outcome of a run not started: the run it transfers from ended as ``needed``
+    (failed, stopped, or not started itself)."""
+    why = "was not started" if needed.status == "blocked" else needed.status
+    return RunOutcome(run_id, "blocked", None, f"the run it transfers from, {needed.id}, {why}")
+
+
 def _ended(
     run: PlannedRun,
     state: str,
@@ -600,7 +602,7 @@ def _ended(
         return RunOutcome(run.id, "resumed" if state == "unfinished" else "trained", results)
     if status == "stopped":
         epochs = process.job.stop_after
-        say(f"stopped {run.id} after {epochs} epochs {where}: the next call resumes it")
+        say(f"stopped {run.id} after {epochs} epoch(s) {where}: the next call resumes it")
         return RunOutcome(run.id, "stopped", None)
     log = process.job.log
     tail = run_jobs.log_tail(log)

@@ -97,7 +97,7 @@ class RunTask:
         (outcome,) = outcomes
         if outcome.status in ("failed", "blocked", "stopped"):
             # The task fails, so that the arrays that need this run do not start (afterok).
-            why = outcome.error or f"stopped after --stop-after {self.args.stop_after} epochs"
+            why = outcome.error or f"stopped after --stop-after {self.args.stop_after} epoch(s)"
             raise RuntimeError(f"run {run_id} {outcome.status}: {why}")
         return outcome.results
 

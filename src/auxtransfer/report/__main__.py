@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no finished runs under {root}", file=sys.stderr)
     written = "report.md" + (" and report.json" if args.format == "json" else "")
     print(
-        f"wrote {written} ({len(report['runs'])} runs, {len(report['sections'])} sections) to {out}"
+        f"wrote {written} ({len(report['runs'])} run(s), {len(report['sections'])} section(s)) to {out}"
     )
     return 0
 

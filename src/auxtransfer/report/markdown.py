@@ -254,15 +254,17 @@ def _comparison(section: Mapping[str, Any], comparison: Mapping[str, Any]) -> li
 
 
 def _runs(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-    lines = ["## Runs", "", "Training and test curves of every run:", ""]
+    curves = any(run["figure"] for run in runs)  # none without them (--no-run-curves)
+    intro = "Training and test curves of every run:" if curves else "Every run reported:"
+    lines = ["## Runs", "", intro, ""]
     lines += _table_head(["run", "side", "condition", "epochs", "final test error (%)",
-                          "best (epoch)", "curves"])  # fmt: skip
+                          "best (epoch)", *(["curves"] if curves else [])])  # fmt: skip
     for run in runs:
         name = f"`{run['id']}`" + (f" ({SMOKE_LABEL})" if run["smoke"] else "")
-        figure = f"[curves]({run['figure']})" if run["figure"] else _DASH
+        figure = [f"[curves]({run['figure']})" if run["figure"] else _DASH] if curves else []
         best = f"{error(run['best_test_error'])} ({run['best_epoch']})"
         lines.append(_row([name, str(run["side"]), run["condition"] or _DASH, str(run["epochs"]),
-                           error(run["final_test_error"]), best, figure]))  # fmt: skip
+                           error(run["final_test_error"]), best, *figure]))  # fmt: skip
     return lines
 
 
