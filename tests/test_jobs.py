@@ -355,18 +355,27 @@ def test_ctrl_c_while_the_processes_start_is_one_line(tmp_path):
     assert not _group_alive(call.pid)
 
 
+@pytest.mark.parametrize("taken_by", ["the process", "another thread"])
 def test_ctrl_c_while_a_process_starts_is_raised_once_it_has_started(
-    tmp_path, monkeypatch, child_threads
+    tmp_path, monkeypatch, child_threads, taken_by
 ):
     """A Ctrl-C in the milliseconds of a process's start is held back, not lost: raised
-    once the process has started, which the call then ends (none trains on)."""
+    once the process has started, which the call then ends (none trains on). The signal
+    goes to a thread that does not block it: the main thread once its mask is restored,
+    or another thread of the caller's (torch's, say) at once."""
     import multiprocessing.context
+    import threading
 
     started = []
     start = multiprocessing.context.SpawnProcess.start
+    other = threading.Thread(target=threading.Event().wait, args=(30,), daemon=True)
+    other.start()
 
     def start_during_ctrl_c(process):
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the process starts
+        if taken_by == "the process":
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the process starts
+        else:
+            signal.pthread_kill(other.ident, signal.SIGINT)
         start(process)
         started.append(process)
 
@@ -382,6 +391,21 @@ def test_ctrl_c_while_a_process_starts_is_raised_once_it_has_started(
             process.join()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def _interrupt_state(config, run_dir, *args, **kwargs):
+    """A run's ``train`` that says how its process sees SIGINT."""
+    handler = signal.getsignal(signal.SIGINT)
+    return {"ignored": handler is signal.SIG_IGN,
+            "blocked": signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])}  # fmt: skip
+
+
+def test_a_runs_process_ignores_ctrl_c_and_does_not_block_it(tmp_path):
+    """Once it runs, a run's process ignores SIGINT, not held blocked for good (then a
+    signal that came while it started is dropped, not kept pending)."""
+    outcomes = execute(_smoke(), tmp_path, SyntheticCifar100(), ids=[BASELINE, BINARY], jobs=2,
+                       train=_interrupt_state)  # fmt: skip
+    assert [o.results for o in outcomes] == [{"ignored": True, "blocked": False}] * 2
 
 
 def test_ctrl_c_just_after_a_process_started_ends_it(tmp_path, monkeypatch, child_threads):

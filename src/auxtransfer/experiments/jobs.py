@@ -251,7 +251,9 @@ def _interrupts_held() -> Iterator[None]:
     The process inherits SIGINT blocked (a thread's signal mask survives ``fork`` and
     ``exec``) and ignores it from its first line (``_ignore_interrupts``). Here the thread
     blocks it; another thread may still take it, so the main thread's handler only notes
-    it until the start is over.
+    it until the start is over and the mask is restored (a SIGINT held back by the mask is
+    noted then too): nothing can interrupt the restoring, and the caller's handler gets a
+    noted SIGINT afterwards.
     """
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks to inherit
         yield
@@ -269,11 +271,11 @@ def _interrupts_held() -> Iterator[None]:
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one held back is noted here
         if main:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one blocked is delivered now
-        if noted:
-            signal.raise_signal(signal.SIGINT)  # to the handler there was before
+        if noted:  # to the process, as the terminal sends it: a thread of the caller's takes it
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _ignore_interrupts() -> None:
