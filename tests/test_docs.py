@@ -33,6 +33,16 @@ def test_freezing_page_tables_match_the_code(key, model):
 BACKBONES = Path(__file__).resolve().parents[1] / "docs" / "backbones.md"
 
 
+def test_freezing_page_opening_example_runs_as_written(capsys):
+    code = re.search(r"```python\n(.*?)\n```", DOC.read_text(), re.S).group(1)
+    namespace: dict = {}
+    exec(code, namespace)
+    assert capsys.readouterr().out.startswith("froze 26 layer groups (stem ... 2.9): ")
+    (group,) = namespace["groups"]  # the frozen layers have none
+    assert group["lr"] == 0.1
+    assert namespace["sched"].get_last_lr() == [0.1]
+
+
 def test_backbones_page_shows_what_the_code_prints(capsys):
     text = BACKBONES.read_text()
     found = re.search(r"<!-- layers: hf_resnet -->\n```text\n(.*?)\n```", text, re.S)

@@ -36,7 +36,10 @@ def test_a_smoke_plan_through_the_local_executor_ends_as_a_plain_call(tmp_path, 
     assert out.count("submitted 2 run(s)") == 2  # the pre-trainings, then the transfers
     plain, through = _results(tmp_path / "plain"), _results(submitted)
     assert len(plain) == 4 and through == plain
-    assert out.splitlines()[-1].startswith("split0/binary/finetune")  # the summary table
+    summary = out.splitlines()[-6:]  # as a plain call's: smoke runs are said to be
+    assert summary[0] == "smoke runs: a tiny model on synthetic data, every step once; not results"
+    assert summary[1].split()[:2] == ["run", "data"]
+    assert summary[-1].startswith("split0/binary/finetune")
     logs = sorted(p.name for p in (submitted / "submitit").rglob("*.out"))
     assert len(logs) == 4
     # Submitted again: every run has finished, nothing is submitted or written.

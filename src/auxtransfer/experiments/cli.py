@@ -594,7 +594,7 @@ class Example:
         task = RunTask(self, argparse.Namespace(**{**vars(args), "device": device}), plan)
         failed = submit_plan(task, states, cluster=cluster, folder=folder, parameters=parameters)
         if cluster != "slurm":  # waited for: the summary a plain call ends with
-            print(plans.format_summary(plans.summarise(plan, args.out, args.run)))
+            _print_summary(args, plan)
         return failed
 
     def _checked_source(
@@ -669,9 +669,7 @@ class Example:
         )  # fmt: skip
         failed = [o.id for o in outcomes if o.status == "failed"]
         if rank == 0:
-            if args.smoke:
-                print("smoke runs: a tiny model on synthetic data, every step once; not results")
-            print(plans.format_summary(plans.summarise(plan, args.out, args.run)))
+            _print_summary(args, plan)
             stopped = [o.id for o in outcomes if o.status == "stopped"]
             finished = sum(o.status in plans.FINISHED_STATUSES for o in outcomes)
             left = len(plan.select(args.run)) - finished
@@ -736,6 +734,13 @@ def _write_torchrun_error(message: str, callstack: str | None = None) -> None:
                          "extraInfo": {"py_callstack": shown, "timestamp": str(int(time.time()))}}}  # fmt: skip
     with contextlib.suppress(OSError):  # the report is torchrun's; the line is said anyway
         Path(path).write_text(json.dumps(entry))
+
+
+def _print_summary(args: argparse.Namespace, plan: plans.Plan) -> None:
+    """The table a call ends with: each selected run's state and errors."""
+    if args.smoke:
+        print("smoke runs: a tiny model on synthetic data, every step once; not results")
+    print(plans.format_summary(plans.summarise(plan, args.out, args.run)))
 
 
 def _rates(schedule: protocols.Schedule, role: int) -> str:
