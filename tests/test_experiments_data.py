@@ -125,7 +125,9 @@ def test_ddp_shards_are_disjoint_and_augmented_alike():
     assert sorted(originals) == list(range(21))
 
 
-def test_binary_labels_and_layout():
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_binary_labels_and_layout(train, channels_last):
     images, labels = _images(12)
     partition = class_partition(10, num_partitions=2, seed=1)
     batches = DeviceBatches(
@@ -134,15 +136,17 @@ def test_binary_labels_and_layout():
         batch_size=5,
         mean=MEAN,
         std=STD,
+        train=train,
         partition=partition,
-        channels_last=True,
+        channels_last=channels_last,
         dtype=torch.bfloat16,
         drop_last=True,
     )
     assert len(batches) == 2
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     for x, y, y_b in batches:
         assert x.dtype == torch.bfloat16
-        assert x.is_contiguous(memory_format=torch.channels_last)
+        assert x.is_contiguous(memory_format=layout)  # cropped too (the crop reads NHWC)
         assert torch.equal(y_b, partition.t()[y])
 
 

@@ -197,6 +197,7 @@ class DeviceBatches:
         self.partition = None if partition is None else as_partition(partition).to(self.device)
         self.train, self.flip, self.drop_last = train, flip, drop_last
         self.channels_last, self.dtype = channels_last, dtype
+        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
         #: For the batch last yielded: True where a sample is no wrap-around repeat (DDP).
         self.last_batch_original = torch.ones(0, dtype=torch.bool)
@@ -237,9 +238,10 @@ class DeviceBatches:
             images = self.images[index]
             if self.train and (self.pad or self.flip):
                 images = _crop_flip(images, offsets[index], flips[index], pad=self.pad)
+            # The layout asked for, whatever the crop left (it reads channels-last): a
+            # model given another gets gradients in it, which DDP then copies each step.
+            images = images.contiguous(memory_format=self._memory_format)
             x = ((images.float() - self._mean) / self._std).to(self.dtype)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             y = self.labels[index]
             if self.partition is None:
                 yield x, y
