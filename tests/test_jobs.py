@@ -355,31 +355,24 @@ def test_ctrl_c_while_the_processes_start_is_one_line(tmp_path):
     assert not _group_alive(call.pid)
 
 
-@pytest.mark.parametrize("taken_by", ["the process", "another thread"])
-def test_ctrl_c_while_a_process_starts_is_raised_once_it_has_started(
-    tmp_path, monkeypatch, child_threads, taken_by
-):
-    """A Ctrl-C in the milliseconds of a process's start is held back, not lost: raised
-    once the process has started, which the call then ends (none trains on). The signal
-    goes to a thread that does not block it: the main thread once its mask is restored,
-    or another thread of the caller's (torch's, say) at once."""
+def _interrupted_at_a_start(tmp_path, monkeypatch, *, before=None, after=False):
+    """A call of two runs at once with a Ctrl-C at its first process's start: ``before()``
+    sends one before the start, ``after`` raises one just after it. The call must raise
+    it, the process ended (none trains on), SIGINT as it was here."""
     import multiprocessing.context
-    import threading
 
     started = []
     start = multiprocessing.context.SpawnProcess.start
-    other = threading.Thread(target=threading.Event().wait, args=(30,), daemon=True)
-    other.start()
 
-    def start_during_ctrl_c(process):
-        if taken_by == "the process":
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the process starts
-        else:
-            signal.pthread_kill(other.ident, signal.SIGINT)
+    def interrupted_start(process):
+        if before is not None:
+            before()
         start(process)
         started.append(process)
+        if after:
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start_during_ctrl_c)
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", interrupted_start)
     try:
         with pytest.raises(KeyboardInterrupt):
             execute(_smoke(), tmp_path, SyntheticCifar100(), ids=[BASELINE, BINARY], jobs=2)
@@ -391,6 +384,23 @@ def test_ctrl_c_while_a_process_starts_is_raised_once_it_has_started(
             process.join()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+@pytest.mark.parametrize("taken_by", ["the process", "another thread"])
+def test_ctrl_c_while_a_process_starts_is_raised_once_it_has_started(
+    tmp_path, monkeypatch, child_threads, taken_by
+):
+    """A Ctrl-C in the milliseconds of a process's start is held back, not lost: raised
+    once the process has started. The signal goes to a thread that does not block it: the
+    main thread once its mask is restored, or another thread of the caller's (torch's,
+    say) at once."""
+    import threading
+
+    other = threading.Thread(target=threading.Event().wait, args=(30,), daemon=True)
+    other.start()
+    targets = {"the process": lambda: os.kill(os.getpid(), signal.SIGINT),
+               "another thread": lambda: signal.pthread_kill(other.ident, signal.SIGINT)}  # fmt: skip
+    _interrupted_at_a_start(tmp_path, monkeypatch, before=targets[taken_by])
 
 
 def _interrupt_state(config, run_dir, *args, **kwargs):
@@ -412,27 +422,7 @@ def test_ctrl_c_just_after_a_process_started_ends_it(tmp_path, monkeypatch, chil
     """A Ctrl-C just after a run's process has started, before the call has it among its
     running processes, still ends it: none is left training (which the interpreter's exit
     would then wait for, the call hanging until the run finished)."""
-    import multiprocessing.context
-
-    started = []
-    start = multiprocessing.context.SpawnProcess.start
-
-    def interrupted_start(process):
-        start(process)
-        started.append(process)
-        raise KeyboardInterrupt  # Ctrl-C, as soon as the process has started
-
-    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", interrupted_start)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            execute(_smoke(), tmp_path, SyntheticCifar100(), ids=[BASELINE, BINARY], jobs=2)
-        (process,) = started  # the first start was interrupted, the second never made
-        assert process.exitcode == -signal.SIGTERM  # ended by the call, before it returned
-    finally:
-        for process in started:
-            process.kill()
-            process.join()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _interrupted_at_a_start(tmp_path, monkeypatch, after=True)
 
 
 def _spawned_by(pid):
