@@ -197,7 +197,6 @@ class DeviceBatches:
         self.partition = None if partition is None else as_partition(partition).to(self.device)
         self.train, self.flip, self.drop_last = train, flip, drop_last
         self.channels_last, self.dtype = channels_last, dtype
-        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
         #: For the batch last yielded: True where a sample is no wrap-around repeat (DDP).
         self.last_batch_original = torch.ones(0, dtype=torch.bool)
@@ -230,6 +229,7 @@ class DeviceBatches:
         # One copy to the device per epoch; batches are cut there (no copy per batch).
         full, original = full.to(self.device), original.to(self.device)
         offsets, flips = offsets.to(self.device), flips.to(self.device) & self.flip
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = full[start : start + self.batch_size]
             if len(index) == 0:
@@ -240,7 +240,7 @@ class DeviceBatches:
                 images = _crop_flip(images, offsets[index], flips[index], pad=self.pad)
             # The layout asked for, whatever the crop left (it reads channels-last): a
             # model given another gets gradients in it, which DDP then copies each step.
-            images = images.contiguous(memory_format=self._memory_format)
+            images = images.contiguous(memory_format=layout)
             x = ((images.float() - self._mean) / self._std).to(self.dtype)
             y = self.labels[index]
             if self.partition is None:
