@@ -152,7 +152,7 @@ class _AllNorms(nn.Module):
 
 def test_every_batchnorm_kind_is_held():
     model = _AllNorms()
-    summary = freeze_until(model, "sync")
+    summary = freeze_until(model, "sync", input_size=(1, 2, 2, 1))
     assert set(summary.frozen_norms) == {"stem.1", "body.2", "sync"}
     model.train()
     assert not any(m.training for m in (model.stem[1], model.body[2], model.sync))

@@ -8,7 +8,7 @@ from torch import nn
 
 from auxtransfer import RandomPartitionHead, layer_groups, layer_names
 from auxtransfer.__main__ import main as cli
-from auxtransfer.layers import resolve
+from auxtransfer.layers import layer_map
 
 
 def densenet_bc():
@@ -81,12 +81,12 @@ def test_resolve_addresses_blocks_and_module_names():
     model = densenet_bc()
     groups = layer_groups(model)
     names = [g.address for g in groups]
-    assert resolve(model, groups, "2.9") == names.index("2.9")
-    assert resolve(model, groups, "2") == names.index("2.16")
-    assert resolve(model, groups, "features.denseblock2.denselayer9") == names.index("2.9")
-    assert resolve(model, groups, "features.denseblock2") == names.index("2.16")
-    assert resolve(model, groups, "stem") == 0
-    assert resolve(model, groups, "head") == len(names) - 1
+    assert layer_map(model).resolve("2.9") == names.index("2.9")
+    assert layer_map(model).resolve("2") == names.index("2.16")
+    assert layer_map(model).resolve("features.denseblock2.denselayer9") == names.index("2.9")
+    assert layer_map(model).resolve("features.denseblock2") == names.index("2.16")
+    assert layer_map(model).resolve("stem") == 0
+    assert layer_map(model).resolve("head") == len(names) - 1
 
 
 class _Ten(nn.Module):
@@ -100,9 +100,10 @@ class _Ten(nn.Module):
         self.fc = nn.Linear(2, 3)
 
     def forward(self, x):
+        x = self.stem(x)
         for i in range(1, 11):
             x = getattr(self, f"layer{i}")(x)
-        return self.fc(self.stem(x))
+        return self.fc(x)
 
     def group_matcher(self, coarse=False):
         return {"stem": r"^stem\.", "blocks": r"^layer(\d+)\."}
@@ -114,11 +115,11 @@ def test_module_name_never_matches_a_longer_name():
     names = [g.address for g in groups]
     assert names == ["stem", *map(str, range(1, 11)), "head"]
     # "layer1" is no address here, so it resolves as a module name: group "1", never "10".
-    assert resolve(model, groups, "layer1") == names.index("1")
-    assert resolve(model, groups, "layer10") == names.index("10")
-    assert resolve(model, groups, "1") == names.index("1")  # not "10" either
+    assert layer_map(model).resolve("layer1") == names.index("1")
+    assert layer_map(model).resolve("layer10") == names.index("10")
+    assert layer_map(model).resolve("1") == names.index("1")  # not "10" either
     with pytest.raises(ValueError, match=r"'layer11'"):
-        resolve(model, groups, "layer11")
+        layer_map(model).resolve("layer11")
 
 
 def test_unknown_address_lists_the_closest_first():
@@ -126,20 +127,20 @@ def test_unknown_address_lists_the_closest_first():
     with pytest.raises(
         ValueError, match=r"but got '2\.17'\. Valid addresses, closest first: 2\.16, 2\.15, "
     ) as error:
-        resolve(model, layer_groups(model), "2.17")
+        layer_map(model).resolve("2.17")
     assert "layer_names(model)" in str(error.value)
     with pytest.raises(ValueError, match=r"Valid addresses, closest first: 1\.1, 1\.0, 2\.0"):
-        resolve(torchvision.models.resnet18(), layer_groups(torchvision.models.resnet18()), "1.9")
+        layer_map(torchvision.models.resnet18()).resolve("1.9")
     with pytest.raises(
         TypeError, match=r"`address` to be an address string such as '2.9', but got 2.9"
     ):
-        resolve(model, layer_groups(model), 2.9)
+        layer_map(model).resolve(2.9)
 
 
 def test_module_without_tensors_is_an_error():
     model = torchvision.models.resnet18()
     with pytest.raises(ValueError, match=r"module 'relu' of ResNet has none"):
-        resolve(model, layer_groups(model), "relu")
+        layer_map(model).resolve("relu")
 
 
 def test_model_without_parameters():
@@ -182,6 +183,9 @@ def test_fallback_descends_into_repeated_layers_and_warns_when_it_finds_one_grou
             self.body = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
             self.out = nn.Linear(4, 2)
 
+        def forward(self, x):
+            return self.out(self.body(x))
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert layer_names(Plain()) == ["body.0", "body.2", "out"]
@@ -190,6 +194,9 @@ def test_fallback_descends_into_repeated_layers_and_warns_when_it_finds_one_grou
         def __init__(self):
             super().__init__()
             self.body = nn.Sequential(nn.Linear(4, 2), nn.BatchNorm1d(2))
+
+        def forward(self, x):
+            return self.body(x)
 
     # The warning says what the one address covers, and what to type instead.
     with pytest.warns(

@@ -364,10 +364,10 @@ def test_wrn_setup():
     model = timm.create_model("cifar_wrn_28_10", num_classes=50)
     assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
     # Every default point is an address of WRN-28-10, "1" and "3" whole blocks.
-    from auxtransfer.layers import layer_groups, resolve
+    from auxtransfer import layer_map
 
-    groups = layer_groups(model)
-    covered = {a: groups[resolve(model, groups, a)].address for a in protocols.WRN_FREEZE_AT[1:]}
+    layers = layer_map(model)
+    covered = {a: layers.groups[layers.resolve(a)].address for a in protocols.WRN_FREEZE_AT[1:]}
     assert covered == {
         "1.1": "1.1", "1": "1.3", "2.1": "2.1", "2": "2.3",
         "3.0": "3.0", "3.1": "3.1", "3.2": "3.2", "3": "3.3",

@@ -15,7 +15,7 @@ from .data import (
 )
 from .freezing import FreezeSummary, ResetSummary, freeze_until, reset_after, unfreeze
 from .heads import AuxOutput, RandomPartitionHead
-from .layers import LayerGroup, layer_groups, layer_names
+from .layers import LayerGroup, LayerMap, layer_groups, layer_map, layer_names
 from .losses import CombinedLoss, LossTerms, combined_loss, combined_loss_terms
 from .optim import layerwise_lr
 from .partition import class_partition, group_partition
@@ -29,6 +29,7 @@ __all__ = [
     "CombinedLoss",
     "FreezeSummary",
     "LayerGroup",
+    "LayerMap",
     "LossTerms",
     "RandomPartitionHead",
     "ResetSummary",
@@ -41,6 +42,7 @@ __all__ = [
     "freeze_until",
     "group_partition",
     "layer_groups",
+    "layer_map",
     "layer_names",
     "layerwise_lr",
     "limit_per_class",

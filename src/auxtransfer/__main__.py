@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from ._trace import TraceError
 from .layers import LayerGroup, layer_groups
 
 
@@ -67,36 +68,43 @@ def _import_model(path: str, num_classes: int | None) -> nn.Module:
     return model
 
 
-def _covering_modules(model: nn.Module, group: LayerGroup) -> list[str]:
-    """The largest modules whose tensors all belong to ``group``, in order."""
-    members = set(group.tensors)
-    result: list[str] = []
-    for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
-        tensors = [prefix + n for n, _ in module.named_parameters()] + [
-            prefix + n for n, _ in module.named_buffers()
-        ]
-        if not tensors or not members.issuperset(tensors):
+def _covering_modules(model: nn.Module, groups: list[LayerGroup]) -> list[list[str]]:
+    """For each group, the largest modules whose tensors all belong to it, in order, then
+    the tensors no such module holds (a class token on the model), by name."""
+    group_of = {t: i for i, g in enumerate(groups) for t in g.tensors}
+    held: dict[str, set[int]] = {}  # module -> the groups of its tensors, recursively
+    by_tensor: dict[int, int] = {}  # a tensor under several names is in its first's group
+    for name, tensor in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        index = by_tensor.setdefault(id(tensor), group_of[name])
+        parts = name.split(".")[:-1]
+        for depth in range(len(parts) + 1):
+            held.setdefault(".".join(parts[:depth]), set()).add(index)
+    result: list[list[str]] = [[] for _ in groups]
+    for name, _ in model.named_modules():
+        inside = held.get(name)
+        if not inside or len(inside) != 1:
             continue
-        if any(name == r or name.startswith(r + ".") for r in result if r):
+        parent = name.rpartition(".")[0]
+        if name and held.get(parent) == inside:
+            continue  # its parent covers it
+        result[next(iter(inside))].append(name or "<root>")
+    for modules, group in zip(result, groups, strict=True):
+        if "<root>" in modules:
             continue
-        result.append(name or "<root>")
-    if "<root>" in result:
-        return result
-    # Tensors held directly by a module that also holds other groups' (a position
-    # embedding on the encoder, a class token on the model) are listed by name.
-    covered = {t for r in result for t in members if t.startswith(r + ".")}
-    return result + [t for t in group.tensors if t not in covered]
+        prefixes = tuple(m + "." for m in modules)
+        modules.extend(t for t in group.tensors if not t.startswith(prefixes))
+    return result
 
 
-def format_layers(model: nn.Module) -> str:
+def format_layers(model: nn.Module, input_size: Sequence[int] | None = None) -> str:
     """The table ``python -m auxtransfer layers`` prints."""
-    groups = layer_groups(model)
+    groups = layer_groups(model, input_size=input_size)
     rows = [("address", "params", "modules")]
-    for group in groups:
-        rows.append(
-            (group.address, f"{group.num_params:,}", ", ".join(_covering_modules(model, group)))
-        )
+    for group, modules in zip(groups, _covering_modules(model, groups), strict=True):
+        rows.append((group.address, f"{group.num_params:,}", ", ".join(modules)))
     width = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{a:<{width[0]}}  {p:>{width[1]}}  {m}" for a, p, m in rows]
     total = sum(g.num_params for g in groups)
@@ -124,7 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="library to take the model from (auto: timm where both have the name)",
     )
+    layers.add_argument(
+        "--input-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="one input's size without the batch, e.g. 1 28 28, for a model whose input "
+        "size cannot be inferred (default: timm's pretrained_cfg, a Hugging Face config, "
+        "or guessed from the first layer)",
+    )
     args = parser.parse_args(argv)
+    if args.input_size is not None and min(args.input_size) < 1:
+        parser.error(f"argument --input-size: expected positive sizes, got {args.input_size}")
     model = build(args.model, args.num_classes, args.source)
     origin = type(model).__module__
     if ":" in args.model:
@@ -133,8 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         library = "timm"
     else:
         library = "torchvision"
+    try:
+        table = format_layers(model, args.input_size)
+    except TraceError as error:
+        raise SystemExit(
+            f"cannot map {args.model!r}: its forward pass did not run (tried {error.tried}); "
+            f"pass --input-size with one input's size, e.g. --input-size 1 28 28"
+        ) from None
     print(f"# {args.model} from {library}")
-    print(format_layers(model))
+    print(table)
     return 0
 
 

@@ -48,9 +48,13 @@ def build_twin(
     Face model is rebuilt from its config, a timm model by its architecture name, and a torchvision classification model by the
     builder whose model (with ``classes_now`` classes, by default ``num_classes``) has the
     tensors ``match`` names (default: all of ``model``'s; leave a replaced classifier out),
-    both with ``num_classes`` classes (neither when it is None) and default arguments. The
-    twin must hold every tensor in ``names`` (default: all) with the same shape; None when
-    no twin can be built or none fits. The caller's random state is left unchanged.
+    both with ``num_classes`` classes (neither when it is None) and default arguments. A
+    Hugging Face model is rebuilt whether or not ``num_classes`` is known: from a copy of
+    its config, with ``num_labels=num_classes`` when given (and the config as it is when
+    that does not fit). The twin must hold every tensor in ``names`` (default: all) with
+    the same shape; None when no twin can be built or none fits, except for a Hugging Face
+    model: ValueError when its class cannot be built from its config or its twin does not
+    fit. The caller's random state is left unchanged.
     """
     wanted = _shapes(model, names)
     # Builders warn about their defaults (GoogLeNet's init_weights): not the caller's concern.
@@ -70,12 +74,10 @@ def build_twin(
                     f"{', ...' if len(missing) > 5 else ''}."
                 )
             return Twin(twin, "init")
+        if is_transformers_model(model):
+            return Twin(_transformers_twin(model, num_classes, seed, wanted), "transformers")
         if num_classes is None:
             return None
-        if is_transformers_model(model):
-            torch.manual_seed(seed)
-            twin = _transformers_twin(model, num_classes)
-            return Twin(twin, "transformers") if not _misfits(twin, wanted) else None
         architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
         if isinstance(architecture, str):
             import timm
@@ -123,13 +125,58 @@ def is_transformers_model(model: nn.Module) -> bool:
     return isinstance(model, transformers.PreTrainedModel)
 
 
-def _transformers_twin(model: nn.Module, num_classes: int) -> nn.Module:
-    """``type(model)(config)``: a Hugging Face model initialises its weights in its
-    constructor (``post_init``), from its own config; here with ``num_classes`` labels."""
-    config: Any = copy.deepcopy(getattr(model, "config"))  # noqa: B009  (typed as a module)
-    if getattr(config, "num_labels", num_classes) != num_classes:
-        config.num_labels = num_classes
-    return type(model)(config)
+def _transformers_twin(
+    model: nn.Module, num_classes: int | None, seed: int, wanted: dict[str, tuple[int, ...]]
+) -> nn.Module:
+    """``type(model)(config)`` after ``torch.manual_seed(seed)``: a Hugging Face model
+    initialises its weights in its constructor (``post_init``), from its own config.
+
+    The config is a deep copy of the model's, so nothing the twin does reaches the model's.
+    With ``num_classes`` (a new class count, or the width of the classifier found) the
+    twin has that many labels; when such a twin does not fit ``wanted`` (the width was
+    read off a layer that is no classifier), the model's config as it is gives the twin.
+    Without it (no classifier found: ImageGPT's ``score``, DeiT's two classifiers,
+    Perceiver's decoder, ShieldGemma2's language-model head) the config is taken as it
+    is. ValueError when the class cannot be built from its config, or when its model does
+    not hold the tensors of ``wanted`` (layers replaced by hand): there is then no own
+    initialisation to give them, and ``init_weights()`` on a built model changes nothing
+    (transformers marks every module initialised once built).
+    """
+    config: Any = getattr(model, "config")  # noqa: B009  (typed as a module)
+    counts: list[int | None] = [None]
+    if num_classes is not None and num_classes != getattr(config, "num_labels", None):
+        counts.insert(0, num_classes)
+    cls = type(model).__name__
+    missing: list[str] = []
+    for count in counts:
+        fresh_config = copy.deepcopy(config)
+        if count is not None:
+            fresh_config.num_labels = count
+        torch.manual_seed(seed)
+        try:
+            twin = type(model)(fresh_config)
+        except Exception as error:
+            raise ValueError(
+                f"Expected to build a fresh {cls} from its config (the model's own "
+                f"initialisation), but {cls}(config) raised {type(error).__name__}: {error}. "
+                f"Pass `init=` (a callable returning a fresh model of the same architecture)."
+            ) from error
+        missing = _misfits(twin, wanted)
+        if not missing:
+            return twin
+    have = {name: tuple(t.shape) for name, t in twin.state_dict(keep_vars=True).items()}
+    described = [
+        f"{name} {list(wanted[name])} (it builds "
+        f"{'none' if have.get(name) is None else list(have[name])})"
+        for name in missing[:5]
+    ]
+    raise ValueError(
+        f"Expected {cls} to hold the layers {cls}(model.config) builds, but it holds "
+        f"{', '.join(described)}{', ...' if len(missing) > 5 else ''}: layers replaced by hand "
+        f"have no initialisation of the model's own. Update model.config to match (a "
+        f"classifier's width is config.num_labels), or pass `init=` (a callable returning a "
+        f"fresh model of the same architecture)."
+    )
 
 
 def torchvision_model_class(model: nn.Module) -> bool:

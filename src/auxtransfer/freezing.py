@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from ._checks import check_seed, describe
 from ._twin import build_twin, is_transformers_model, torchvision_model_class
 from .classifier import classifier_widths, find_classifier
-from .layers import cut, layer_groups
+from .layers import layer_map
 
 __all__ = ["FreezeSummary", "ResetSummary", "freeze_until", "reset_after", "unfreeze"]
 
@@ -50,6 +50,10 @@ class FreezeSummary:
         trainable_params: Number of parameter elements still trainable.
         frozen_norms: Names of the norm layers that keep their running statistics.
         bn: The BatchNorm policy used.
+        shared: Frozen parameters that layers after the cut use too (a table every block
+            reads, a tied weight): they belong to their first use, so they are frozen for
+            those layers as well. See [`LayerMap.shared`][auxtransfer.LayerMap].
+        unused: Frozen parameters the forward pass never reads (frozen with their module).
     """
 
     addresses: tuple[str, ...]
@@ -57,6 +61,8 @@ class FreezeSummary:
     trainable_params: int
     frozen_norms: tuple[str, ...]
     bn: str
+    shared: tuple[str, ...] = ()
+    unused: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         span = (
@@ -70,14 +76,25 @@ class FreezeSummary:
             if self.bn == "freeze"
             else "norm layers still update their running statistics in train mode (bn='update')"
         )
+        shared = (
+            f"; {len(self.shared)} shared with later layers, frozen there too: "
+            f"{', '.join(self.shared[:3])}{', ...' if len(self.shared) > 3 else ''}"
+            if self.shared
+            else ""
+        )
         return (
             f"froze {len(self.addresses)} layer groups ({span}): {self.frozen_params:,} of {total:,} "
-            f"parameters; {self.trainable_params:,} stay trainable; {norms}"
+            f"parameters; {self.trainable_params:,} stay trainable; {norms}{shared}"
         )
 
 
 def freeze_until(
-    model: nn.Module, address: str, *, bn: BatchNormPolicy = "freeze"
+    model: nn.Module,
+    address: str,
+    *,
+    bn: BatchNormPolicy = "freeze",
+    example_input: Any = None,
+    input_size: Sequence[int] | None = None,
 ) -> FreezeSummary:
     """Freeze every parameter from the stem up to and including ``address``.
 
@@ -109,6 +126,9 @@ def freeze_until(
             ``"head"`` or a full module name (exactly that module and what runs before
             it, cutting a group of the map where the module ends inside it).
         bn: ``"freeze"`` or ``"update"``, see above.
+        example_input: A batch the model takes, for a model whose input size cannot be
+            inferred (see [`layer_map`][auxtransfer.layer_map]).
+        input_size: Or one input's size without the batch, e.g. ``(1, 28, 28)``.
 
     Returns:
         A [`FreezeSummary`][auxtransfer.FreezeSummary]; ``print`` it for a readable line.
@@ -124,7 +144,8 @@ def freeze_until(
         raise TypeError(f"Expected `bn` to be 'freeze' or 'update', but got {describe(bn)}.")
     if bn not in ("freeze", "update"):
         raise ValueError(f"Expected `bn` to be 'freeze' or 'update', but got {bn!r}.")
-    groups, last = cut(model, address)
+    layers = layer_map(model, example_input=example_input, input_size=input_size)
+    groups, last = layers.cut(address)
     frozen_groups = groups[: last + 1]
     parameters = dict(model.named_parameters())
     names = [t for g in frozen_groups for t in g.tensors if t in parameters]
@@ -156,8 +177,15 @@ def freeze_until(
                     norms.append(module_name)
     trainable = sum(p.numel() for p in parameters.values() if p.requires_grad)
     frozen_count = sum(parameters[n].numel() for n in names)
+    kept = {g.address for g in frozen_groups}
     return FreezeSummary(
-        tuple(g.address for g in frozen_groups), frozen_count, trainable, tuple(norms), bn
+        tuple(g.address for g in frozen_groups),
+        frozen_count,
+        trainable,
+        tuple(norms),
+        bn,
+        shared=tuple(n for n in names if any(a not in kept for a in layers.shared.get(n, ()))),
+        unused=tuple(n for n in names if n in set(layers.unused)),
     )
 
 
@@ -221,6 +249,8 @@ def reset_after(
     *,
     seed: int = 0,
     init: Callable[[], nn.Module] | None = None,
+    example_input: Any = None,
+    input_size: Sequence[int] | None = None,
 ) -> ResetSummary:
     """Re-initialise every layer after ``address``, the head included, as a new model would be.
 
@@ -232,7 +262,9 @@ def reset_after(
     get exactly what the model's own constructor gives them, whatever initialisation scheme
     that is (fan-out Kaiming, truncated normal, zero biases, ...). A model wrapped in another
     (a [`RandomPartitionHead`][auxtransfer.RandomPartitionHead], any container) is found
-    inside it. For any other model pass ``init``, a callable returning a fresh model of the
+    inside it. A Hugging Face model whose layers its config no longer builds (a layer
+    replaced by hand) is refused with a ``ValueError`` before anything changes: pass
+    ``init``. For any other model pass ``init``, a callable returning a fresh model of the
     same architecture; without it, a model with an ``init_weights()`` method is
     re-initialised by that method on a copy, and the rest by each module's
     ``reset_parameters()``, PyTorch's defaults, with a warning.
@@ -260,6 +292,9 @@ def reset_after(
         init: Builds a fresh model of the same architecture (it must hold every tensor
             that is reset, with the same shape), for models that are neither timm's,
             torchvision's nor Hugging Face's.
+        example_input: A batch the model takes, for a model whose input size cannot be
+            inferred (see [`layer_map`][auxtransfer.layer_map]).
+        input_size: Or one input's size without the batch, e.g. ``(1, 28, 28)``.
 
     Returns:
         A [`ResetSummary`][auxtransfer.ResetSummary].
@@ -281,7 +316,8 @@ def reset_after(
         raise TypeError(
             f"Expected `init` to be a callable returning a fresh model, but got {describe(init)}."
         )
-    groups, last = cut(model, address)
+    layers = layer_map(model, example_input=example_input, input_size=input_size)
+    groups, last = layers.cut(address)
     reset_groups = groups[last + 1 :]
     if not reset_groups:
         raise ValueError(
@@ -299,7 +335,9 @@ def reset_after(
     owned: set[str] = set()  # names a twin answers for, whether it covers them or not
     done: set[str] = set()  # names given fresh values
     with torch.no_grad():
-        for prefix, twin, covers, source in _twins(model, tensors, seed, init):
+        # Every twin is built before anything is copied: a part that is refused (a Hugging
+        # Face model that no longer matches its config) leaves the model as it was.
+        for prefix, twin, covers, source in list(_twins(model, tensors, seed, init)):
             fresh = twin.state_dict()
             used = False
             for name in tensors:
@@ -394,7 +432,7 @@ def _twins(
             or is_transformers_model(module)
         ):
             # Matched and required without the classifier, which a user may have replaced.
-            body = [t for g in layer_groups(module) if g.address != "head" for t in g.tensors]
+            body = [t for g in layer_map(module).groups if g.address != "head" for t in g.tensors]
             required = set(inner) & set(body)
             twin = build_twin(
                 module, num_classes=_num_classes(module), seed=seed, names=required, match=body

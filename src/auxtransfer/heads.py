@@ -17,7 +17,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ._checks import check_int, check_labels, check_seed, describe
 from .classifier import classifier_layers, classifier_widths, find_classifier
-from .layers import SubmoduleMatcher, layer_groups
+from .layers import SubmoduleMatcher, layer_map
 from .partition import as_partition, class_partition
 
 __all__ = ["AuxOutput", "RandomPartitionHead"]
@@ -127,6 +127,8 @@ class RandomPartitionHead(nn.Module):
     """
 
     partition: Tensor
+    # The layer map is the backbone's (auxtransfer.layers), without calling group_matcher.
+    _layer_map_delegate = "backbone"
 
     def __init__(
         self,
@@ -410,7 +412,7 @@ class RandomPartitionHead(nn.Module):
         [`layer_names`][auxtransfer.layer_names] of the backbone. ``coarse`` is accepted
         for timm's signature; the map is always the fine one.
         """
-        return SubmoduleMatcher("backbone", layer_groups(self.backbone))
+        return SubmoduleMatcher("backbone", layer_map(self.backbone).groups)
 
     def no_weight_decay(self) -> set[str]:
         """The backbone's ``no_weight_decay()`` names, prefixed with ``backbone.``."""

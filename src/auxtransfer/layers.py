@@ -2,109 +2,55 @@
 
 An address names a group of parameters and buffers. Addresses use the numbers that appear
 in the module names (``features.denseblock2.denselayer9`` is ``"2.9"``, ``layer3.1`` is
-``"3.1"``), plus ``"stem"`` and ``"head"``. Three sources give the groups and their order:
+``"3.1"``), plus ``"stem"`` and ``"head"``. timm's ``group_matcher``, a table of the
+torchvision families, or else one address per repeated block name the groups (see
+``_naming``); which tensors a group holds, and the order of the groups, follow one forward
+pass of the model:
 
-1. timm's ``group_matcher`` (``coarse=False``), where a model has one;
-2. a table for the torchvision families, in the same format;
-3. otherwise, the model's top-level children in the order a forward pass on the meta
-   device calls them (registration order where no such pass runs), with a warning when
-   that finds a single group.
+- every parameter and buffer belongs to the address where the pass first uses it: the
+  outermost module running at that moment that lies within one group; a tensor the model
+  itself reads between groups (a class token, a scale before the head) stays with the
+  group its name gives where that is the group running or the next one, and otherwise
+  joins the next one;
+- groups are ordered by their first use, so that everything up to an address is exactly
+  what runs up to it; what runs after the classifier joins ``"head"``;
+- a tensor that later addresses use again (shared, tied) stays with its first use and is
+  listed in [`LayerMap.shared`][auxtransfer.LayerMap]; tensors the pass never uses stay
+  with their module's other tensors, else where their name puts them, and are listed in
+  ``LayerMap.unused``.
 
-The classifier that [`find_classifier`][auxtransfer.find_classifier] finds always belongs
-to ``"head"``, as does anything a matcher leaves unmatched. A wrapper (such as
-[`RandomPartitionHead`][auxtransfer.RandomPartitionHead]) hands its layer map down to the
-model it wraps by returning a [`SubmoduleMatcher`][auxtransfer.layers.SubmoduleMatcher]
-from its ``group_matcher``.
+The pass runs once per model, on a meta copy of it (see ``_trace``): the map is built
+once and kept (per model, for as long as the model lives and its modules and tensors stay
+the same), so [`freeze_until`][auxtransfer.freeze_until],
+[`reset_after`][auxtransfer.reset_after] and [`layerwise_lr`][auxtransfer.layerwise_lr]
+share it. Where the input cannot be inferred, pass ``input_size=`` or ``example_input=``
+once to any of them; a model whose forward pass cannot run is an error, never a map in
+registration order.
+
+A full module name always means exactly that module and what runs before it, even where
+an address of the same spelling exists: a module name names one thing in every model,
+whereas an address is a grouping that the model's family chooses.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-import re
 import warnings
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from ._blocks import block_units, unit_addresses
 from ._checks import caller_stacklevel, describe
-from ._trace import trace
+from ._naming import DENSENET_MATCHER, _part_key, named_groups
+from ._trace import Trace, trace
 from .classifier import find_classifier
 
-__all__ = ["LayerGroup", "SubmoduleMatcher", "layer_groups", "layer_names"]
-
-# timm's marker for "merge into the group before this one".
-_MATCH_PREVIOUS = (99999,)
-_Spec = str | list[tuple[str, Any]] | None
-
-# torchvision families, keyed by class name, in timm's group_matcher format: "stem" and
-# "blocks" (and other named groups) map to a regex or a list of (regex, suffix).
-# torchvision's DenseNet and the CIFAR DenseNet-BC (whose stem has no norm0) share it.
-DENSENET_MATCHER: dict[str, _Spec] = {
-    "stem": r"^features\.(?:conv0|norm0)\.",
-    "blocks": [
-        (r"^features\.denseblock(\d+)\.denselayer(\d+)\.", None),
-        (r"^features\.transition(\d+)\.", _MATCH_PREVIOUS),
-        # norm5 normalises the last block's output: it goes with the last layer, so
-        # "everything up to block 3" includes it.
-        (r"^features\.norm5\.", _MATCH_PREVIOUS),
-    ],
-}
-_TORCHVISION: dict[str, dict[str, _Spec]] = {
-    "DenseNet": DENSENET_MATCHER,
-    "ResNet": {"stem": r"^(?:conv1|bn1)\.", "blocks": r"^layer(\d+)\.(\d+)\."},
-    "VGG": {"blocks": r"^features\.(\d+)\.", "fc": r"^classifier\.([03])\."},
-    "AlexNet": {"blocks": r"^features\.(\d+)\.", "fc": r"^classifier\.([14])\."},
-    "SqueezeNet": {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)\."},
-    "MobileNetV2": {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)\."},
-    "MobileNetV3": {
-        "stem": r"^features\.0\.",
-        "blocks": r"^features\.(\d+)\.",
-        "fc": r"^classifier\.(0)\.",
-    },
-    "MNASNet": {
-        "stem": r"^layers\.[0-7]\.",
-        "blocks": [
-            (r"^layers\.(\d+)\.(\d+)\.", None),
-            (r"^layers\.15\.", _MATCH_PREVIOUS),  # the BatchNorm of the last conv
-            (r"^layers\.(\d+)\.", None),
-        ],
-    },
-    "EfficientNet": {
-        "stem": r"^features\.0\.",
-        "blocks": [(r"^features\.(\d+)\.(\d+)\.block\.", None), (r"^features\.(\d+)\.", None)],
-    },
-    "ConvNeXt": {
-        "stem": r"^features\.0\.",
-        "blocks": [(r"^features\.([1357])\.(\d+)\.", None), (r"^features\.([246])\.", None)],
-    },
-    "RegNet": {"stem": r"^stem\.", "blocks": r"^trunk_output\.block(\d+)\.block\d+-(\d+)\."},
-    "ShuffleNetV2": {
-        "stem": r"^conv1\.",
-        "blocks": [(r"^stage(\d+)\.(\d+)\.", None), (r"^conv(5)\.", None)],
-    },
-    "GoogLeNet": {"stem": r"^conv[123]\.", "blocks": r"^inception(\d[a-e])\."},
-    "Inception3": {"stem": r"^Conv2d_\d[ab]_", "blocks": r"^Mixed_(\d[a-e])\."},
-    "VisionTransformer": {
-        "stem": r"^(?:class_token|conv_proj\.|encoder\.pos_embedding)",
-        "blocks": [
-            (r"^encoder\.layers\.encoder_layer_(\d+)\.", None),
-            (r"^encoder\.ln\.", _MATCH_PREVIOUS),
-        ],
-    },
-    "SwinTransformer": {
-        "stem": r"^features\.0\.",
-        "blocks": [
-            (r"^features\.([1357])\.(\d+)\.", None),
-            (r"^features\.([246])\.", None),
-            (r"^norm\.", _MATCH_PREVIOUS),
-        ],
-    },
-    "MaxVit": {"stem": r"^stem\.", "blocks": r"^blocks\.(\d+)\.layers\.(\d+)\."},
-}
+__all__ = ["LayerGroup", "LayerMap", "SubmoduleMatcher", "layer_groups", "layer_map", "layer_names"]
+__all__ += ["DENSENET_MATCHER"]
 
 
 @dataclass(frozen=True)
@@ -114,7 +60,8 @@ class LayerGroup:
     Attributes:
         address: The address, e.g. ``"stem"``, ``"2.9"`` or ``"head"``.
         modules: The modules whose parameters or buffers the group holds.
-        tensors: Names of the group's parameters and buffers, as in ``state_dict``.
+        tensors: Names of the group's parameters and buffers, as in ``state_dict`` (a
+            tensor shared under several names is listed once, under its first name).
         num_params: Number of parameter elements in the group.
     """
 
@@ -124,22 +71,159 @@ class LayerGroup:
     num_params: int
 
 
-def layer_names(model: nn.Module) -> list[str]:
-    """The addresses of a model, ordered from stem to head.
+class LayerMap:
+    """The layer map of one model, built once by [`layer_map`][auxtransfer.layer_map].
 
-    Args:
-        model: A timm, torchvision or Hugging Face model, or any ``nn.Module``.
-
-    Returns:
-        Addresses such as ``['stem', '1.0', '1.1', ..., '4.1', 'head']``.
-
-    Examples:
-        >>> import torchvision
-        >>> names = layer_names(torchvision.models.resnet18())
-        >>> names[:3], names[-2:]
-        (['stem', '1.0', '1.1'], ['4.1', 'head'])
+    Attributes:
+        groups: The [`LayerGroup`][auxtransfer.LayerGroup] objects, stem to head.
+        shared: Tensor name -> the addresses that use it, for every tensor that more than
+            one address uses (a table shared by all blocks, a tied weight); it belongs to
+            the first of them. Aliases of a tied tensor are listed under its first name.
+        unused: Tensors the forward pass never reads (BatchNorm's counter in eval mode, an
+            auxiliary classifier that runs only in training).
+        aliases: Every other name of a tensor registered under several -> its first name.
     """
-    return [group.address for group in layer_groups(model)]
+
+    def __init__(
+        self,
+        model_name: str,
+        groups: Sequence[LayerGroup],
+        *,
+        positions: dict[str, int],
+        modules: dict[str, tuple[str, ...]],
+        shared: dict[str, tuple[str, ...]],
+        unused: Sequence[str],
+        aliases: dict[str, str],
+        sizes: dict[str, int],
+    ) -> None:
+        self.model_name = model_name
+        self.groups = tuple(groups)
+        self.shared = shared
+        self.unused = tuple(unused)
+        self.aliases = aliases
+        self._positions = positions
+        self._modules = modules  # module name -> its tensors (first names), recursively
+        self._sizes = sizes  # parameter name -> number of elements
+
+    @property
+    def names(self) -> list[str]:
+        """The addresses, stem to head."""
+        return [group.address for group in self.groups]
+
+    def __repr__(self) -> str:
+        return f"LayerMap({self.model_name}: {', '.join(self.names)})"
+
+    def resolve(self, address: str, *, name: str = "address") -> int:
+        """Index of the last group that ``address`` reaches into.
+
+        A full module name reaches the group holding the last of its tensors to be used;
+        an address covers the group of that name and every group below it (``"2"`` covers
+        ``"2.1"`` ... ``"2.16"``).
+        """
+        if not isinstance(address, str):
+            raise TypeError(
+                f"Expected `{name}` to be an address string such as '2.9', but got "
+                f"{describe(address)}."
+            )
+        if self._is_module(address):
+            tensors = self._modules[address]
+            if not tensors:
+                raise ValueError(
+                    f"Expected `{name}` to name layers with parameters or buffers, but module "
+                    f"{address!r} of {self.model_name} has none."
+                )
+            index = self._group_index()
+            used = [t for t in tensors if t in self._positions]
+            if used:
+                return index[max(used, key=self._positions.__getitem__)]
+            return max(index[t] for t in tensors)
+        hits = self._address_hits(address)
+        if not hits:
+            close = self.closest(address)
+            raise ValueError(
+                f"Expected `{name}` to be one of the addresses of {self.model_name} or a module "
+                f"name, but got {address!r}. Valid addresses, closest first: "
+                f"{', '.join(close[:12])}{', ...' if len(close) > 12 else ''} (all: "
+                f"auxtransfer.layer_names(model))."
+            )
+        return max(hits)
+
+    def cut(self, address: str, *, name: str = "address") -> tuple[list[LayerGroup], int]:
+        """The groups, and the index of the last one up to ``address``.
+
+        An address of the map ends where its group ends. A full module name means exactly
+        that module and what runs before it: where it ends inside a group, that group is
+        split in two, the part used up to the module's last tensor (named after the
+        module), then the rest (keeping the group's address).
+        """
+        last = self.resolve(address, name=name)
+        groups = list(self.groups)
+        if not self._is_module(address):
+            return groups, last
+        inside = set(self._modules[address])
+        used = [self._positions[t] for t in inside if t in self._positions]
+        if not used:
+            return groups, last
+        end = max(used)
+        group = groups[last]
+        # Up to the module: what is used by then, the module's own unused tensors, and the
+        # unused tensors of modules whose other tensors are used by then.
+        before = {t for t in group.tensors if self._positions.get(t, math.inf) <= end}
+        owners = {t.rpartition(".")[0] for t in before}
+        before |= {
+            t
+            for t in group.tensors
+            if t not in self._positions and (t in inside or t.rpartition(".")[0] in owners)
+        }
+        if len(before) == len(group.tensors):
+            return groups, last
+        head = self._group(address, [t for t in group.tensors if t in before])
+        rest = self._group(group.address, [t for t in group.tensors if t not in before])
+        return [*groups[:last], head, rest, *groups[last + 1 :]], last
+
+    def closest(self, address: str) -> list[str]:
+        """The addresses ordered by closeness to ``address``: most leading parts shared
+        first, then the nearest number in the first part that differs, then by spelling."""
+        wanted = address.split(".")
+
+        def key(candidate: str) -> tuple[int, float, float]:
+            parts = candidate.split(".")
+            shared = 0
+            while shared < min(len(parts), len(wanted)) and parts[shared] == wanted[shared]:
+                shared += 1
+            gap = math.inf
+            if shared < min(len(parts), len(wanted)):
+                a, b = _part_key(parts[shared]), _part_key(wanted[shared])
+                if a[0] >= 0 and b[0] >= 0:
+                    gap = abs(a[0] - b[0])
+            spelling = difflib.SequenceMatcher(None, address, candidate).ratio()
+            return (-shared, gap, -spelling)
+
+        return sorted(self.names, key=key)
+
+    def _is_module(self, address: str) -> bool:
+        # Where the map has them, "stem" and "head" mean its own: timm's module `head` is
+        # only the last layer of its "head" group, a module called `stem` may not hold all
+        # of the stem.
+        if address in ("stem", "head") and address in self.names:
+            return False
+        return bool(address) and address in self._modules
+
+    def _address_hits(self, address: str) -> list[int]:
+        return [
+            i
+            for i, g in enumerate(self.groups)
+            if g.address == address or g.address.startswith(address + ".")
+        ]
+
+    def _group_index(self) -> dict[str, int]:
+        return {t: i for i, g in enumerate(self.groups) for t in g.tensors}
+
+    def _group(self, address: str, tensors: list[str]) -> LayerGroup:
+        modules = tuple(dict.fromkeys(t.rpartition(".")[0] for t in tensors))
+        return LayerGroup(
+            address, modules, tuple(tensors), sum(self._sizes.get(t, 0) for t in tensors)
+        )
 
 
 class SubmoduleMatcher:
@@ -155,108 +239,356 @@ class SubmoduleMatcher:
         groups: The wrapped model's [`layer_groups`][auxtransfer.layer_groups].
     """
 
-    def __init__(self, module_name: str, groups: list[LayerGroup]) -> None:
+    def __init__(self, module_name: str, groups: Sequence[LayerGroup]) -> None:
         self.module_name = module_name
-        self.groups = groups
+        self.groups = list(groups)
         self._index = {
             f"{module_name}.{tensor}": (float(i),)
-            for i, group in enumerate(groups)
+            for i, group in enumerate(self.groups)
             for tensor in group.tensors
         }
         # The wrapper's own tensors share the head's ordinal (a new one after the last
         # group when the inner model has no head), so timm's layer decay sees one head.
-        last = len(groups) - 1
-        self._head = (float(last if groups and groups[-1].address == "head" else last + 1),)
+        last = len(self.groups) - 1
+        has_head = bool(self.groups) and self.groups[-1].address == "head"
+        self._head = (float(last if has_head else last + 1),)
 
     def __call__(self, name: str) -> tuple[float, ...]:
         return self._index.get(name, self._head)
 
 
-def layer_groups(model: nn.Module) -> list[LayerGroup]:
+def layer_names(
+    model: nn.Module, *, example_input: Any = None, input_size: Sequence[int] | None = None
+) -> list[str]:
+    """The addresses of a model, ordered from stem to head.
+
+    Args:
+        model: A timm, torchvision or Hugging Face model, or any ``nn.Module``.
+        example_input: A batch the model takes (a tensor, a tuple of positional inputs or a
+            dict of keyword inputs), for a model whose input size cannot be inferred.
+        input_size: Or one input's size without the batch, e.g. ``(1, 28, 28)``.
+
+    Returns:
+        Addresses such as ``['stem', '1.0', '1.1', ..., '4.1', 'head']``.
+
+    Examples:
+        >>> import torchvision
+        >>> names = layer_names(torchvision.models.resnet18())
+        >>> names[:3], names[-2:]
+        (['stem', '1.0', '1.1'], ['4.1', 'head'])
+    """
+    return layer_map(model, example_input=example_input, input_size=input_size).names
+
+
+def layer_groups(
+    model: nn.Module, *, example_input: Any = None, input_size: Sequence[int] | None = None
+) -> list[LayerGroup]:
     """The layer map of a model: its [`LayerGroup`][auxtransfer.LayerGroup] objects,
-    ordered from stem to head."""
+    ordered from stem to head (arguments as for [`layer_names`][auxtransfer.layer_names])."""
+    return list(layer_map(model, example_input=example_input, input_size=input_size).groups)
+
+
+# model -> [(fingerprint, input key, map)]; weak, so a map lives as long as its model.
+_MAPS: weakref.WeakKeyDictionary[nn.Module, list[tuple[Any, Any, LayerMap]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def layer_map(
+    model: nn.Module, *, example_input: Any = None, input_size: Sequence[int] | None = None
+) -> LayerMap:
+    """The [`LayerMap`][auxtransfer.LayerMap] of a model, built on the first call and kept.
+
+    It is built again when the model's modules or tensors change (a replaced classifier)
+    or another input is given. Without an input, a map built earlier with one is used:
+    pass ``input_size=``/``example_input=`` once, to whichever call comes first.
+
+    Args:
+        model: A timm, torchvision or Hugging Face model, or any ``nn.Module``.
+        example_input: A batch the model takes (a tensor, a tuple of positional inputs or a
+            dict of keyword inputs). It runs on a meta copy of the model; where an
+            operation needs real values, on the model itself in eval mode, without
+            gradients, every module's mode restored afterwards.
+        input_size: Or one input's size without the batch, e.g. ``(1, 28, 28)``.
+
+    Raises:
+        ValueError: if the model's forward pass cannot run on the inferred input (timm's
+            ``pretrained_cfg``, a Hugging Face config, the first layer's width, 3x224x224
+            images) or on the one given.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be an nn.Module, but got {describe(model)}.")
-    matcher = _matcher_of(model)
-    if isinstance(matcher, SubmoduleMatcher):
-        return _delegated_groups(model, matcher)
-    tensors = _tensor_names(model)
-    if not tensors:
+    if example_input is not None:
+        key: Any = ("example", id(example_input))
+    elif input_size is not None:
+        key = ("size", tuple(input_size) if isinstance(input_size, Sequence) else input_size)
+    else:
+        key = None
+    fingerprint = _fingerprint(model)
+    kept = _MAPS.get(model, [])
+    for kept_fingerprint, kept_key, kept_map in kept:
+        if kept_fingerprint == fingerprint and (key is None or key == kept_key):
+            return kept_map
+    built = _build(model, example_input, input_size)
+    earlier = [(f, k, m) for f, k, m in kept if f == fingerprint][-3:]
+    _MAPS[model] = [*earlier, (fingerprint, key, built)]
+    return built
+
+
+def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
+    """What the map depends on: the modules, and each tensor's name, shape and which name
+    it shares its tensor with; not the tensors themselves, which ``.to()`` may replace."""
+    modules = tuple((n, id(m)) for n, m in model.named_modules(remove_duplicate=False))
+    first: dict[int, str] = {}
+    tensors = tuple(
+        (n, tuple(t.shape), first.setdefault(id(t), n))
+        for n, t in [
+            *model.named_parameters(remove_duplicate=False),
+            *model.named_buffers(remove_duplicate=False),
+        ]
+    )
+    return (modules, tensors)
+
+
+def _build(model: nn.Module, example_input: Any, input_size: Sequence[int] | None) -> LayerMap:
+    delegate = _delegate_of(model)
+    if delegate is not None:
+        return _delegated(model, delegate, example_input, input_size)
+    names, first = _names(model)
+    if not first:
         raise ValueError(
             f"Expected `model` to have parameters, but {type(model).__name__} has none."
         )
+    recorded = trace(model, example_input=example_input, input_size=input_size)
     head = _classifier_prefix(model)
-    if matcher is None:
-        keyed = _by_blocks(model, tensors)
-    else:
-        keyed = [(*_ordinal(name, matcher), name) for name in tensors]
-    groups: dict[tuple[Any, ...], list[str]] = {}
-    addresses: dict[tuple[Any, ...], str] = {}
-    for key, address, name in keyed:
-        if head is not None and (name == head or name.startswith(head + ".")):
-            key, address = (math.inf,), "head"
-        groups.setdefault(key, []).append(name)
-        addresses.setdefault(key, address)
-
-    merged: list[tuple[str, list[str]]] = []
-    for key in sorted(groups, key=_sort_key):
-        if key[-1:] == _MATCH_PREVIOUS and merged:
-            # timm's "with the group before", in sorted order: a transition after its
-            # block's last layer, a final norm with the last block.
-            merged[-1][1].extend(groups[key])
-            continue
-        address = addresses[key]
-        if merged and merged[-1][0] == address:
-            merged[-1][1].extend(groups[key])
-        else:
-            merged.append((address, list(groups[key])))
-
-    if callable(matcher) and not isinstance(matcher, dict):
-        merged = _name_callable_groups(merged)
+    labelled, source = named_groups(model, names, head, recorded.modules)
+    label_of = {name: index for index, (_, members) in enumerate(labelled) for name in members}
+    tensors = list(dict.fromkeys(first.values()))
+    assign, order = _by_use(labelled, label_of, names, tensors, recorded, head)
+    head_index = next((i for i, (a, _) in enumerate(labelled) if a == "head"), None)
+    if head_index is not None and head_index in order:
+        # What runs after the classifier (a distillation head) goes with the head.
+        after = order[order.index(head_index) + 1 :]
+        for t, label in assign.items():
+            if label in after:
+                assign[t] = head_index
+        order = [label for label in order if label not in after]
 
     sizes = {name: p.numel() for name, p in model.named_parameters()}
-    result = []
-    for address, names in merged:
-        modules = list(dict.fromkeys(name.rpartition(".")[0] for name in names))
-        result.append(
-            LayerGroup(address, tuple(modules), tuple(names), sum(sizes.get(n, 0) for n in names))
+    members: dict[int, list[str]] = {label: [] for label in order}
+    for t in tensors:  # registration order within a group
+        members[assign[t]].append(t)
+    groups = []
+    for label in order:
+        tensors_of = members[label]
+        if not tensors_of:
+            continue
+        group = LayerGroup(
+            labelled[label][0],
+            tuple(dict.fromkeys(t.rpartition(".")[0] for t in tensors_of)),
+            tuple(tensors_of),
+            sum(sizes.get(t, 0) for t in tensors_of),
         )
-    if matcher is None and len(result) - (result[-1].address == "head") <= 1:
-        body = result[0]
-        example = next((m for m in body.modules if m and m != body.address), None)
-        hint = (
-            f" To cut inside it, pass a full module name such as {example!r}: it covers exactly "
-            f"that module and what runs before it."
-            if example
-            else ""
-        )
-        warnings.warn(
-            f"auxtransfer found a single layer group, {body.address!r}, in "
-            f"{type(model).__name__}: it has no timm group_matcher, is not a known torchvision "
-            f"family and holds no nn.Sequential or nn.ModuleList of repeated blocks, so an "
-            f"address freezes or resets all of {body.address!r} at once.{hint}",
-            stacklevel=caller_stacklevel(),
-        )
+        groups.append(group)
+    groups = _merge_same_address(groups, sizes)
+
+    address_of = {t: g.address for g in groups for t in g.tensors}
+    shared = _shared(recorded, names, first, address_of)
+    unused = [t for t in tensors if t not in recorded.tensors]
+    modules: dict[str, list[str]] = {}
+    for name in names:
+        parts = name.split(".")[:-1]
+        for depth in range(1, len(parts) + 1):
+            modules.setdefault(".".join(parts[:depth]), []).append(first[name])
+    for module_name, _ in model.named_modules():
+        modules.setdefault(module_name, [])
+    if source == "blocks":
+        _warn_single_group(model, groups)
+    return LayerMap(
+        type(model).__name__,
+        groups,
+        positions=dict(recorded.tensors),
+        modules={m: tuple(dict.fromkeys(ts)) for m, ts in modules.items()},
+        shared=shared,
+        unused=unused,
+        aliases={n: f for n, f in first.items() if n != f},
+        sizes=sizes,
+    )
+
+
+def _names(model: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """Every name of every parameter and buffer, module by module (a tied tensor under each
+    of its names), and each name's first name."""
+    names: list[str] = []
+    first: dict[str, str] = {}
+    seen: dict[int, str] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{module_name}." if module_name else ""
+        for attribute, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is None:
+                continue
+            name = prefix + attribute
+            if name in first:
+                continue
+            names.append(name)
+            first[name] = seen.setdefault(id(tensor), name)
+    return names, first
+
+
+def _by_use(
+    labelled: list[tuple[str, list[str]]],
+    label_of: dict[str, int],
+    names: list[str],
+    tensors: list[str],
+    recorded: Trace,
+    head: str | None,
+) -> tuple[dict[str, int], list[int]]:
+    """Each tensor's group (an index into ``labelled``), and the groups in forward order."""
+    labels_in = _module_labels(names, label_of)
+    position = recorded.tensors
+    # "head" also holds what a matcher leaves unmatched (a table shared by the blocks): only
+    # the classifier's own first use makes the head start.
+    head_label = next((i for i, (a, _) in enumerate(labelled) if a == "head"), None)
+    classifier = [
+        position[t]
+        for t in tensors
+        if head is not None and t in position and (t == head or t.startswith(head + "."))
+    ]
+    head_start = min(classifier, default=-1)
+
+    def context(stack: tuple[str, ...], at: int) -> int | None:
+        for module_name in stack:
+            labels = labels_in.get(module_name, ())
+            if len(labels) == 1:
+                label = next(iter(labels))
+                return None if label == head_label and at < head_start else label
+        return None
+
+    used = sorted((t for t in tensors if t in position), key=position.__getitem__)
+    found = {t: context(recorded.contexts[t], position[t]) for t in used}
+    marks = [(t, found[t]) for t in used if found[t] is not None]
+    assign: dict[str, int] = {}
+    running: int | None = None
+    upcoming = iter(marks)
+    following = next(upcoming, None)
+    for t in used:
+        while following is not None and position[following[0]] <= position[t]:
+            running = following[1]
+            following = next(upcoming, None)
+        if found[t] is not None:
+            assign[t] = found[t]  # type: ignore[assignment]
+            continue
+        label = label_of[t]
+        after = None if following is None else following[1]
+        if label in (running, after) or (running is None and after is None):
+            assign[t] = label
+        else:
+            assign[t] = after if after is not None else running  # type: ignore[assignment]
+
+    start: dict[int, int] = {}
+    for t in used:
+        start.setdefault(assign[t], position[t])
+    order = sorted(start, key=start.__getitem__)
+    rank = {label: i for i, label in enumerate(order)}
+    highest = -1
+    for t in used:  # a group used again after a later one started: the later one holds it
+        if rank[assign[t]] < highest:
+            assign[t] = order[highest]
+        highest = max(highest, rank[assign[t]])
+
+    # Unused tensors stay with their module's used ones, else where their name puts them.
+    by_module = {t.rpartition(".")[0]: assign[t] for t in reversed(used)}
+    for t in tensors:
+        if t not in assign:
+            assign[t] = by_module.get(t.rpartition(".")[0], label_of[t])
+    # Groups nothing uses keep their place after the group named before them.
+    for label in range(len(labelled)):
+        if label not in rank and any(assign[t] == label for t in tensors):
+            before = [i for i, other in enumerate(order) if other < label]
+            order.insert(before[-1] + 1 if before else 0, label)
+            rank = {lab: i for i, lab in enumerate(order)}
+    return assign, order
+
+
+def _module_labels(names: list[str], label_of: dict[str, int]) -> dict[str, set[int]]:
+    """The groups each module's tensors (under every name) are named into."""
+    labels: dict[str, set[int]] = {}
+    for name in names:
+        parts = name.split(".")[:-1]
+        for depth in range(len(parts) + 1):
+            labels.setdefault(".".join(parts[:depth]), set()).add(label_of[name])
+    return labels
+
+
+def _shared(
+    recorded: Trace, names: list[str], first: dict[str, str], address_of: dict[str, str]
+) -> dict[str, tuple[str, ...]]:
+    """Tensor -> the addresses that read it, where more than one does or it has aliases.
+    A read belongs to the outermost running module whose tensors lie in one address."""
+    aliased = {f for n, f in first.items() if n != f}
+    addresses_in: dict[str, set[str]] = {}
+    for name in names:
+        if first[name] in aliased:
+            continue  # a tied tensor's modules lie wherever its other names are
+        parts = name.split(".")[:-1]
+        for depth in range(len(parts) + 1):
+            addresses_in.setdefault(".".join(parts[:depth]), set()).add(address_of[first[name]])
+    result: dict[str, tuple[str, ...]] = {}
+    for tensor, stacks in recorded.users.items():
+        readers = [address_of[tensor]]
+        for stack in sorted(stacks, key=lambda s: [recorded.modules.get(m, 0) for m in s]):
+            for module_name in stack:
+                inside = addresses_in.get(module_name, set())
+                if len(inside) == 1:
+                    readers.extend(inside)
+                    break
+        unique = tuple(dict.fromkeys(readers))
+        if len(unique) > 1 or tensor in aliased:
+            result[tensor] = unique
     return result
 
 
-def _tensor_names(model: nn.Module) -> list[str]:
-    """Parameter and buffer names in registration order (module by module), shared once."""
-    names: list[str] = []
-    seen: set[int] = set()
-    for module_name, module in model.named_modules():
-        prefix = f"{module_name}." if module_name else ""
-        for attribute, tensor in [*module._parameters.items(), *module._buffers.items()]:
-            if tensor is None or id(tensor) in seen:
-                continue
-            seen.add(id(tensor))
-            names.append(prefix + attribute)
-    return names
+def _merge_same_address(groups: list[LayerGroup], sizes: dict[str, int]) -> list[LayerGroup]:
+    merged: list[LayerGroup] = []
+    for group in groups:
+        if merged and merged[-1].address == group.address:
+            tensors = [*merged[-1].tensors, *group.tensors]
+            joined = LayerGroup(
+                group.address,
+                tuple(dict.fromkeys([*merged[-1].modules, *group.modules])),
+                tuple(tensors),
+                merged[-1].num_params + group.num_params,
+            )
+            merged[-1] = joined
+        else:
+            merged.append(group)
+    return merged
 
 
-def _delegated_groups(model: nn.Module, matcher: SubmoduleMatcher) -> list[LayerGroup]:
+def _delegate_of(model: nn.Module) -> str | None:
+    """The module whose map stands for ``model``'s: a wrapper's ``SubmoduleMatcher``."""
+    name = getattr(type(model), "_layer_map_delegate", None)
+    if isinstance(name, str):
+        return name
+    group_matcher = getattr(model, "group_matcher", None)
+    if callable(group_matcher):
+        try:
+            matcher = group_matcher(coarse=False)
+        except (TypeError, NotImplementedError):
+            return None
+        if isinstance(matcher, SubmoduleMatcher):
+            return matcher.module_name
+    return None
+
+
+def _delegated(
+    model: nn.Module, prefix: str, example_input: Any, input_size: Sequence[int] | None
+) -> LayerMap:
     """The inner model's map, names prefixed, with the wrapper's own tensors in "head"."""
-    prefix = matcher.module_name
+    inner = layer_map(
+        model.get_submodule(prefix), example_input=example_input, input_size=input_size
+    )
+    sizes = {name: p.numel() for name, p in model.named_parameters()}
     groups = [
         LayerGroup(
             g.address,
@@ -264,21 +596,40 @@ def _delegated_groups(model: nn.Module, matcher: SubmoduleMatcher) -> list[Layer
             tuple(f"{prefix}.{t}" for t in g.tensors),
             g.num_params,
         )
-        for g in matcher.groups
+        for g in inner.groups
     ]
-    sizes = {name: p.numel() for name, p in model.named_parameters()}
-    own = [n for n in _tensor_names(model) if not n.startswith(prefix + ".")]
-    if not own:
-        return groups
-    has_head = bool(groups) and groups[-1].address == "head"
-    head = groups[-1] if has_head else LayerGroup("head", (), (), 0)
-    head = LayerGroup(
-        "head",
-        tuple(dict.fromkeys([*head.modules, *(n.rpartition(".")[0] for n in own)])),
-        (*head.tensors, *own),
-        head.num_params + sum(sizes.get(n, 0) for n in own),
+    names, first = _names(model)
+    own = [n for n in dict.fromkeys(first.values()) if not n.startswith(prefix + ".")]
+    if own:
+        has_head = bool(groups) and groups[-1].address == "head"
+        head = groups[-1] if has_head else LayerGroup("head", (), (), 0)
+        head = LayerGroup(
+            "head",
+            tuple(dict.fromkeys([*head.modules, *(n.rpartition(".")[0] for n in own)])),
+            (*head.tensors, *own),
+            head.num_params + sum(sizes.get(n, 0) for n in own),
+        )
+        groups = [*groups[:-1], head] if has_head else [*groups, head]
+    last = max(inner._positions.values(), default=-1)
+    positions = {f"{prefix}.{t}": p for t, p in inner._positions.items()}
+    positions.update({t: last + 1 + i for i, t in enumerate(own)})
+    modules: dict[str, list[str]] = {}
+    for name in names:
+        parts = name.split(".")[:-1]
+        for depth in range(1, len(parts) + 1):
+            modules.setdefault(".".join(parts[:depth]), []).append(first[name])
+    for module_name, _ in model.named_modules():
+        modules.setdefault(module_name, [])
+    return LayerMap(
+        type(model).__name__,
+        groups,
+        positions=positions,
+        modules={m: tuple(dict.fromkeys(ts)) for m, ts in modules.items()},
+        shared={f"{prefix}.{t}": a for t, a in inner.shared.items()},
+        unused=[f"{prefix}.{t}" for t in inner.unused],
+        aliases={n: f for n, f in first.items() if n != f},
+        sizes=sizes,
     )
-    return [*groups[:-1], head] if has_head else [*groups, head]
 
 
 def _classifier_prefix(model: nn.Module) -> str | None:
@@ -288,260 +639,21 @@ def _classifier_prefix(model: nn.Module) -> str | None:
         return None
 
 
-def _matcher_of(
-    model: nn.Module,
-) -> dict[str, _Spec] | Callable[[str], Any] | SubmoduleMatcher | None:
-    group_matcher = getattr(model, "group_matcher", None)
-    if callable(group_matcher):
-        try:
-            matcher = group_matcher(coarse=False)
-        except (TypeError, NotImplementedError):
-            matcher = None
-        if isinstance(matcher, dict) or callable(matcher):
-            return matcher
-    for cls in type(model).__mro__:
-        if cls.__name__ in _TORCHVISION and cls.__module__.startswith(
-            ("torchvision.", "auxtransfer.")
-        ):
-            return _TORCHVISION[cls.__name__]
-    return None
-
-
-def _ordinal(
-    name: str, matcher: dict[str, _Spec] | Callable[[str], Any]
-) -> tuple[tuple[Any, ...], str]:
-    """(sort key, address) of one parameter or buffer name."""
-    if callable(matcher):
-        value = matcher(name)
-        values = tuple(value) if isinstance(value, Iterable) else (value,)
-        if any(v is None or math.isinf(float(v)) for v in values):
-            return (math.inf,), "head"
-        if values[-1:] == _MATCH_PREVIOUS:
-            return (*values,), ""
-        return tuple(values), ".".join(str(int(v)) for v in values)
-    for pattern, index, key, suffix in _compile(matcher):
-        found = pattern.match(name)
-        if not found:
-            continue
-        parts = [g for g in found.groups() if g is not None]
-        if suffix is not None and suffix != _MATCH_PREVIOUS:
-            parts += [str(s) for s in suffix]
-        sort = (
-            index,
-            *(_part_key(p) for p in parts),
-            *(suffix if suffix == _MATCH_PREVIOUS else ()),
-        )
-        if key == "blocks":
-            address = ".".join(parts) or key
-        elif key == "stem":
-            address = "stem" if not parts else "stem." + ".".join(parts)
-        else:
-            address = ".".join([key, *parts])
-        return sort, address
-    return (math.inf,), "head"
-
-
-def _compile(
-    matcher: dict[str, _Spec],
-) -> list[tuple[re.Pattern[str], int, str, tuple[int, ...] | None]]:
-    compiled = []
-    for index, (key, spec) in enumerate(matcher.items()):
-        if spec is None:
-            continue
-        specs = spec if isinstance(spec, (list, tuple)) else [(spec, None)]
-        for regex, suffix in specs:
-            compiled.append(
-                (re.compile(regex), index, key, None if suffix is None else tuple(suffix))
-            )
-    return compiled
-
-
-def _part_key(part: str) -> tuple[float, str]:
-    # "12" -> (12, ""), "3a" -> (3, "a"): numbers sort as numbers, letters after them.
-    digits = re.match(r"\d*", part).group(0)  # type: ignore[union-attr]
-    return (float(digits) if digits else -1.0, part[len(digits) :])
-
-
-def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
-    # Mixed keys: plain numbers become (n, "") so every element compares with the others.
-    return tuple(k if isinstance(k, tuple) else (float(k), "") for k in key)
-
-
-def _by_blocks(model: nn.Module, tensors: list[str]) -> list[tuple[tuple[Any, ...], str, str]]:
-    """Fallback: one group per repeated block (``_blocks``), in forward order; a module's
-    own tensors go with its first unit, the root's with the stem."""
-    recorded = trace(model)
-    units = block_units(model, None if recorded is None else recorded.modules)
-    addresses = unit_addresses(units)
-    index = {unit.path: i for i, unit in enumerate(units)}
-    # A module the map descended into: its own tensors join its first unit.
-    first: dict[str, int] = {}
-    for i, unit in enumerate(units):
-        parts = unit.path.split(".")
-        for depth in range(1, len(parts)):
-            first.setdefault(".".join(parts[:depth]), i)
-    keyed: list[tuple[tuple[Any, ...], str, str]] = []
-    for name in tensors:
-        owner = name.rpartition(".")[0]
-        parts = owner.split(".") if owner else []
-        found = None
-        for depth in range(len(parts), 0, -1):
-            found = index.get(".".join(parts[:depth]))
-            if found is not None:
-                break
-        if found is None:
-            found = first.get(owner) if owner else None
-        if found is None or addresses[found] == "stem":
-            keyed.append(((0,), "stem", name))
-        else:
-            keyed.append(((1, found), addresses[found], name))
-    return keyed
-
-
-def _name_callable_groups(merged: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
-    """Addresses for groups of a callable timm matcher, whose ordinals are positions: the
-    first group is "stem", the others are named after the module they hold."""
-    named: list[tuple[str, list[str]]] = []
-    for index, (address, names) in enumerate(merged):
-        if address != "head":
-            modules = [name.rpartition(".")[0].split(".") for name in names]
-            common: list[str] = []
-            for parts in zip(*modules, strict=False):
-                if len(set(parts)) > 1:
-                    break
-                common.append(parts[0])
-            # A group of several modules (cait's last self- and class-attention blocks) is
-            # named after its first one.
-            prefix = ".".join(common) or ".".join(modules[0][:2])
-            numbered = re.fullmatch(r"[A-Za-z_]+\.(\d+)", prefix)
-            address = "stem" if index == 0 else numbered.group(1) if numbered else prefix
-            if any(address == other for other, _ in named):
-                address = (
-                    prefix if all(prefix != other for other, _ in named) else f"{prefix}#{index}"
-                )
-        named.append((address, names))
-    return named
-
-
-def resolve(
-    model: nn.Module, groups: list[LayerGroup], address: str, *, name: str = "address"
-) -> int:
-    """Index of the last group that ``address`` covers.
-
-    An address covers the group of that name and every group below it (``"2"`` covers
-    ``"2.1"`` ... ``"2.16"``); a full module name covers the groups holding its tensors.
-    """
-    if not isinstance(address, str):
-        raise TypeError(
-            f"Expected `{name}` to be an address string such as '2.9', but got {describe(address)}."
-        )
-    hits = _address_hits(groups, address)
-    if not hits and address:
-        modules = dict(model.named_modules())
-        if address in modules:
-            prefix = address + "."
-            hits = [i for i, g in enumerate(groups) if any(t.startswith(prefix) for t in g.tensors)]
-            if not hits:
-                raise ValueError(
-                    f"Expected `{name}` to name layers with parameters or buffers, but module "
-                    f"{address!r} of {type(model).__name__} has none."
-                )
-    if not hits:
-        close = _closest(address, [g.address for g in groups])
-        raise ValueError(
-            f"Expected `{name}` to be one of the addresses of {type(model).__name__} or a module "
-            f"name, but got {address!r}. Valid addresses, closest first: {', '.join(close[:12])}"
-            f"{', ...' if len(close) > 12 else ''} (all: auxtransfer.layer_names(model))."
-        )
-    return max(hits)
-
-
-def cut(model: nn.Module, address: str, *, name: str = "address") -> tuple[list[LayerGroup], int]:
-    """The layer map of ``model`` and the index of the last group up to ``address``.
-
-    An address of the map ends where its group ends. A full module name that is no address
-    means exactly that module: where it ends inside a group, that group is split in two, the
-    module and what runs before it in forward order (named after the module), then the rest
-    of the group (keeping the group's address).
-    """
-    groups = layer_groups(model)
-    last = resolve(model, groups, address, name=name)
-    group = groups[last]
-    if _address_hits(groups, address):
-        return groups, last
-    prefix = address + "."
-    outside = [t for t in group.tensors if not t.startswith(prefix)]
-    if not outside:
-        return groups, last
-    order = _tensor_order(model, address)
-    start = min(order[t] for t in order if t.startswith(prefix))
-    after = {t for t in outside if order[t] > start}
-    if not after:
-        return groups, last
-    sizes = {n: p.numel() for n, p in model.named_parameters()}
-
-    def part(part_address: str, names: list[str]) -> LayerGroup:
-        modules = tuple(dict.fromkeys(n.rpartition(".")[0] for n in names))
-        return LayerGroup(part_address, modules, tuple(names), sum(sizes.get(n, 0) for n in names))
-
-    head = part(address, [t for t in group.tensors if t not in after])
-    rest = part(group.address, [t for t in group.tensors if t in after])
-    return [*groups[:last], head, rest, *groups[last + 1 :]], last
-
-
-def _address_hits(groups: list[LayerGroup], address: str) -> list[int]:
-    return [
-        i
-        for i, g in enumerate(groups)
-        if g.address == address or g.address.startswith(address + ".")
-    ]
-
-
-def _tensor_order(model: nn.Module, address: str) -> dict[str, int]:
-    """Position of every tensor in the forward pass: its first use, or, for a tensor the
-    pass never reads (BatchNorm's counter in eval mode), its module's first use, else that
-    of the tensor registered before it."""
-    tensors = _tensor_names(model)
-    recorded = trace(model)
-    if recorded is None:
-        warnings.warn(
-            f"auxtransfer could not run {type(model).__name__} on the meta device to see what "
-            f"runs before {address!r}; it cut at {address!r} in registration order instead.",
-            stacklevel=caller_stacklevel(),
-        )
-        return {name: i for i, name in enumerate(tensors)}
-    used = recorded.tensors
-    late = len(used)
-    by_module: dict[str, int] = {}
-    for name in tensors:
-        if name in used:
-            owner = name.rpartition(".")[0]
-            by_module[owner] = min(by_module.get(owner, late), used[name])
-    order: dict[str, int] = {}
-    previous = -1
-    for name in tensors:
-        position = used.get(name, by_module.get(name.rpartition(".")[0], previous))
-        order[name] = position
-        previous = position
-    return order
-
-
-def _closest(address: str, valid: list[str]) -> list[str]:
-    """``valid`` ordered by closeness to ``address``: most leading parts shared first, then
-    the nearest number in the first part that differs, then by spelling."""
-    wanted = address.split(".")
-
-    def key(candidate: str) -> tuple[int, float, float]:
-        parts = candidate.split(".")
-        shared = 0
-        while shared < min(len(parts), len(wanted)) and parts[shared] == wanted[shared]:
-            shared += 1
-        gap = math.inf
-        if shared < min(len(parts), len(wanted)):
-            a, b = _part_key(parts[shared]), _part_key(wanted[shared])
-            if a[0] >= 0 and b[0] >= 0:
-                gap = abs(a[0] - b[0])
-        spelling = difflib.SequenceMatcher(None, address, candidate).ratio()
-        return (-shared, gap, -spelling)
-
-    return sorted(valid, key=key)
+def _warn_single_group(model: nn.Module, groups: list[LayerGroup]) -> None:
+    if len(groups) - (groups[-1].address == "head") > 1:
+        return
+    body = groups[0]
+    example = next((m for m in body.modules if m and m != body.address), None)
+    hint = (
+        f" To cut inside it, pass a full module name such as {example!r}: it covers exactly "
+        f"that module and what runs before it."
+        if example
+        else ""
+    )
+    warnings.warn(
+        f"auxtransfer found a single layer group, {body.address!r}, in "
+        f"{type(model).__name__}: it has no timm group_matcher, is not a known torchvision "
+        f"family and holds no nn.Sequential or nn.ModuleList of repeated blocks, so an "
+        f"address freezes or resets all of {body.address!r} at once.{hint}",
+        stacklevel=caller_stacklevel(),
+    )

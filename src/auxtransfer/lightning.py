@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ._checks import check_int, check_seed, check_unit_float, describe
 from .freezing import BatchNormPolicy, FreezeSummary, freeze_until, unfreeze
 from .heads import RandomPartitionHead
-from .layers import cut
+from .layers import layer_map
 from .losses import combined_loss_terms
 from .optim import layerwise_lr
 
@@ -146,7 +146,7 @@ class FreezeUntil(BaseFinetuning):
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         model = self.model_of(pl_module)
-        cut(model, self.until, name="until")  # an unknown address names `until`
+        layer_map(model).resolve(self.until, name="until")  # an unknown one names `until`
         self.summary = freeze_until(model, self.until, bn=self.bn)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from ._checks import describe
-from .layers import cut
+from .layers import layer_map
 
 __all__ = ["layerwise_lr"]
 
@@ -23,6 +24,8 @@ def layerwise_lr(
     decay: float | None = None,
     weight_decay: float | None = None,
     no_weight_decay_1d: bool = False,
+    example_input: Any = None,
+    input_size: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Parameter groups for a torch optimizer: ``lr`` up to ``until``, ``new_lr`` after it.
 
@@ -47,6 +50,9 @@ def layerwise_lr(
         weight_decay: Weight decay to set on every group (else the optimizer's default).
         no_weight_decay_1d: Put biases and norm weights (parameters with at most one
             dimension) in groups with ``weight_decay=0``.
+        example_input: A batch the model takes, for a model whose input size cannot be
+            inferred (see [`layer_map`][auxtransfer.layer_map]).
+        input_size: Or one input's size without the batch, e.g. ``(1, 28, 28)``.
 
     Returns:
         A list of parameter-group dicts for ``torch.optim``.
@@ -71,7 +77,9 @@ def layerwise_lr(
             raise ValueError(f"Expected `decay` to be {expected}, but got {decay}.")
     if weight_decay is not None:
         weight_decay = _check_rate("weight_decay", weight_decay)
-    groups, last = cut(model, until, name="until")
+    groups, last = layer_map(model, example_input=example_input, input_size=input_size).cut(
+        until, name="until"
+    )
     parameters = dict(model.named_parameters())
 
     # One group per contiguous run of addresses that share a rate (and per weight decay

@@ -752,7 +752,7 @@ def _check_addresses(
     import timm
 
     from .. import models  # noqa: F401  (registers the CIFAR models)
-    from ..layers import layer_groups, resolve
+    from ..layers import layer_map
 
     if isinstance(addresses, str) or not addresses:
         raise ValueError(
@@ -764,11 +764,12 @@ def _check_addresses(
         model = timm.create_model(
             options.model, pretrained=False, num_classes=SIDE_CLASSES, **dict(options.model_kwargs)
         )
-    groups = layer_groups(model)
+    layers = layer_map(model)
+    groups = layers.groups
     for address in addresses:
         if zero and address == "0":
             continue
-        if resolve(model, groups, address, name=name) == len(groups) - 1:
+        if layers.resolve(address, name=name) == len(groups) - 1:
             raise ValueError(
                 f"Expected `{name}` to end before the head ({groups[-2].address!r} at most), but "
                 f"{address!r} includes the classifier."

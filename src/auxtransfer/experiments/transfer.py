@@ -21,7 +21,7 @@ from torch import nn
 
 from ..classifier import reset_classifier
 from ..freezing import freeze_until, reset_after
-from ..layers import cut, layer_names
+from ..layers import layer_map, layer_names
 from ..optim import layerwise_lr
 from .checkpoint import read_checkpoint, read_weights
 from .rundir import RunDir
@@ -114,7 +114,7 @@ def transfer_groups(model: nn.Module, table: LrTable, *, until: str | None) -> l
             }
         ]
     groups = layerwise_lr(model, until=until, lr=kept, new_lr=new)
-    refined, boundary = cut(model, until, name="until")
+    refined, boundary = layer_map(model).cut(until, name="until")
     order = [g.address for g in refined]
     for group in groups:
         group["role"] = KEPT if order.index(group["addresses"][-1]) <= boundary else NEW

@@ -9,7 +9,7 @@ import torchvision
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..layers import DENSENET_MATCHER
+from .._naming import DENSENET_MATCHER
 from ._head import PooledLinearHead, check_depth
 
 __all__ = ["CifarDenseNet"]
