@@ -8,6 +8,8 @@ rule against an independent recorder on whole model zoos.
 """
 
 import warnings
+import weakref
+from typing import ClassVar
 
 import pytest
 import timm
@@ -375,3 +377,33 @@ def test_the_layers_command_asks_for_an_input_size(capsys):
     assert cli(["layers", "tests.test_layer_map:LeNet", "--input-size", "1", "28", "28"]) == 0
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:-1]]
     assert rows == ["conv1", "conv2", "head"]
+
+
+class ReplacesItsBuffer(nn.Module):
+    """Builds its table on the first call, replacing the registered placeholder (ConViT),
+    and notes whether the placeholder outlived that: freed, its id could be taken by a
+    tensor made later in the pass, which the map would then take for the placeholder."""
+
+    placeholder_alive: ClassVar[list[bool]] = []
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+        self.register_buffer("table", torch.zeros(1), persistent=False)
+
+    def forward(self, x):
+        if self.table.shape != (8,):
+            placeholder = weakref.ref(self.table)
+            self.table = torch.zeros(8, device=x.device)
+            ReplacesItsBuffer.placeholder_alive.append(placeholder() is not None)
+        return self.linear(x) + self.table
+
+
+def test_a_buffer_replaced_during_the_pass_is_not_taken_for_a_later_tensor():
+    model = nn.Sequential(nn.Linear(4, 8), *(ReplacesItsBuffer() for _ in range(4)))
+    ReplacesItsBuffer.placeholder_alive.clear()
+    layers = layer_map(model)
+    assert ReplacesItsBuffer.placeholder_alive == [True] * 4
+    assert "1.table" in layers.unused
+    freeze_until(model, "1")
+    assert _frozen(model) == {"0.weight", "0.bias", "1.linear.weight", "1.linear.bias"}

@@ -101,9 +101,11 @@ def block_units(model: nn.Module, order: dict[str, int] | None) -> list[Unit]:
 
 def unit_addresses(units: list[Unit]) -> list[str]:
     """The address of each unit: ``"stem"`` before the first block, paper-style numbers
-    where two numbered levels share one outer container, full module names otherwise."""
+    where two numbered levels share one outer container, full module names otherwise. A
+    module called ``stem`` that runs after the first block keeps that name, and what runs
+    before the block keeps its own."""
     first_block = next((i for i, u in enumerate(units) if u.levels), None)
-    if first_block is None:
+    if first_block is None or any(u.path == "stem" for u in units[first_block:]):
         return [u.path for u in units]
     numbered = _numbered_container(units)
     addresses = []

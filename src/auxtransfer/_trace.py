@@ -213,16 +213,20 @@ def _run(model: nn.Module, example: Any) -> Trace:
     calls: dict[str, int] = {}
     stack: list[str] = []
     watched: dict[int, str] = {}
-    for name, tensor in [
+    # Held for the whole pass: a forward that replaces a buffer (ConViT's rel_indices)
+    # would otherwise free it, and a new tensor could take its id.
+    held = [
         *model.named_parameters(remove_duplicate=False),
         *model.named_buffers(remove_duplicate=False),
-    ]:
+    ]
+    for name, tensor in held:
         watched.setdefault(id(tensor), name)  # a shared tensor under its first name
     recorder = _Recorder(watched, stack)
     with torch.no_grad(), warnings.catch_warnings(), _module_stack(model, calls, stack):
         warnings.simplefilter("ignore")
         with recorder:
             _call(model, example)
+    del held
     return Trace(calls, recorder.order, recorder.contexts, recorder.users)
 
 

@@ -390,30 +390,71 @@ def _build(model: nn.Module, example_input: Any, input_size: Sequence[int] | Non
             sum(sizes.get(t, 0) for t in tensors_of),
         )
         groups.append(group)
-    groups = _merge_same_address(groups, sizes)
+    modules = _module_tensors(model, names, first)
+    groups = _unambiguous(_merge_same_address(groups, sizes), modules, recorded.tensors)
 
     address_of = {t: g.address for g in groups for t in g.tensors}
     shared = _shared(recorded, names, first, address_of)
     unused = [t for t in tensors if t not in recorded.tensors]
-    modules: dict[str, list[str]] = {}
-    for name in names:
-        parts = name.split(".")[:-1]
-        for depth in range(1, len(parts) + 1):
-            modules.setdefault(".".join(parts[:depth]), []).append(first[name])
-    for module_name, _ in model.named_modules():
-        modules.setdefault(module_name, [])
     if source == "blocks":
         _warn_single_group(model, groups)
     return LayerMap(
         type(model).__name__,
         groups,
         positions=dict(recorded.tensors),
-        modules={m: tuple(dict.fromkeys(ts)) for m, ts in modules.items()},
+        modules=modules,
         shared=shared,
         unused=unused,
         aliases={n: f for n, f in first.items() if n != f},
         sizes=sizes,
     )
+
+
+def _module_tensors(
+    model: nn.Module, names: list[str], first: dict[str, str]
+) -> dict[str, tuple[str, ...]]:
+    """Every module name -> the tensors inside it, by their first names."""
+    modules: dict[str, list[str]] = {name: [] for name, _ in model.named_modules()}
+    for name in names:
+        parts = name.split(".")[:-1]
+        for depth in range(1, len(parts) + 1):
+            modules.setdefault(".".join(parts[:depth]), []).append(first[name])
+    return {m: tuple(dict.fromkeys(ts)) for m, ts in modules.items()}
+
+
+def _unambiguous(
+    groups: list[LayerGroup], modules: dict[str, tuple[str, ...]], position: dict[str, int]
+) -> list[LayerGroup]:
+    """Names that mean the same as an address and as a module name.
+
+    A module name means the module and what runs before it. A group named after a module
+    that holds more than it does (a classifier's norm, whose linear layer is ``"head"``),
+    or less (a last block whose final norm joins it), takes the name of the module that
+    ends it: the outermost module holding the group's last-used tensor that lies wholly
+    in this group or before it.
+    """
+    index = {t: i for i, g in enumerate(groups) for t in g.tensors}
+    taken = {g.address for g in groups}
+    renamed = []
+    for i, group in enumerate(groups):
+        used = [t for t in group.tensors if t in position]
+        inside = modules.get(group.address)
+        if inside is None or group.address in ("stem", "head") or not used:
+            renamed.append(group)
+            continue
+        last = max(used, key=position.__getitem__)
+        if all(index[t] <= i for t in inside) and last in inside:
+            renamed.append(group)
+            continue
+        parts = last.split(".")[:-1]
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            if name not in taken and all(index[t] <= i for t in modules.get(name, ())):
+                taken.add(name)
+                group = LayerGroup(name, group.modules, group.tensors, group.num_params)
+                break
+        renamed.append(group)
+    return renamed
 
 
 def _names(model: nn.Module) -> tuple[list[str], dict[str, str]]:
@@ -613,18 +654,11 @@ def _delegated(
     last = max(inner._positions.values(), default=-1)
     positions = {f"{prefix}.{t}": p for t, p in inner._positions.items()}
     positions.update({t: last + 1 + i for i, t in enumerate(own)})
-    modules: dict[str, list[str]] = {}
-    for name in names:
-        parts = name.split(".")[:-1]
-        for depth in range(1, len(parts) + 1):
-            modules.setdefault(".".join(parts[:depth]), []).append(first[name])
-    for module_name, _ in model.named_modules():
-        modules.setdefault(module_name, [])
     return LayerMap(
         type(model).__name__,
         groups,
         positions=positions,
-        modules={m: tuple(dict.fromkeys(ts)) for m, ts in modules.items()},
+        modules=_module_tensors(model, names, first),
         shared={f"{prefix}.{t}": a for t, a in inner.shared.items()},
         unused=[f"{prefix}.{t}" for t in inner.unused],
         aliases={n: f for n, f in first.items() if n != f},
