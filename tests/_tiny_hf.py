@@ -49,6 +49,16 @@ _PERCEIVER = dict(
 )
 
 
+_LEVIT_CONFIG = dict(
+    image_size=64,
+    hidden_sizes=[16, 32, 48],
+    num_attention_heads=[1, 2, 3],
+    depths=[1, 1, 1],
+    key_dim=[8, 8, 8],
+    down_ops=[["Subsample", 8, 2, 4, 2, 2], ["Subsample", 8, 4, 4, 2, 2]],
+)
+
+
 @dataclass(frozen=True)
 class Tiny:
     """How to build one class small: its config class, the config's arguments, and its
@@ -65,6 +75,8 @@ class Tiny:
     patches: int = 0
     on_meta: bool = True
 
+
+_LEVIT = Tiny("LevitConfig", _LEVIT_CONFIG, input_size=(3, 64, 64))
 
 TINY_HF: dict[str, Tiny] = {
     "BeitForImageClassification": Tiny(
@@ -154,30 +166,8 @@ TINY_HF: dict[str, Tiny] = {
         tokens=16,
         on_meta=False,  # builds a CPU tensor in its forward
     ),
-    "LevitForImageClassification": Tiny(
-        "LevitConfig",
-        dict(
-            image_size=64,
-            hidden_sizes=[16, 32, 48],
-            num_attention_heads=[1, 2, 3],
-            depths=[1, 1, 1],
-            key_dim=[8, 8, 8],
-            down_ops=[["Subsample", 8, 2, 4, 2, 2], ["Subsample", 8, 4, 4, 2, 2]],
-        ),
-        input_size=(3, 64, 64),
-    ),
-    "LevitForImageClassificationWithTeacher": Tiny(
-        "LevitConfig",
-        dict(
-            image_size=64,
-            hidden_sizes=[16, 32, 48],
-            num_attention_heads=[1, 2, 3],
-            depths=[1, 1, 1],
-            key_dim=[8, 8, 8],
-            down_ops=[["Subsample", 8, 2, 4, 2, 2], ["Subsample", 8, 4, 4, 2, 2]],
-        ),
-        input_size=(3, 64, 64),
-    ),
+    "LevitForImageClassification": _LEVIT,
+    "LevitForImageClassificationWithTeacher": _LEVIT,
     "MetaClip2ForImageClassification": Tiny("MetaClip2Config", _CLIP),
     "MobileNetV1ForImageClassification": Tiny(
         "MobileNetV1Config", dict(image_size=32, depth_multiplier=0.25, min_depth=8)

@@ -43,6 +43,15 @@ def test_freezing_page_opening_example_runs_as_written(capsys):
     assert namespace["sched"].get_last_lr() == [0.1]
 
 
+def test_freezing_page_input_example_prints_what_it_shows(capsys):
+    text = DOC.read_text()
+    code = re.search(r"<!-- example: lenet -->\n```python\n(.*?)\n```", text, re.S)
+    shown = re.search(r"<!-- output: lenet -->\n```text\n(.*?)\n```", text, re.S)
+    assert code and shown
+    exec(code.group(1), {})
+    assert capsys.readouterr().out == shown.group(1) + "\n"
+
+
 def test_backbones_page_shows_what_the_code_prints(capsys):
     text = BACKBONES.read_text()
     found = re.search(r"<!-- layers: hf_resnet -->\n```text\n(.*?)\n```", text, re.S)

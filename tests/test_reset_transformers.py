@@ -5,6 +5,7 @@ ShieldGemma2's language-model head): the fresh values still come from
 """
 
 import copy
+import functools
 import warnings
 
 import pytest
@@ -12,45 +13,9 @@ import torch
 
 from auxtransfer import layer_groups, layer_names, reset_after
 
+from ._tiny_hf import build
+
 transformers = pytest.importorskip("transformers")
-
-
-def _imagegpt():
-    config = transformers.ImageGPTConfig(
-        vocab_size=17, n_positions=64, n_embd=16, n_layer=2, n_head=2, num_labels=5
-    )
-    return transformers.ImageGPTForImageClassification(config)
-
-
-def _perceiver(kind):
-    def build():
-        config = transformers.PerceiverConfig(
-            num_latents=8,
-            d_latents=16,
-            d_model=16,
-            num_blocks=1,
-            num_self_attends_per_block=2,
-            num_self_attention_heads=2,
-            num_cross_attention_heads=1,
-            image_size=32,
-            num_labels=5,
-        )
-        return getattr(transformers, f"PerceiverForImageClassification{kind}")(config)
-
-    return build
-
-
-def _deit_with_teacher():
-    config = transformers.DeiTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=5,
-    )
-    return transformers.DeiTForImageClassificationWithTeacher(config)
 
 
 def _shieldgemma2():
@@ -96,11 +61,11 @@ def _shieldgemma2_input():
 
 
 FAMILIES = {
-    "imagegpt": _imagegpt,
-    "perceiver-learned": _perceiver("Learned"),
-    "perceiver-fourier": _perceiver("Fourier"),
-    "perceiver-conv": _perceiver("ConvProcessing"),
-    "deit-with-teacher": _deit_with_teacher,
+    "imagegpt": functools.partial(build, "ImageGPTForImageClassification", 5),
+    "perceiver-learned": functools.partial(build, "PerceiverForImageClassificationLearned", 5),
+    "perceiver-fourier": functools.partial(build, "PerceiverForImageClassificationFourier", 5),
+    "perceiver-conv": functools.partial(build, "PerceiverForImageClassificationConvProcessing", 5),
+    "deit-with-teacher": functools.partial(build, "DeiTForImageClassificationWithTeacher", 5),
     "shieldgemma2": _shieldgemma2,
 }
 
