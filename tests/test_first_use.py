@@ -68,11 +68,7 @@ CHECKS = ("prefix", "modules", "lr", "reset", "order")
 LOW, HIGH = 0.01, 0.1  # layerwise_lr's rates: LOW marks the transferred parameters
 
 # Models the library may refuse with a ValueError, and what its message must say.
-REFUSED = {
-    # Its forward needs patches, an attention mask and `spatial_shapes`: no single
-    # example input can run it.
-    "hf/Siglip2ForImageClassification": r"example_input|input_size",
-}
+REFUSED: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------------------------------
@@ -686,7 +682,8 @@ def _hf_case(name: str) -> Case:
         # What the library asks for where it cannot run the model on an image of the
         # config's size on the meta device: a batch the model takes.
         if tiny.tokens or tiny.patches or not tiny.on_meta:
-            return {"example_input": tiny_hf.example_inputs(name, "cpu")[0]}
+            inputs = tiny_hf.example_inputs(name, "cpu")
+            return {"example_input": inputs if len(inputs) > 1 else inputs[0]}
         return {}
 
     return Case(
