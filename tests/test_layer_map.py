@@ -195,6 +195,9 @@ def test_a_shared_tensor_stays_with_its_first_use_and_is_named():
     assert "table" in _frozen(model)
     assert summary.shared == ("table",)
     assert "shared" in str(summary)
+    reset = reset_after(model, "blocks.0", seed=0, init=SharedTable)
+    assert reset.shared == ("table",)
+    assert "table" not in reset.tensors
 
 
 class Tied(nn.Module):

@@ -234,6 +234,9 @@ class ResetSummary:
             module's ``reset_parameters()``, PyTorch's defaults).
         unfrozen: Parameters [`freeze_until`][auxtransfer.freeze_until] had frozen that
             are trainable again because they were re-initialised.
+        shared: Kept tensors that re-initialised layers read too (a table every block
+            reads, first used before the cut): they keep their values. See
+            [`LayerMap.shared`][auxtransfer.LayerMap].
     """
 
     addresses: tuple[str, ...]
@@ -241,6 +244,7 @@ class ResetSummary:
     skipped: tuple[str, ...]
     init: str
     unfrozen: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()
 
 
 def reset_after(
@@ -394,12 +398,19 @@ def reset_after(
         for attribute in modules[name].__dict__.get(_FROZEN, ())
     ]
     _release([modules[name] for name in owners], model.training)
+    after = {g.address for g in reset_groups}
     return ResetSummary(
         tuple(g.address for g in reset_groups),
         tuple(tensors),
         tuple(skipped),
         init_used,
         tuple(unfrozen),
+        tuple(
+            t
+            for g in groups[: last + 1]
+            for t in g.tensors
+            if any(a in after for a in layers.shared.get(t, ()))
+        ),
     )
 
 

@@ -45,12 +45,11 @@ from typing import Any
 from torch import nn
 
 from ._checks import caller_stacklevel, describe
-from ._naming import DENSENET_MATCHER, _part_key, named_groups
+from ._naming import _part_key, named_groups
 from ._trace import Trace, trace
 from .classifier import find_classifier
 
 __all__ = ["LayerGroup", "LayerMap", "SubmoduleMatcher", "layer_groups", "layer_map", "layer_names"]
-__all__ += ["DENSENET_MATCHER"]
 
 
 @dataclass(frozen=True)
@@ -315,6 +314,15 @@ def layer_map(
         ValueError: if the model's forward pass cannot run on the inferred input (timm's
             ``pretrained_cfg``, a Hugging Face config, the first layer's width, 3x224x224
             images) or on the one given.
+
+    Examples:
+        >>> import torchvision
+        >>> model = torchvision.models.resnet18()
+        >>> layers = layer_map(model)
+        >>> layers.names[:3], layers.groups[0].tensors[:2]
+        (['stem', '1.0', '1.1'], ('conv1.weight', 'bn1.weight'))
+        >>> layers is layer_map(model)  # kept: freeze_until and the others share it
+        True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be an nn.Module, but got {describe(model)}.")
