@@ -410,3 +410,34 @@ def test_a_buffer_replaced_during_the_pass_is_not_taken_for_a_later_tensor():
     assert "1.table" in layers.unused
     freeze_until(model, "1")
     assert _frozen(model) == {"0.weight", "0.bias", "1.linear.weight", "1.linear.bias"}
+
+
+def test_the_layers_command_suggests_close_names_and_stops_quietly_on_a_closed_pipe():
+    import subprocess
+    import sys
+
+    from auxtransfer.__main__ import main as cli
+
+    with pytest.raises(SystemExit, match=r"unknown model 'resnet1888' \(did you mean resnet18, "):
+        cli(["layers", "resnet1888"])
+    # The reader is gone before the table is written (as `| head` leaves it).
+    process = subprocess.Popen(
+        [sys.executable, "-m", "auxtransfer", "layers", "resnet18"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr
+
+
+def test_freezing_everything_says_so():
+    model = NormedClassifier()
+    with pytest.warns(
+        UserWarning, match=r"froze every parameter of NormedClassifier: nothing will train"
+    ):
+        summary = freeze_until(model, "head")
+    assert str(summary).startswith("froze 4 layer groups")
+    model = NormedClassifier()
+    assert "1 norm layer keeps its running statistics" in str(freeze_until(model, "classifier.0"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -41,9 +43,19 @@ def build(name: str, num_classes: int | None, source: str = "auto") -> nn.Module
         if in_torchvision and source in ("auto", "torchvision"):
             return torchvision.models.get_model(name, weights=None, **kwargs)
     where = {"auto": "timm or torchvision", "timm": "timm", "torchvision": "torchvision"}[source]
+    known = list(
+        dict.fromkeys(
+            [
+                *(timm.list_models() if source in ("auto", "timm") else ()),
+                *(torchvision.models.list_models() if source in ("auto", "torchvision") else ()),
+            ]
+        )
+    )
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise SystemExit(
-        f"unknown model {name!r}: expected a {where} model name, or package.module:name "
-        f"of a model class or factory"
+        f"unknown model {name!r}{hint}: expected a {where} model name, or "
+        f"package.module:name of a model class or factory"
     )
 
 
@@ -160,8 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"cannot map {args.model!r}: its forward pass did not run (tried {error.tried}); "
             f"pass --input-size with one input's size, e.g. --input-size 1 28 28"
         ) from None
-    print(f"# {args.model} from {library}")
-    print(table)
+    try:
+        print(f"# {args.model} from {library}")
+        print(table, flush=True)
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): no traceback, and none at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -71,8 +71,10 @@ class FreezeSummary:
             else f"{self.addresses[0]} ... {self.addresses[-1]}"
         )
         total = self.frozen_params + self.trainable_params
+        held = len(self.frozen_norms)
         norms = (
-            f"{len(self.frozen_norms)} norm layers keep their running statistics (bn='freeze')"
+            f"{held} norm layer{'s keep' if held != 1 else ' keeps'} {'their' if held != 1 else 'its'} "
+            f"running statistics (bn='freeze')"
             if self.bn == "freeze"
             else "norm layers still update their running statistics in train mode (bn='update')"
         )
@@ -82,8 +84,9 @@ class FreezeSummary:
             if self.shared
             else ""
         )
+        groups = f"{len(self.addresses)} layer group{'s' if len(self.addresses) != 1 else ''}"
         return (
-            f"froze {len(self.addresses)} layer groups ({span}): {self.frozen_params:,} of {total:,} "
+            f"froze {groups} ({span}): {self.frozen_params:,} of {total:,} "
             f"parameters; {self.trainable_params:,} stay trainable; {norms}{shared}"
         )
 
@@ -177,6 +180,16 @@ def freeze_until(
                     norms.append(module_name)
     trainable = sum(p.numel() for p in parameters.values() if p.requires_grad)
     frozen_count = sum(parameters[n].numel() for n in names)
+    if trainable == 0:
+        warnings.warn(
+            f"freeze_until(model, {address!r}) froze every parameter of "
+            f"{type(model).__name__}: nothing will train. To keep the classifier trainable, "
+            f"freeze up to the address before it ({groups[-2].address!r})."
+            if len(groups) > 1
+            else f"freeze_until(model, {address!r}) froze every parameter of "
+            f"{type(model).__name__}: nothing will train.",
+            stacklevel=2,
+        )
     kept = {g.address for g in frozen_groups}
     return FreezeSummary(
         tuple(g.address for g in frozen_groups),
