@@ -364,12 +364,24 @@ def test_one_trace_per_transfer_step(monkeypatch):
     assert len(traced) == 2
 
 
-def test_the_layers_command_is_linear_in_the_number_of_blocks():
+def test_the_layers_command_walks_the_modules_once_not_once_per_group(monkeypatch):
     from auxtransfer.__main__ import format_layers
 
     model = nn.Sequential(*(nn.Linear(2, 2) for _ in range(1000)))
+    layer_map(model)  # the trace walks the model too: count only the table
+    walks = []
+    named_parameters = nn.Module.named_parameters
+
+    def counting(self, *args, **kwargs):
+        walks.append(self)
+        return named_parameters(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "named_parameters", counting)
     lines = format_layers(model).splitlines()
     assert len(lines) == 1002
+    # Listing each group's modules by walking every module's parameters made the table
+    # quadratic in the number of modules (about a million walks here).
+    assert len(walks) < 10
 
 
 def test_the_layers_command_asks_for_an_input_size(capsys):

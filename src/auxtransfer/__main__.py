@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from ._naming import enclosing
 from ._trace import TraceError
 from .layers import LayerGroup, layer_groups
 
@@ -91,9 +92,8 @@ def _covering_modules(model: nn.Module, groups: list[LayerGroup]) -> list[list[s
         *model.named_buffers(remove_duplicate=False),
     ]:
         index = by_tensor.setdefault(id(tensor), group_of[name])
-        parts = name.split(".")[:-1]
-        for depth in range(len(parts) + 1):
-            held.setdefault(".".join(parts[:depth]), set()).add(index)
+        for module in enclosing(name):
+            held.setdefault(module, set()).add(index)
     result: list[list[str]] = [[] for _ in groups]
     for name, _ in model.named_modules():
         inside = held.get(name)

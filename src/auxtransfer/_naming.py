@@ -233,6 +233,13 @@ def _name_callable_groups(merged: list[tuple[str, list[str]]]) -> list[tuple[str
     return named
 
 
+def enclosing(name: str) -> list[str]:
+    """The modules that hold the tensor ``name``, the root (``""``) first:
+    ``"a.b.w"`` -> ``["", "a", "a.b"]``."""
+    parts = name.split(".")[:-1]
+    return [".".join(parts[:depth]) for depth in range(len(parts) + 1)]
+
+
 def named_groups(
     model: nn.Module, tensors: list[str], head: str | None, order: dict[str, int]
 ) -> tuple[list[tuple[str, list[str]]], str]:

@@ -181,16 +181,19 @@ def freeze_until(
     trainable = sum(p.numel() for p in parameters.values() if p.requires_grad)
     frozen_count = sum(parameters[n].numel() for n in names)
     if trainable == 0:
+        hint = (
+            f" To keep the classifier trainable, freeze up to the address before it "
+            f"({groups[-2].address!r})."
+            if len(groups) > 1
+            else ""
+        )
         warnings.warn(
             f"freeze_until(model, {address!r}) froze every parameter of "
-            f"{type(model).__name__}: nothing will train. To keep the classifier trainable, "
-            f"freeze up to the address before it ({groups[-2].address!r})."
-            if len(groups) > 1
-            else f"freeze_until(model, {address!r}) froze every parameter of "
-            f"{type(model).__name__}: nothing will train.",
+            f"{type(model).__name__}: nothing will train.{hint}",
             stacklevel=2,
         )
     kept = {g.address for g in frozen_groups}
+    unused = set(layers.unused)
     return FreezeSummary(
         tuple(g.address for g in frozen_groups),
         frozen_count,
@@ -198,7 +201,7 @@ def freeze_until(
         tuple(norms),
         bn,
         shared=tuple(n for n in names if any(a not in kept for a in layers.shared.get(n, ()))),
-        unused=tuple(n for n in names if n in set(layers.unused)),
+        unused=tuple(n for n in names if n in unused),
     )
 
 

@@ -45,7 +45,7 @@ from typing import Any
 from torch import nn
 
 from ._checks import caller_stacklevel, describe
-from ._naming import _part_key, named_groups
+from ._naming import _part_key, enclosing, named_groups
 from ._trace import Trace, trace
 from .classifier import find_classifier
 
@@ -373,14 +373,6 @@ def _build(model: nn.Module, example_input: Any, input_size: Sequence[int] | Non
     label_of = {name: index for index, (_, members) in enumerate(labelled) for name in members}
     tensors = list(dict.fromkeys(first.values()))
     assign, order = _by_use(labelled, label_of, names, tensors, recorded, head)
-    head_index = next((i for i, (a, _) in enumerate(labelled) if a == "head"), None)
-    if head_index is not None and head_index in order:
-        # What runs after the classifier (a distillation head) goes with the head.
-        after = order[order.index(head_index) + 1 :]
-        for t, label in assign.items():
-            if label in after:
-                assign[t] = head_index
-        order = [label for label in order if label not in after]
 
     sizes = {name: p.numel() for name, p in model.named_parameters()}
     members: dict[int, list[str]] = {label: [] for label in order}
@@ -399,7 +391,7 @@ def _build(model: nn.Module, example_input: Any, input_size: Sequence[int] | Non
         )
         groups.append(group)
     modules = _module_tensors(model, names, first)
-    groups = _unambiguous(_merge_same_address(groups, sizes), modules, recorded.tensors)
+    groups = _unambiguous(_merge_same_address(groups), modules, recorded.tensors)
 
     address_of = {t: g.address for g in groups for t in g.tensors}
     shared = _shared(recorded, names, first, address_of)
@@ -424,9 +416,8 @@ def _module_tensors(
     """Every module name -> the tensors inside it, by their first names."""
     modules: dict[str, list[str]] = {name: [] for name, _ in model.named_modules()}
     for name in names:
-        parts = name.split(".")[:-1]
-        for depth in range(1, len(parts) + 1):
-            modules.setdefault(".".join(parts[:depth]), []).append(first[name])
+        for module in enclosing(name):
+            modules.setdefault(module, []).append(first[name])
     return {m: tuple(dict.fromkeys(ts)) for m, ts in modules.items()}
 
 
@@ -551,11 +542,16 @@ def _by_use(
         if t not in assign:
             assign[t] = by_module.get(t.rpartition(".")[0], label_of[t])
     # Groups nothing uses keep their place after the group named before them.
+    held = set(assign.values())
     for label in range(len(labelled)):
-        if label not in rank and any(assign[t] == label for t in tensors):
+        if label not in order and label in held:
             before = [i for i, other in enumerate(order) if other < label]
             order.insert(before[-1] + 1 if before else 0, label)
-            rank = {lab: i for i, lab in enumerate(order)}
+    if head_label in order:
+        # What runs after the classifier (a distillation head) goes with the head.
+        late = set(order[order.index(head_label) + 1 :])
+        assign = {t: head_label if label in late else label for t, label in assign.items()}
+        order = [label for label in order if label not in late]
     return assign, order
 
 
@@ -563,9 +559,8 @@ def _module_labels(names: list[str], label_of: dict[str, int]) -> dict[str, set[
     """The groups each module's tensors (under every name) are named into."""
     labels: dict[str, set[int]] = {}
     for name in names:
-        parts = name.split(".")[:-1]
-        for depth in range(len(parts) + 1):
-            labels.setdefault(".".join(parts[:depth]), set()).add(label_of[name])
+        for module in enclosing(name):
+            labels.setdefault(module, set()).add(label_of[name])
     return labels
 
 
@@ -579,9 +574,8 @@ def _shared(
     for name in names:
         if first[name] in aliased:
             continue  # a tied tensor's modules lie wherever its other names are
-        parts = name.split(".")[:-1]
-        for depth in range(len(parts) + 1):
-            addresses_in.setdefault(".".join(parts[:depth]), set()).add(address_of[first[name]])
+        for module in enclosing(name):
+            addresses_in.setdefault(module, set()).add(address_of[first[name]])
     result: dict[str, tuple[str, ...]] = {}
     for tensor, stacks in recorded.users.items():
         readers = [address_of[tensor]]
@@ -597,18 +591,16 @@ def _shared(
     return result
 
 
-def _merge_same_address(groups: list[LayerGroup], sizes: dict[str, int]) -> list[LayerGroup]:
+def _merge_same_address(groups: list[LayerGroup]) -> list[LayerGroup]:
     merged: list[LayerGroup] = []
     for group in groups:
         if merged and merged[-1].address == group.address:
-            tensors = [*merged[-1].tensors, *group.tensors]
-            joined = LayerGroup(
+            merged[-1] = LayerGroup(
                 group.address,
                 tuple(dict.fromkeys([*merged[-1].modules, *group.modules])),
-                tuple(tensors),
+                (*merged[-1].tensors, *group.tensors),
                 merged[-1].num_params + group.num_params,
             )
-            merged[-1] = joined
         else:
             merged.append(group)
     return merged
