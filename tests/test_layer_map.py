@@ -453,3 +453,22 @@ def test_freezing_everything_says_so():
     assert str(summary).startswith("froze 4 layer groups")
     model = NormedClassifier()
     assert "1 norm layer keeps its running statistics" in str(freeze_until(model, "classifier.0"))
+
+
+class TiedLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.b(self.a(x)))
+
+
+def test_the_layers_table_lists_a_tied_tensor_under_its_first_name():
+    from auxtransfer.__main__ import format_layers
+
+    rows = [line.split()[0] for line in format_layers(TiedLinear()).splitlines()[1:-1]]
+    assert rows == ["a", "b", "head"]

@@ -17,7 +17,7 @@ from torch import nn
 from . import __version__
 from ._naming import enclosing
 from ._trace import TraceError
-from .layers import LayerGroup, layer_groups
+from .layers import LayerMap, layer_map
 
 
 def build(name: str, num_classes: int | None, source: str = "auto") -> nn.Module:
@@ -81,17 +81,17 @@ def _import_model(path: str, num_classes: int | None) -> nn.Module:
     return model
 
 
-def _covering_modules(model: nn.Module, groups: list[LayerGroup]) -> list[list[str]]:
+def _covering_modules(model: nn.Module, layers: LayerMap) -> list[list[str]]:
     """For each group, the largest modules whose tensors all belong to it, in order, then
     the tensors no such module holds (a class token on the model), by name."""
+    groups = layers.groups
     group_of = {t: i for i, g in enumerate(groups) for t in g.tensors}
     held: dict[str, set[int]] = {}  # module -> the groups of its tensors, recursively
-    by_tensor: dict[int, int] = {}  # a tensor under several names is in its first's group
-    for name, tensor in [
+    for name, _ in [
         *model.named_parameters(remove_duplicate=False),
         *model.named_buffers(remove_duplicate=False),
     ]:
-        index = by_tensor.setdefault(id(tensor), group_of[name])
+        index = group_of[layers.aliases.get(name, name)]  # a tied tensor: its first name's
         for module in enclosing(name):
             held.setdefault(module, set()).add(index)
     result: list[list[str]] = [[] for _ in groups]
@@ -113,9 +113,10 @@ def _covering_modules(model: nn.Module, groups: list[LayerGroup]) -> list[list[s
 
 def format_layers(model: nn.Module, input_size: Sequence[int] | None = None) -> str:
     """The table ``python -m auxtransfer layers`` prints."""
-    groups = layer_groups(model, input_size=input_size)
+    layers = layer_map(model, input_size=input_size)
+    groups = layers.groups
     rows = [("address", "params", "modules")]
-    for group, modules in zip(groups, _covering_modules(model, groups), strict=True):
+    for group, modules in zip(groups, _covering_modules(model, layers), strict=True):
         rows.append((group.address, f"{group.num_params:,}", ", ".join(modules)))
     width = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{a:<{width[0]}}  {p:>{width[1]}}  {m}" for a, p, m in rows]
