@@ -350,8 +350,9 @@ def test_load_cifar100_from_a_local_folder(tmp_path):
 
 
 def test_superclasses_come_from_the_files_own_coarse_labels(tmp_path):
-    from auxtransfer import group_partition, split_classes
+    from auxtransfer import group_partition
     from auxtransfer.experiments import cifar100_superclasses
+    from auxtransfer.experiments.splits import split_classes
 
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
@@ -394,8 +395,8 @@ def _coarse_run(**kwargs):
 def test_a_coarse_run_gets_the_superclasses_of_its_own_classes(tmp_path, side):
     """Cifar100's coarse labels come from its files, cut to the run's side and renumbered,
     checked against a hand loop; the other runs get none."""
-    from auxtransfer import split_classes
     from auxtransfer.experiments.sources import Cifar100, run_partition_for
+    from auxtransfer.experiments.splits import split_classes
 
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()

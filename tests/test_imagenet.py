@@ -18,7 +18,6 @@ import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from auxtransfer.data import split_classes
 from auxtransfer.experiments import protocols
 from auxtransfer.experiments.imagenet import (
     IMAGENET_MEAN,
@@ -30,6 +29,7 @@ from auxtransfer.experiments.imagenet import (
 )
 from auxtransfer.experiments.plan import execute
 from auxtransfer.experiments.sources import DatasetSource, run_data_for
+from auxtransfer.experiments.splits import split_classes
 from auxtransfer.experiments.train import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]

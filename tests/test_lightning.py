@@ -177,7 +177,7 @@ def test_an_unknown_address_or_module_is_named_when_the_fit_starts(tmp_path, kwa
             {"until": "2", "unfreeze_at_epoch": -1, "lr": 0.1},
             r"`unfreeze_at_epoch` to be an int >= 0",
         ),
-        ({"until": "2", "lr": -0.1}, r"`lr` to be a finite rate >= 0"),
+        ({"until": "2", "lr": -0.1}, r"`lr` to be a finite float >= 0"),
     ],
 )
 def test_bad_callback_settings_are_named(kwargs, match):

@@ -8,14 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from auxtransfer import (
-    AuxOutput,
-    CombinedLoss,
-    LossTerms,
-    class_partition,
-    combined_loss,
-    combined_loss_terms,
-)
+from auxtransfer import AuxOutput, CombinedLoss, class_partition, combined_loss
+from auxtransfer.losses import LossTerms, combined_loss_terms
 
 
 def _batch(batch=8, classes=10, heads=1, seed=0):

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-from auxtransfer import split_classes
 from auxtransfer.experiments import protocols
 from auxtransfer.experiments.plan import (
     Plan,
@@ -17,9 +16,10 @@ from auxtransfer.experiments.plan import (
     format_summary,
     summarise,
 )
-from auxtransfer.experiments.protocols import rates_at
 from auxtransfer.experiments.rundir import RunDir, parse_learning_rates
+from auxtransfer.experiments.settings import rates_at
 from auxtransfer.experiments.sources import Cifar100, SyntheticCifar100, run_data
+from auxtransfer.experiments.splits import split_classes
 from auxtransfer.experiments.train import RunConfig
 
 

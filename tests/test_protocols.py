@@ -97,7 +97,10 @@ def test_paired_plan_ids_and_settings():
     assert fine.config.transfer_from == "../pretrain"
     assert (fine.config.side, fine.config.split_seed, fine.config.binary_weight) == ("B", 1, 0.0)
     assert (fine.config.freeze, fine.config.reset, fine.config.per_class) == (None, None, None)
-    assert (fine.config.transfer_weights, fine.config.bn) == ("best", "freeze")
+    assert (fine.config.transfer_weights, fine.config.bn) == (
+        "best",
+        "update",
+    )  # the paper's setups: PAPER_OPTIONS
     assert all(not run.config.smoke for run in plan)
     assert protocols.paired(splits=[3, 7]).ids[0] == "split3/baseline/pretrain"
     assert len(protocols.paired(splits=5)) == 20
@@ -173,7 +176,7 @@ def test_freeze_plan():
     ]
     assert plan.ids == [f"split{s}/{step}" for s in (0, 1) for step in per_split]
     run = plan["split1/binary/freeze-2.8"].config
-    assert (run.freeze, run.reset, run.bn, run.phase) == ("2.8", None, "freeze", "freeze")
+    assert (run.freeze, run.reset, run.bn, run.phase) == ("2.8", None, "update", "freeze")
     assert plan["split0/baseline/freeze-0"].config.freeze == "0"  # nothing frozen
     assert protocols.freeze(options=RunOptions(bn="update")).runs[-1].config.bn == "update"
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from auxtransfer import class_partition, limit_per_class, split_classes, subset_classes
+from auxtransfer import class_partition
+from auxtransfer.experiments.splits import limit_per_class, split_classes, subset_classes
 
 # Frozen outputs: recorded A/B experiments depend on them never changing.
 GOLDEN_A_100_SEED_0 = [1, 4, 6, 8, 9, 10, 11, 14, 16, 17]  # the first ten of A

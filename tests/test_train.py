@@ -185,7 +185,7 @@ def _bad_labels(data, index, value):
             {},
             r"`model` to be a timm model name .* but got 'resnet_nope'",
         ),
-        ({"epochs": 0}, {}, r"`epochs` to be at least 1, but got 0"),
+        ({"epochs": 0}, {}, r"`epochs` to be an int >= 1, but got 0"),
         (
             {"milestones": (5,)},
             {},

@@ -10,8 +10,9 @@ from auxtransfer import freeze_until, layer_groups, reset_after, reset_classifie
 from auxtransfer.experiments import load_backbone
 from auxtransfer.experiments.checkpoint import read_weights
 from auxtransfer.experiments.rundir import parse_learning_rates
+from auxtransfer.experiments.settings import check_lr_table
 from auxtransfer.experiments.train import RunConfig, train_run
-from auxtransfer.experiments.transfer import check_lr_table, set_learning_rates
+from auxtransfer.experiments.transfer import set_learning_rates
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 # DenseNet-BC-10 (one layer per block), k=4: the paper's network, as small as it gets.
@@ -205,7 +206,7 @@ def test_a_transfer_run_resumes_exactly(pretrained):
             r"`model_kwargs` to be the one of the run in",
         ),
         ({"freeze": "9.9"}, r"`address` to be one of the addresses of CifarDenseNet"),
-        ({"bn": "eval"}, r"`bn` to be one of \('freeze', 'update'\), but got 'eval'"),
+        ({"bn": "eval"}, r"`bn` to be 'freeze' or 'update', but got 'eval'"),
         ({"side": "C"}, r"`side` to be one of \('all', 'A', 'B'\), but got 'C'"),
         ({"transfer_weights": "first"}, r"`transfer_weights` to be one of \('best', 'last'\)"),
     ],

@@ -113,11 +113,9 @@ def reset_classifier(model: nn.Module, num_classes: int, *, seed: int = 0) -> nn
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be an nn.Module, but got {describe(model)}.")
-    from .heads import RandomPartitionHead
-
-    if isinstance(model, RandomPartitionHead):
+    if getattr(type(model), "_layer_map_delegate", None) is not None:  # RandomPartitionHead
         raise TypeError(
-            "Expected a plain model, but got a RandomPartitionHead: its auxiliary head is tied "
+            f"Expected a plain model, but got a {type(model).__name__}: its auxiliary head is tied "
             "to the old classes. Reset the backbone's classifier instead "
             "(reset_classifier(net.unwrap(), num_classes)) and wrap it again if you need a "
             "head for the new classes."

@@ -17,9 +17,23 @@ from ._twin import build_twin, is_transformers_model, torchvision_model_class
 from .classifier import classifier_widths, find_classifier
 from .layers import layer_map
 
-__all__ = ["FreezeSummary", "ResetSummary", "freeze_until", "reset_after", "unfreeze"]
+__all__ = [
+    "BN_POLICIES",
+    "DEFAULT_BN",
+    "FreezeSummary",
+    "ResetSummary",
+    "check_bn",
+    "freeze_until",
+    "reset_after",
+    "unfreeze",
+]
 
 BatchNormPolicy = Literal["freeze", "update"]
+#: The BatchNorm policies of frozen layers.
+BN_POLICIES: tuple[BatchNormPolicy, ...] = ("freeze", "update")
+#: The policy of ``freeze_until``, the Lightning callback and the reference application
+#: alike, unless one is chosen: frozen norm layers keep their running statistics.
+DEFAULT_BN: BatchNormPolicy = "freeze"
 # Attribute on each module that holds parameters freeze_until froze: the names of those
 # parameters in the module. Kept on the modules themselves, so that every view of a model
 # (the backbone, a wrapper around it, a deep copy, a pickle) sees the same state.
@@ -91,11 +105,21 @@ class FreezeSummary:
         )
 
 
+def check_bn(bn: Any) -> BatchNormPolicy:
+    """``bn`` if it is a BatchNorm policy (``"freeze"`` or ``"update"``), else the error
+    naming ``bn``: the one check of this setting."""
+    if not isinstance(bn, str):
+        raise TypeError(f"Expected `bn` to be 'freeze' or 'update', but got {describe(bn)}.")
+    if bn not in BN_POLICIES:
+        raise ValueError(f"Expected `bn` to be 'freeze' or 'update', but got {bn!r}.")
+    return bn
+
+
 def freeze_until(
     model: nn.Module,
     address: str,
     *,
-    bn: BatchNormPolicy = "freeze",
+    bn: BatchNormPolicy = DEFAULT_BN,
     example_input: Any = None,
     input_size: Sequence[int] | None = None,
 ) -> FreezeSummary:
@@ -143,10 +167,7 @@ def freeze_until(
         froze 5 layer groups (stem ... 2.1): 683,072 of 11,689,512 parameters;
         11,006,440 stay trainable; 10 norm layers keep their running statistics (bn='freeze')
     """
-    if not isinstance(bn, str):
-        raise TypeError(f"Expected `bn` to be 'freeze' or 'update', but got {describe(bn)}.")
-    if bn not in ("freeze", "update"):
-        raise ValueError(f"Expected `bn` to be 'freeze' or 'update', but got {bn!r}.")
+    check_bn(bn)
     layers = layer_map(model, example_input=example_input, input_size=input_size)
     groups, last = layers.cut(address)
     frozen_groups = groups[: last + 1]

@@ -74,7 +74,7 @@ class LayerMap:
     """The layer map of one model, built once by [`layer_map`][auxtransfer.layer_map].
 
     Attributes:
-        groups: The [`LayerGroup`][auxtransfer.LayerGroup] objects, stem to head.
+        groups: The [`LayerGroup`][auxtransfer.layers.LayerGroup] objects, stem to head.
         shared: Tensor name -> the addresses that use it, for every tensor that more than
             one address uses (a table shared by all blocks, a tied weight); it belongs to
             the first of them. Aliases of a tied tensor are listed under its first name.
@@ -282,7 +282,7 @@ def layer_names(
 def layer_groups(
     model: nn.Module, *, example_input: Any = None, input_size: Sequence[int] | None = None
 ) -> list[LayerGroup]:
-    """The layer map of a model: its [`LayerGroup`][auxtransfer.LayerGroup] objects,
+    """The layer map of a model: its [`LayerGroup`][auxtransfer.layers.LayerGroup] objects,
     ordered from stem to head (arguments as for [`layer_names`][auxtransfer.layer_names])."""
     return list(layer_map(model, example_input=example_input, input_size=input_size).groups)
 

@@ -17,7 +17,6 @@ nothing else in auxtransfer imports this module.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,11 +28,11 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch import Tensor, nn
 
 from ._checks import check_int, check_seed, check_unit_float, describe
-from .freezing import BatchNormPolicy, FreezeSummary, freeze_until, unfreeze
+from .freezing import DEFAULT_BN, BatchNormPolicy, FreezeSummary, check_bn, freeze_until, unfreeze
 from .heads import RandomPartitionHead
 from .layers import layer_map
 from .losses import combined_loss_terms
-from .optim import layerwise_lr
+from .optim import MOMENTUM, WEIGHT_DECAY, check_rate, check_sgd, layerwise_lr
 
 __all__ = ["AuxTransferModule", "FreezeUntil"]
 
@@ -82,7 +81,7 @@ class FreezeUntil(BaseFinetuning):
         self,
         until: str,
         *,
-        bn: BatchNormPolicy = "freeze",
+        bn: BatchNormPolicy = DEFAULT_BN,
         module: str = "model",
         unfreeze_at_epoch: int | None = None,
         lr: float | None = None,
@@ -93,8 +92,7 @@ class FreezeUntil(BaseFinetuning):
             raise TypeError(
                 f"Expected `until` to be a layer address (str), but got {describe(until)}."
             )
-        if bn not in ("freeze", "update"):
-            raise ValueError(f"Expected `bn` to be 'freeze' or 'update', but got {bn!r}.")
+        check_bn(bn)
         if not isinstance(module, str):
             raise TypeError(
                 f"Expected `module` to be an attribute name (str), but got {describe(module)}."
@@ -106,10 +104,8 @@ class FreezeUntil(BaseFinetuning):
                     "Expected `lr`, the learning rate of the layers unfrozen at "
                     f"`unfreeze_at_epoch` ({unfreeze_at_epoch}), but got None."
                 )
-        if lr is not None and (
-            isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 <= lr < float("inf")
-        ):
-            raise ValueError(f"Expected `lr` to be a finite rate >= 0, but got {describe(lr)}.")
+        if lr is not None:
+            lr = check_rate("lr", lr)
         self.until, self.bn, self.module = until, bn, module
         self.unfreeze_at_epoch, self.lr, self.decay = unfreeze_at_epoch, lr, decay
         self.summary: FreezeSummary | None = None
@@ -225,8 +221,8 @@ class AuxTransferModule(pl.LightningModule):
         partition: Tensor | None = None,
         seed: int = 0,
         lr: float = 0.1,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
+        momentum: float = MOMENTUM,
+        weight_decay: float = WEIGHT_DECAY,
         nesterov: bool = False,
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
@@ -235,6 +231,9 @@ class AuxTransferModule(pl.LightningModule):
         self.weight = check_unit_float("weight", weight)
         num_classes = check_int("num_classes", num_classes, minimum=2)
         check_seed("seed", seed)
+        self.lr = check_rate("lr", lr)
+        self.momentum, self.weight_decay = check_sgd(momentum=momentum, weight_decay=weight_decay)
+        self.nesterov = nesterov
         self.model: nn.Module = backbone
         if self.weight > 0:
             self.model = RandomPartitionHead(
@@ -244,12 +243,6 @@ class AuxTransferModule(pl.LightningModule):
                 partition=partition,
                 seed=seed,
             )
-        self.lr, self.momentum, self.weight_decay, self.nesterov = (
-            lr,
-            momentum,
-            weight_decay,
-            nesterov,
-        )
         self.milestones = [check_int("milestones", m, minimum=1) for m in milestones]
         self.gamma = gamma
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)

@@ -187,7 +187,7 @@ class CombinedLoss(nn.Module):
 
     Called as ``loss_fn(output, target, aux_target)``, with hard or soft targets as
     [`combined_loss`][auxtransfer.combined_loss] takes them. After each call, ``last_terms`` holds the detached
-    [`LossTerms`][auxtransfer.LossTerms] of that call, ready for logging.
+    [`LossTerms`][auxtransfer.losses.LossTerms] of that call, ready for logging.
 
     Args:
         weight: The binary loss weight ``w`` in ``[0, 1]`` (the paper used 0.4).

@@ -12,7 +12,12 @@ from torch import nn
 from ._checks import describe
 from .layers import layer_map
 
-__all__ = ["layerwise_lr"]
+__all__ = ["MOMENTUM", "WEIGHT_DECAY", "check_rate", "check_sgd", "layerwise_lr"]
+
+#: SGD's momentum in the paper (0.9): the default of every run, example and module.
+MOMENTUM = 0.9
+#: SGD's weight decay in DenseNet's reference code (1e-4): the default everywhere.
+WEIGHT_DECAY = 1e-4
 
 
 def layerwise_lr(
@@ -67,8 +72,8 @@ def layerwise_lr(
         ('4.0', 'head') 0.1
         >>> opt = torch.optim.SGD(groups, momentum=0.9)
     """
-    lr = _check_rate("lr", lr)
-    new_lr = _check_rate("new_lr", new_lr)
+    lr = check_rate("lr", lr)
+    new_lr = check_rate("new_lr", new_lr)
     if decay is not None:
         expected = "a float in (0, 1] (smaller learning rates towards the stem)"
         if isinstance(decay, bool) or not isinstance(decay, numbers.Real):
@@ -76,7 +81,7 @@ def layerwise_lr(
         if not 0.0 < float(decay) <= 1.0:
             raise ValueError(f"Expected `decay` to be {expected}, but got {decay}.")
     if weight_decay is not None:
-        weight_decay = _check_rate("weight_decay", weight_decay)
+        weight_decay = check_rate("weight_decay", weight_decay)
     groups, last = layer_map(model, example_input=example_input, input_size=input_size).cut(
         until, name="until"
     )
@@ -116,7 +121,20 @@ def layerwise_lr(
     return list(result.values())
 
 
-def _check_rate(name: str, value: Any) -> float:
+def check_sgd(*, momentum: Any, weight_decay: Any) -> tuple[float, float]:
+    """SGD's ``momentum`` (in [0, 1)) and ``weight_decay`` (finite, >= 0) as floats, or the
+    error naming the one that is wrong: the one check of these settings."""
+    weight_decay = check_rate("weight_decay", weight_decay)
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"Expected `momentum` to be in [0, 1), but got {describe(momentum)}.")
+    if not 0 <= float(momentum) < 1:
+        raise ValueError(f"Expected `momentum` to be in [0, 1), but got {describe(momentum)}.")
+    return float(momentum), weight_decay
+
+
+def check_rate(name: str, value: Any) -> float:
+    """``value`` as a float, finite and >= 0 (a learning rate, a weight decay), or the
+    error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"Expected `{name}` to be a finite float >= 0, but got {describe(value)}.")
     if not math.isfinite(float(value)) or value < 0:

@@ -121,9 +121,9 @@ def group_partition(
     class.
 
     With ``classes`` (the classes one side of a split keeps, as
-    [`split_classes`][auxtransfer.split_classes] returns them), the table is for those
+    [`split_classes`][auxtransfer.experiments.splits.split_classes] returns them), the table is for those
     classes in that order (column ``j`` is class ``classes[j]``, as
-    [`subset_classes`][auxtransfer.subset_classes] relabels them), and the groups that
+    [`subset_classes`][auxtransfer.experiments.splits.subset_classes] relabels them), and the groups that
     still hold a class are renumbered ``0 .. K' - 1`` in order of their ids. A side may
     then hold fewer groups than the grouping, of uneven sizes: 50 of CIFAR-100's 100
     classes rarely cover its 20 superclasses five each.

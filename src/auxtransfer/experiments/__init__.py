@@ -1,27 +1,44 @@
-"""The paper's experiments on top of the core API: data, device-side batches, training.
+"""The paper's reference application, on top of the library: data, plans, training.
 
-Training runs live in ``auxtransfer.experiments.train`` (``RunConfig``, ``train_run``), put
-together from ``rundir`` (the run directory), ``checkpoint`` (``last.pt``, ``best.pt`` and
-every rank's random state), ``loop`` (the epochs), ``graphs`` (the same steps replayed as CUDA graphs) and ``transfer`` (an A run as the start
-of a B run: ``load_backbone``, freezing, re-initialising, learning-rate tables). The
-paper's experiments are plans of runs: ``protocols`` builds them, ``plan`` executes them
-(skipping finished runs, resuming unfinished ones) on data from ``sources``. Optional dependencies of this layer (progress bars,
-statistics, plots) are imported where they are used.
+The library (``auxtransfer``) is what the package promises; this is one paper's
+application of it, like torchvision's ``references/``. Its modules, each one concern:
+``settings`` (every setting of a run: one default and one check each), ``splits`` (the
+A/B class splits), ``protocols`` (the paper's experiments as plans of runs), ``plan``
+(executing a plan: skipping finished runs, resuming unfinished ones), ``sources`` (data),
+``batches`` (device-side batches), ``train`` (one run), ``loop`` and ``graphs`` (the
+epochs, eagerly or as CUDA graphs), ``checkpoint`` and ``rundir`` (what a run writes),
+``transfer`` (an A run as the start of a B run), ``cli`` (the examples' command line) and
+``submit`` (SLURM through submitit). Importing this package loads none of them: each is
+loaded when it, or one of the names below, is first used, so that reading run folders
+(``auxtransfer.report``) or listing a plan does not load the training engine.
 """
 
-from .batches import DeviceBatches, crop_flip
-from .cifar import cifar100_superclasses, load_cifar100
-from .graphs import GraphTrainer
-from .train import RunConfig, train_run
-from .transfer import load_backbone
+from __future__ import annotations
 
-__all__ = [
-    "DeviceBatches",
-    "GraphTrainer",
-    "RunConfig",
-    "cifar100_superclasses",
-    "crop_flip",
-    "load_backbone",
-    "load_cifar100",
-    "train_run",
-]
+import importlib
+from typing import Any
+
+#: The names this package offers, by the module that defines them.
+_NAMES = {
+    "DeviceBatches": "batches",
+    "crop_flip": "batches",
+    "cifar100_superclasses": "cifar",
+    "load_cifar100": "cifar",
+    "GraphTrainer": "graphs",
+    "RunConfig": "settings",
+    "train_run": "train",
+    "load_backbone": "transfer",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_NAMES])

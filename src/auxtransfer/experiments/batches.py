@@ -301,7 +301,7 @@ def shard_order(
 class LoaderBatches:
     """Batches of a map-style dataset through a ``DataLoader``, for data too large to live on
     the device (ImageNet-size images): the same interface and the same epoch order as
-    [`DeviceBatches`][auxtransfer.experiments.DeviceBatches].
+    [`DeviceBatches`][auxtransfer.experiments.batches.DeviceBatches].
 
     The dataset yields ``(image, label)`` with the image already a tensor, augmented and
     normalised by its own transforms (torchvision's); batches are moved to ``device``. The

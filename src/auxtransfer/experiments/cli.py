@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
+from ..freezing import BN_POLICIES
 from . import plan as plans
 from . import protocols
 from .imagenet import ImageNet100, write_smoke_folder
@@ -336,8 +337,8 @@ class Example:
         p.add_argument("--momentum", type=float, default=Given(str(options.momentum)), help="SGD momentum")  # fmt: skip
         p.add_argument("--seed", type=int, default=Given(str(options.seed)), help="replication r trains with seed + r")  # fmt: skip
         p.add_argument("--partition-seed", type=int, default=Given("seed + r: each replication its own"), help="binary partition seed of every run")  # fmt: skip
-        p.add_argument("--transfer-from", choices=["best", "last"], default="best", help="A's weights to start B from: its best epoch (as the paper) or its last")  # fmt: skip
-        p.add_argument("--bn", choices=["freeze", "update"], default="update", help="BatchNorm of frozen layers: keep A's statistics (freeze), or let them follow B (update, what the paper's code most likely did)")  # fmt: skip
+        p.add_argument("--transfer-from", choices=["best", "last"], default=options.transfer_weights, help="A's weights to start B from: its best epoch (as the paper) or its last")  # fmt: skip
+        p.add_argument("--bn", choices=list(BN_POLICIES), default=options.bn, help="BatchNorm of frozen layers: keep A's statistics (freeze, as freeze_until), or let them follow B (update, what the paper's code most likely did)")  # fmt: skip
         self.data.add_arguments(p)
         p.add_argument("--device", default=Given("cuda where available, else cpu"), help="cpu, cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK; with --launcher submitit, where the task runs")  # fmt: skip
         p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")

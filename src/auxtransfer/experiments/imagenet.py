@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from .._checks import check_int, check_seed
 from .._rng import SplitMix64
-from ..data import limit_per_class, split_classes, subset_classes
+from .splits import limit_per_class, split_classes, subset_classes
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -17,7 +17,7 @@ with seed ``options.seed + r`` and, unless ``options.partition_seed`` fixes it, 
 own partition with the same number; the conditions of one test share it, so they start from
 the same weights and see the same data (the paired design).
 
-Schedules are [`Schedule`][auxtransfer.experiments.protocols.Schedule] objects: the rates
+Schedules are [`Schedule`][auxtransfer.experiments.settings.Schedule] objects: the rates
 of each role of parameter group (one for a pre-training; kept and new layers for a
 transfer) in each phase between the milestones. ``Schedule.scaled(epochs)`` keeps the
 milestones at the same fractions of the run.
@@ -26,7 +26,6 @@ milestones at the same fractions of the run.
 from __future__ import annotations
 
 import inspect
-import math
 import posixpath
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +36,7 @@ import torch
 
 from .._checks import check_int, check_seed, check_unit_float, describe
 from .plan import Plan, PlannedRun
-from .train import RunConfig, check_sgd
+from .settings import RunConfig, RunOptions, Schedule, rates_at
 
 __all__ = [
     "AUX_KINDS",
@@ -49,6 +48,7 @@ __all__ = [
     "FREEZE_AT",
     "IMAGENET_FINETUNE",
     "IMAGENET_PRETRAIN",
+    "PAPER_OPTIONS",
     "PRETRAIN",
     "RESET_100",
     "RESET_AT",
@@ -79,129 +79,6 @@ NUM_CLASSES = 100
 SIDE_CLASSES = NUM_CLASSES // 2
 
 
-def rates_at(lr_table: Sequence[tuple[int, Sequence[float]]], epoch: int) -> tuple[float, ...]:
-    """The rate of every role in ``epoch`` (1-based): the last entry starting at or before it.
-
-    Examples:
-        >>> table = ((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))
-        >>> rates_at(table, 50), rates_at(table, 51), rates_at(table, 100)
-        ((0.01, 0.1), (0.01, 0.01), (0.001, 0.001))
-    """
-    return tuple([rates for start, rates in lr_table if start <= epoch][-1])
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A step schedule: ``epochs``, the epochs whose start changes the rates, and the rates.
-
-    ``milestones`` are "from epoch m on" (1-based): ``(126, 151)`` trains epochs 1-125 at
-    the first rates, 126-150 at the second, 151-175 at the third. ``rates`` holds one tuple
-    per role of parameter group, with one rate per phase (``len(milestones) + 1``).
-
-    Args:
-        epochs: Number of epochs, at least 1.
-        milestones: Increasing epochs in ``[2, epochs]``.
-        rates: Per role, the rate of each phase.
-
-    Examples:
-        >>> s = Schedule(100, (51, 76), ((0.01, 0.01, 0.001), (0.1, 0.01, 0.001)))
-        >>> s.lr_table
-        ((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))
-        >>> s.scaled(40).milestones
-        (21, 31)
-    """
-
-    epochs: int
-    milestones: tuple[int, ...]
-    rates: tuple[tuple[float, ...], ...]
-
-    def __post_init__(self) -> None:
-        epochs = check_int("epochs", self.epochs, minimum=1)
-        milestones = tuple(self.milestones)
-        if any(isinstance(m, bool) or not isinstance(m, int) for m in milestones) or (
-            list(milestones) != sorted(set(milestones))
-            or any(not 1 < m <= epochs for m in milestones)
-        ):
-            raise ValueError(
-                f"Expected `milestones` to be increasing epochs in [2, {epochs}] (the epochs "
-                f"from which on the next rates apply), but got {list(milestones)}."
-            )
-        rates = tuple(tuple(float(r) for r in role) for role in self.rates)
-        if not rates:
-            raise ValueError(
-                "Expected `rates` to hold the rates of at least one role, but got none."
-            )
-        for role in rates:
-            if len(role) != len(milestones) + 1:
-                raise ValueError(
-                    f"Expected one rate per phase ({len(milestones) + 1} with milestones "
-                    f"{list(milestones)}), but got {len(role)}: {list(role)}."
-                )
-            if any(not math.isfinite(r) or r < 0 for r in role):
-                raise ValueError(f"Expected rates to be finite and >= 0, but got {list(role)}.")
-        object.__setattr__(self, "epochs", epochs)
-        object.__setattr__(self, "milestones", milestones)
-        object.__setattr__(self, "rates", rates)
-
-    @property
-    def lr_table(self) -> tuple[tuple[int, tuple[float, ...]], ...]:
-        """``((from_epoch, rates of every role), ...)``, as ``RunConfig.lr_table`` takes it."""
-        starts = (1, *self.milestones)
-        return tuple(
-            (start, tuple(role[phase] for role in self.rates)) for phase, start in enumerate(starts)
-        )
-
-    def scaled(self, epochs: int) -> Schedule:
-        """The same schedule over ``epochs``: each milestone ``m`` of ``E`` epochs moves to
-        ``1 + round((m - 1) / E * epochs)``, at the same fraction of the run. Phases that
-        shrink to nothing are dropped (two drops landing on one epoch keep the later rates;
-        one past the end never comes)."""
-        epochs = check_int("epochs", epochs, minimum=1)
-        if epochs == self.epochs:
-            return self
-        starts = [1] + [
-            1 + math.floor((m - 1) / self.epochs * epochs + 0.5) for m in self.milestones
-        ]
-        phases: dict[int, int] = {}  # start epoch -> phase, later phases win
-        for phase, start in enumerate(starts):
-            if start <= epochs:
-                phases[start] = phase
-        kept = [phases[start] for start in sorted(phases)]
-        return Schedule(
-            epochs,
-            tuple(sorted(phases))[1:],
-            tuple(tuple(role[p] for p in kept) for role in self.rates),
-        )
-
-    def adjusted(
-        self,
-        *,
-        epochs: int | None = None,
-        milestones: Sequence[int] | None = None,
-        rates: Sequence[Sequence[float] | None] | None = None,
-    ) -> Schedule:
-        """This schedule with some parts replaced.
-
-        New ``epochs`` alone scale the milestones (``scaled``); with ``milestones`` given
-        too, those are taken as they are. ``rates`` replaces the rates of each role that is
-        not None (before scaling).
-        """
-        new = self.rates
-        if rates is not None:
-            if len(rates) != len(self.rates):
-                raise ValueError(
-                    f"Expected rates for {len(self.rates)} role(s), but got {len(rates)}."
-                )
-            new = tuple(
-                tuple(old) if given is None else tuple(given)
-                for old, given in zip(self.rates, rates, strict=True)
-            )
-        if milestones is not None:
-            return Schedule(self.epochs if epochs is None else epochs, tuple(milestones), new)
-        base = Schedule(self.epochs, self.milestones, new)
-        return base if epochs is None else base.scaled(epochs)
-
-
 #: Pre-training on A: 175 epochs, 0.1 / 0.01 / 0.001 from epochs 1 / 126 / 151.
 PRETRAIN = Schedule(175, (126, 151), ((0.1, 0.01, 0.001),))
 #: Fine-tuning on B for 100 epochs (the paired runs, Figs. 4, 5, 10): drops at 51 and 76,
@@ -224,68 +101,15 @@ RESET_AT = ("1", "2.8", "2", "3.8", "3")
 WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8)
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """Settings every run of a plan shares.
-
-    Args:
-        model: A timm model name (the CIFAR models are registered by ``auxtransfer.models``).
-        model_kwargs: Passed to ``timm.create_model`` (``{"depth": 10, "growth_rate": 4}``
-            makes the smoke runs' tiny DenseNet).
-        batch_size: Images per optimizer step on each process (a run under ``torchrun``
-            with n processes steps on n times as many).
-        weight_decay: SGD weight decay (the reference DenseNet code's 1e-4).
-        momentum: SGD momentum (the paper's 0.9).
-        nesterov: Nesterov momentum.
-        seed: Replication ``r`` trains with ``seed + r``.
-        partition_seed: The partition seed of every binary run; None: replication ``r``
-            draws its own, ``seed + r``.
-        transfer_weights: ``"best"`` (the best epoch on A's test set, as the paper) or
-            ``"last"``.
-        bn: BatchNorm policy of frozen layers, ``"freeze"`` or ``"update"`` (the paper's
-            code most likely had ``"update"``, see ``docs/freezing.md``).
-        amp: bf16 autocast on CUDA.
-        channels_last: Channels-last memory format.
-        compile: ``torch.compile`` the model.
-        smoke: Mark every run as a smoke run, not a result.
-        num_workers: ``DataLoader`` workers of data given as datasets (ImageNet); part of
-            a run's settings, since the workers are seeded.
-    """
-
-    model: str = "cifar_densenet_bc_100"
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    batch_size: int = 64
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    nesterov: bool = False
-    seed: int = 0
-    partition_seed: int | None = None
-    transfer_weights: str = "best"
-    bn: str = "freeze"
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    smoke: bool = False
-    num_workers: int = 0
-
-    def __post_init__(self) -> None:
-        check_int("batch_size", self.batch_size, minimum=1)
-        check_int("num_workers", self.num_workers, minimum=0)
-        check_seed("seed", self.seed)
-        if self.partition_seed is not None:
-            check_seed("partition_seed", self.partition_seed)
-        if self.transfer_weights not in ("best", "last"):
-            raise ValueError(
-                f"Expected `transfer_weights` to be 'best' or 'last', but got {self.transfer_weights!r}."
-            )
-        if self.bn not in ("freeze", "update"):
-            raise ValueError(f"Expected `bn` to be 'freeze' or 'update', but got {self.bn!r}.")
-        check_sgd(self.weight_decay, self.momentum)
-
-
+#: The paper's options, where they are not RunOptions' own defaults: frozen layers'
+#: BatchNorm statistics follow B (``bn="update"``), which the paper's code most likely did
+#: (``docs/freezing.md``). Every setup of the paper starts from these.
+PAPER_OPTIONS = RunOptions(bn="update")
 #: The smoke runs' model and batch: a DenseNet-BC of depth 10 and growth rate 4 (one layer
 #: per block; addresses ``stem, 1.1, 2.1, 3.1, head``), 16 images per step.
-SMOKE_OPTIONS = RunOptions(model_kwargs={"depth": 10, "growth_rate": 4}, batch_size=16, smoke=True)
+SMOKE_OPTIONS = replace(
+    PAPER_OPTIONS, model_kwargs={"depth": 10, "growth_rate": 4}, batch_size=16, smoke=True
+)
 #: Epochs of every smoke run (the schedules scaled to them).
 SMOKE_EPOCHS = 2
 
@@ -314,7 +138,7 @@ def paired(
     binary_weight: float = 0.4,
     pretrain: Schedule = PRETRAIN,
     transfer: Schedule = FINETUNE_100,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = PAPER_OPTIONS,
 ) -> Plan:
     """Baseline and binary on the identical split, each fine-tuned on B (Fig. 5).
 
@@ -344,7 +168,7 @@ def freeze(
     freeze_at: Sequence[str] = FREEZE_AT,
     pretrain: Schedule = PRETRAIN,
     transfer: Schedule = FINETUNE_40,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = PAPER_OPTIONS,
 ) -> Plan:
     """Exp. 1 (Figs. 2, 7, 9): freeze up to and including each address, fine-tune the rest.
 
@@ -367,7 +191,7 @@ def reset(
     reset_at: Sequence[str] = RESET_AT,
     pretrain: Schedule = PRETRAIN,
     transfer: Schedule = RESET_100,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = PAPER_OPTIONS,
 ) -> Plan:
     """Exp. 2 (Figs. 3, 8): keep the layers up to each address, re-initialise the rest.
 
@@ -390,7 +214,7 @@ def weight_sweep(
     partitions: int = 1,
     pretrain: Schedule = PRETRAIN,
     transfer: Schedule = FINETUNE_100,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = PAPER_OPTIONS,
 ) -> Plan:
     """Fig. 4: pre-train with each binary weight, fine-tune each on B (as ``paired``).
 
@@ -418,7 +242,7 @@ def heads(
     heads: Sequence[int] = (1, 2, 4),
     pretrain: Schedule = PRETRAIN,
     transfer: Schedule = FINETUNE_100,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = PAPER_OPTIONS,
 ) -> Plan:
     """Fig. 10: ``n`` binary heads, each with its own partition, for each ``n`` of ``heads``.
 
@@ -457,7 +281,7 @@ def long_tail(
     per_class: int = 60,
     pretrain: Schedule = PRETRAIN,
     transfer: Schedule = FINETUNE_40,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = PAPER_OPTIONS,
 ) -> Plan:
     """Table 1 (Fig. 14): B cut to ``per_class`` training images per class.
 
@@ -488,7 +312,7 @@ def aux_labels(
     num_groups: int = COARSE_GROUPS,
     pretrain: Schedule = PRETRAIN,
     transfer: Schedule = FINETUNE_100,
-    options: RunOptions = RunOptions(),
+    options: RunOptions = PAPER_OPTIONS,
 ) -> Plan:
     """Kinds of auxiliary labels against the baseline on the identical split (as ``paired``).
 
@@ -576,7 +400,7 @@ class Setup:
     """
 
     name: str
-    options: RunOptions = RunOptions()
+    options: RunOptions = PAPER_OPTIONS
     parameters: Mapping[str, Any] = field(default_factory=dict)
     smoke_options: RunOptions = SMOKE_OPTIONS
     smoke_parameters: Mapping[str, Any] = field(default_factory=dict)
@@ -645,7 +469,7 @@ DENSENET_CIFAR = Setup(
 #: map; smoke: a WRN of depth 10 and width 1 (``stem, 1.0, 2.0, 3.0, head``).
 WRN_CIFAR = Setup(
     "WRN-28-10 on CIFAR-100",
-    RunOptions(model="cifar_wrn_28_10", batch_size=128, weight_decay=5e-4),
+    replace(PAPER_OPTIONS, model="cifar_wrn_28_10", batch_size=128, weight_decay=5e-4),
     parameters={"freeze_at": WRN_FREEZE_AT, "reset_at": WRN_RESET_AT},
     smoke_options=replace(
         SMOKE_OPTIONS, model="cifar_wrn_28_10", model_kwargs={"depth": 10, "widen_factor": 1}
@@ -658,7 +482,7 @@ WRN_CIFAR = Setup(
 #: block (``stem, 1.1, 2.1, 3.1, 4.1, head``).
 DENSENET121_IMAGENET = Setup(
     "DenseNet-121 on ImageNet-100",
-    RunOptions(model="densenet121", batch_size=256, weight_decay=1e-4),
+    replace(PAPER_OPTIONS, model="densenet121", batch_size=256),
     parameters={"pretrain": IMAGENET_PRETRAIN, "transfer": IMAGENET_FINETUNE},
     smoke_options=replace(
         SMOKE_OPTIONS,

@@ -2,7 +2,7 @@
 
 A data source loads the whole data set once, ``(images, labels)`` for training and for
 testing; ``run_data`` cuts a run's share out of it from the fields of its
-[`RunConfig`][auxtransfer.experiments.train.RunConfig]. A source too large to hold as
+[`RunConfig`][auxtransfer.experiments.settings.RunConfig]. A source too large to hold as
 tensors (ImageNet-100, ``auxtransfer.experiments.imagenet``) is a ``DatasetSource``: it
 makes each run's map-style datasets itself, by the same rules. ``run_data_for`` gives a
 run its data from either kind:
@@ -30,9 +30,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._checks import check_int, check_seed
-from ..data import limit_per_class, split_classes, subset_classes
 from ..partition import class_partition, group_partition
 from .cifar import cifar100_superclasses, load_cifar100
+from .splits import limit_per_class, split_classes, subset_classes
 
 __all__ = [
     "Cifar100",
@@ -123,7 +123,7 @@ class Cifar100(_Loadable):
 
     def coarse_labels(self) -> Tensor:
         """``[100]``: the superclass (0 to 19) of every class, from the data's own files
-        ([`cifar100_superclasses`][auxtransfer.experiments.cifar100_superclasses])."""
+        ([`cifar100_superclasses`][auxtransfer.experiments.cifar.cifar100_superclasses])."""
         if self._coarse is None:
             self._coarse = cifar100_superclasses(self.root, download=self.download)
         return self._coarse

@@ -10,12 +10,10 @@ stopped: weights, optimizer, scheduler, epoch and random state.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .._checks import describe
 from ..heads import RandomPartitionHead
 from ..partition import as_partition
 from .batches import DeviceBatches, LoaderBatches
@@ -38,10 +35,10 @@ from .loop import (
     train_averages,
     train_one_epoch,
 )
-from .rundir import RunDir, as_json, format_learning_rates, summarise_metrics
+from .rundir import RunDir, format_learning_rates, summarise_metrics
+from .settings import RunConfig
 from .transfer import (
     build_transfer_model,
-    check_lr_table,
     check_source,
     resolve_run,
     set_learning_rates,
@@ -49,91 +46,6 @@ from .transfer import (
 )
 
 __all__ = ["RunConfig", "train_run"]
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Every setting of one run; saved as ``config.json``.
-
-    The learning rate follows ``lr_table`` when it is given: ``((from_epoch, rates), ...)``,
-    from epoch ``m`` on (1-based) the rate of each role of parameter group, one role for a
-    run from scratch, two (kept layers, new layers) for a transfer run. The paper's
-    fine-tuning is ``((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))``.
-    Without a table, ``milestones`` are the epochs from which on the rate is multiplied by
-    ``gamma`` once more: the paper's pre-training is ``epochs=175, lr=0.1,
-    milestones=(126, 151)``. ``binary_weight > 0`` adds a
-    [`RandomPartitionHead`][auxtransfer.RandomPartitionHead] learning auxiliary labels:
-    with ``aux_labels="random"`` (the paper's), ``num_partitions`` random balanced
-    partitions into ``num_groups`` groups (2: binary) seeded by ``partition_seed``; with
-    ``aux_labels="coarse"``, one partition given by the data's own coarse labels (CIFAR-100's
-    20 superclasses: ``num_groups``), those of the run's classes, renumbered
-    ([`run_partition_for`][auxtransfer.experiments.sources.run_partition_for] makes it).
-
-    ``split_seed``, ``side`` (``"A"``, ``"B"`` or ``"all"``) and ``per_class`` record which
-    data the run saw; ``smoke`` marks a run that is not a result; ``num_workers`` is the
-    number of ``DataLoader`` workers for data given as a dataset; ``condition`` labels the
-    experimental condition (``"baseline"``, ``"binary"``, ``"w0.4"``, ...), the same on a
-    pre-training and the transfers from it, so that ``config.json`` alone tells the runs of
-    a sweep apart. ``transfer_from`` makes a
-    transfer run: it starts from the finished run in that directory (a relative path is taken
-    from this run's directory, e.g. ``"../pretrain"``), its ``transfer_weights``
-    (``"best"`` or ``"last"``) with a fresh classifier; ``reset`` re-initialises everything
-    after that address (``"0"``: nothing is kept), ``freeze`` freezes everything up to and
-    including that address (``"0"``: nothing) with the BatchNorm policy ``bn``. Its kept
-    layers are the stem up to ``reset`` (without one, everything but the classifier).
-    """
-
-    model: str
-    num_classes: int
-    epochs: int
-    lr: float = 0.1
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = False
-    batch_size: int = 64
-    binary_weight: float = 0.0
-    num_partitions: int = 1
-    num_groups: int = 2
-    aux_labels: str = "random"
-    partition_seed: int = 0
-    seed: int = 0
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    compile_backend: str = "inductor"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    phase: str = "train"
-    lr_table: tuple[tuple[int, tuple[float, ...]], ...] = ()
-    split_seed: int | None = None
-    side: str = "all"
-    per_class: int | None = None
-    transfer_from: str | None = None
-    transfer_weights: str = "best"
-    freeze: str | None = None
-    reset: str | None = None
-    bn: str = "freeze"
-    smoke: bool = False
-    num_workers: int = 0
-    condition: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        """The settings as JSON-able values (``milestones`` as a list), as saved."""
-        data = dataclasses.asdict(self)
-        return dict(as_json(data))
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """Every setting that has a default, with it, as JSON-able values: what a
-        ``config.json`` written before a setting existed means by leaving it out."""
-        found: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                found[f.name] = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                found[f.name] = f.default_factory()
-        return dict(as_json(found))
 
 
 def train_run(
@@ -164,7 +76,7 @@ def train_run(
         run_dir: The run directory (created; a finished one is refused).
         train_data: ``(images, labels)`` to train on, uint8 or float images, made into
             batches on the device with CIFAR's augmentation
-            ([`DeviceBatches`][auxtransfer.experiments.DeviceBatches]); or a map-style
+            ([`DeviceBatches`][auxtransfer.experiments.batches.DeviceBatches]); or a map-style
             dataset of transformed image tensors, loaded through a ``DataLoader`` with
             ``config.num_workers`` workers (``LoaderBatches``).
         test_data: The same for the data to evaluate on after every epoch.
@@ -183,7 +95,7 @@ def train_run(
             logged (``lr_groups``), named by its ``"addresses"`` where it has them. Default:
             one group at ``config.lr``, or a transfer run's kept and new groups.
         cuda_graphs: Replay every full training and evaluation batch as a CUDA graph
-            ([`GraphTrainer`][auxtransfer.experiments.GraphTrainer]) where that is possible: on
+            ([`GraphTrainer`][auxtransfer.experiments.graphs.GraphTrainer]) where that is possible: on
             CUDA, in one process, without ``config.compile``. Not a setting of the run: a
             run may be resumed with it on or off.
         partition: The ``[1, num_classes]`` group ids of a run with
@@ -476,36 +388,7 @@ def _check_settings(
         raise ValueError(
             f"Expected `model` to be a timm model name (e.g. cifar_densenet_bc_100), but got {config.model!r}."
         )
-    if config.epochs < 1:
-        raise ValueError(f"Expected `epochs` to be at least 1, but got {config.epochs}.")
-    check_sgd(config.weight_decay, config.momentum)
-    milestones = list(config.milestones)
-    if milestones != sorted(set(milestones)) or any(not 1 < m <= config.epochs for m in milestones):
-        raise ValueError(
-            f"Expected `milestones` to be increasing epochs in [2, {config.epochs}] (the epochs whose "
-            f"start lowers the learning rate), but got {milestones}."
-        )
-    choices = {"side": ("all", "A", "B"), "bn": ("freeze", "update")}
-    choices["transfer_weights"] = ("best", "last")
-    choices["aux_labels"] = ("random", "coarse")
-    for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            raise ValueError(
-                f"Expected `{name}` to be one of {allowed}, but got {getattr(config, name)!r}."
-            )
-    if config.lr_table:
-        check_lr_table(config.lr_table, epochs=config.epochs, roles=2 if source else None)
-    elif source is not None:
-        raise ValueError(
-            "Expected `lr_table` with two rates per entry (kept layers, new layers) for a "
-            "transfer run (`transfer_from`), but got none."
-        )
-    if source is None and (config.freeze is not None or config.reset is not None):
-        raise ValueError(
-            f"Expected `transfer_from` with `freeze` or `reset` (they act on transferred "
-            f"weights), but got freeze={config.freeze!r}, reset={config.reset!r} and no "
-            f"`transfer_from`."
-        )
+    config.check(transfer=source is not None)
     if source is not None:
         check_source(config.to_json(), source)
     _check_aux_labels(config, partition)
@@ -539,17 +422,7 @@ def _check_settings(
 
 def _check_aux_labels(config: RunConfig, partition: Tensor | None) -> None:
     """A run learning coarse labels is given their partition; no other run is."""
-    if config.num_groups < 2 or config.num_groups > config.num_classes:
-        raise ValueError(
-            f"Expected `num_groups` to be from 2 to `num_classes` ({config.num_classes}), but "
-            f"got {config.num_groups}."
-        )
     coarse = config.aux_labels == "coarse" and config.binary_weight > 0
-    if coarse and config.num_partitions != 1:
-        raise ValueError(
-            f"Expected `num_partitions` to be 1 with aux_labels='coarse' (the data has one "
-            f"grouping), but got {config.num_partitions}."
-        )
     if coarse and partition is None:
         raise ValueError(
             "Expected `partition`, the coarse labels of the run's classes "
@@ -566,24 +439,6 @@ def _check_aux_labels(config: RunConfig, partition: Tensor | None) -> None:
             raise ValueError(
                 f"Expected `partition` to hold one row of group ids, but got {partition.shape[0]}."
             )
-
-
-def check_sgd(weight_decay: Any, momentum: Any) -> None:
-    """SGD's weight decay (finite, >= 0) and momentum (in [0, 1))."""
-    if (
-        isinstance(weight_decay, bool)
-        or not isinstance(weight_decay, (int, float))
-        or not (math.isfinite(weight_decay) and weight_decay >= 0)
-    ):
-        raise ValueError(
-            f"Expected `weight_decay` to be a finite number >= 0, but got {describe(weight_decay)}."
-        )
-    if (
-        isinstance(momentum, bool)
-        or not isinstance(momentum, (int, float))
-        or not 0 <= momentum < 1
-    ):
-        raise ValueError(f"Expected `momentum` to be in [0, 1), but got {describe(momentum)}.")
 
 
 def _progress(enabled: bool, total: int, start: int) -> Any:

@@ -1,16 +1,14 @@
 """The transfer phase: a finished run on A becomes the starting point of a run on B.
 
-[`load_backbone`][auxtransfer.experiments.load_backbone] turns an A run into the plain
+[`load_backbone`][auxtransfer.experiments.transfer.load_backbone] turns an A run into the plain
 backbone (no binary head, no partition) with a fresh classifier for B's classes. A B run
-(a [`RunConfig`][auxtransfer.experiments.RunConfig] with ``transfer_from``) then freezes
+(a [`RunConfig`][auxtransfer.experiments.settings.RunConfig] with ``transfer_from``) then freezes
 or re-initialises layers up to an address and trains two groups of parameters, the kept
 layers and the new ones, each on its own column of a learning-rate table.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,13 +23,9 @@ from ..layers import layer_map, layer_names
 from ..optim import layerwise_lr
 from .checkpoint import read_checkpoint, read_weights
 from .rundir import RunDir
+from .settings import LrTable
 
-__all__ = ["LrTable", "check_lr_table", "load_backbone", "set_learning_rates", "transfer_groups"]
-
-#: ``((from_epoch, rates), ...)``: from epoch ``m`` on (1-based; the first entry is epoch 1),
-#: the learning rate of each role of parameter group: one role for a pre-training, two
-#: (kept layers, new layers) for a transfer.
-LrTable = tuple[tuple[int, tuple[float, ...]], ...]
+__all__ = ["load_backbone", "set_learning_rates", "transfer_groups"]
 
 KEPT, NEW = 0, 1  # the roles of a transfer run's parameter groups
 
@@ -144,46 +138,6 @@ def set_learning_rates(
     factor = gamma ** sum(m <= epoch for m in milestones)
     for group in param_groups:
         group["lr"] = group["initial_lr"] * factor
-
-
-def check_lr_table(table: Any, *, epochs: int, roles: int | None = None) -> LrTable:
-    """``table`` as an [`LrTable`][auxtransfer.experiments.transfer.LrTable], or a
-    ``ValueError``/``TypeError`` saying what is wrong."""
-    expected = (
-        "((from_epoch, (rate, ...)), ...) with from_epoch 1 first, increasing epochs up to "
-        f"{epochs}, and the same number of finite rates >= 0 in every entry"
-    )
-    if not isinstance(table, Sequence) or isinstance(table, str) or not table:
-        raise TypeError(f"Expected `lr_table` to be {expected}, but got {table!r}.")
-    checked = []
-    for entry in table:
-        if (
-            not isinstance(entry, Sequence)
-            or len(entry) != 2
-            or not isinstance(entry[1], Sequence)
-            or isinstance(entry[0], bool)
-            or not isinstance(entry[0], numbers.Integral)
-            or any(isinstance(r, bool) or not isinstance(r, numbers.Real) for r in entry[1])
-        ):
-            raise TypeError(f"Expected `lr_table` to be {expected}, but got the entry {entry!r}.")
-        checked.append((int(entry[0]), tuple(float(r) for r in entry[1])))
-    starts = [start for start, _ in checked]
-    widths = {len(rates) for _, rates in checked}
-    if (
-        starts[0] != 1
-        or starts != sorted(set(starts))
-        or starts[-1] > epochs
-        or len(widths) != 1
-        or 0 in widths
-        or any(not math.isfinite(r) or r < 0 for _, rates in checked for r in rates)
-    ):
-        raise ValueError(f"Expected `lr_table` to be {expected}, but got {table!r}.")
-    if roles is not None and widths != {roles}:
-        raise ValueError(
-            f"Expected `lr_table` to give {roles} rate(s) per entry (one per group role), but "
-            f"it gives {widths.pop()}."
-        )
-    return tuple(checked)
 
 
 def resolve_run(run_dir: str | os.PathLike[str], source: str) -> Path:

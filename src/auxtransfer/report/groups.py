@@ -287,7 +287,7 @@ def _place(run: Run, source: Run) -> Transfer:
 
 @functools.cache
 def _defaults() -> dict[str, Any]:
-    from ..experiments.train import RunConfig
+    from ..experiments.settings import RunConfig
 
     return RunConfig.defaults()
 
