@@ -328,7 +328,7 @@ def test_under_torchrun_the_launchers_report_names_the_error(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env,
                             cwd=tmp_path)  # fmt: skip
     assert result.returncode == 1  # torchrun's status when a process fails
-    line = "cifar100_densenet.py: error: Expected --weight-decay to be a finite number >= 0"
+    line = "cifar100_densenet.py: error: Expected --weight-decay to be a finite float >= 0"
     err = result.stderr
     assert err.count(f"\n{line}") == 1, err  # said once, by rank 0
     # torchrun's report quotes it instead of a page on tracebacks, with rank 0 as the root

@@ -188,7 +188,7 @@ def test_one_call_skips_resumes_stops_and_goes_on_after_a_failure(
         [waits, "B", "new"],
     ]
     assert lines[-1] == (
-        "stopped 1 run(s) after --stop-after 1 epoch(s) each, 4 run(s) left: run the same "
+        "stopped 1 run(s) after --stop-after 1 epoch(s) per job, 4 run(s) left: run the same "
         "command again to continue"
     )
     assert stderr.splitlines() == [
@@ -442,3 +442,19 @@ def _group_alive(group):
     except ProcessLookupError:
         return False
     return True
+
+
+def test_stop_after_is_a_budget_of_each_job_as_of_the_one_process(
+    tmp_path, capsys, one_thread, child_threads
+):
+    """``--stop-after 3`` with two jobs: each job trains three epochs in all, as one process
+    would: a pre-training (two epochs), then one epoch of the transfer from it."""
+    example, out = _example(), tmp_path / "out"
+    example.main(["--smoke", "--device", "cpu", "--out", str(out), "--jobs", "2",
+                  "--stop-after", "3"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    for pretrain, transfer in ((BASELINE, BASELINE_FT), (BINARY, BINARY_FT)):
+        assert RunDir(out / pretrain).is_finished()
+        assert [r["epoch"] for r in RunDir(out / transfer).read_metrics()] == ["1"]
+        assert not RunDir(out / transfer).is_finished()
+    assert lines[-1].startswith("stopped 2 run(s) after --stop-after 3 epoch(s) per job")

@@ -346,7 +346,7 @@ class Example:
         p.add_argument("--compile", action="store_true", help="torch.compile every model, once, for its full training batches (the short last batch and evaluation run eagerly); the steps are then not replayed as CUDA graphs")  # fmt: skip
         p.add_argument("--no-cuda-graphs", action="store_true", help="replay training and evaluation steps eagerly instead of as CUDA graphs (they are used on CUDA in one process without --compile)")  # fmt: skip
         p.add_argument("--jobs", type=int, default=1, metavar="N", help="N runs at once as separate processes, on one GPU or spread over the GPUs of CUDA_VISIBLE_DEVICES with --device cuda; a failing run is reported with its log and the others go on. On one GPU without NVIDIA MPS the processes take turns: with CUDA graphs expect little more than one run's throughput (docs/performance.md)")  # fmt: skip
-        p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs of training (a job with a time limit; with --jobs, of each run); calling again continues")  # fmt: skip
+        p.add_argument("--stop-after", type=int, default=None, help="each process (each of --jobs) trains at most this many epochs, then the call stops (a job with a time limit); calling again continues")  # fmt: skip
         p.add_argument("--smoke", action="store_true", help=f"{self.smoke}, {protocols.SMOKE_EPOCHS}-epoch runs, one split: every step in seconds; the runs say they are not results")  # fmt: skip
         cluster = p.add_argument_group(
             "submitting to a cluster (--launcher submitit; needs auxtransfer[cluster])"
@@ -676,7 +676,7 @@ class Example:
             left = len(plan.select(args.run)) - finished
             if args.jobs > 1 and stopped:
                 print(f"stopped {len(stopped)} run(s) after --stop-after {args.stop_after} epoch(s) "
-                      f"each, {left} run(s) left: run the same command again to continue")  # fmt: skip
+                      f"per job, {left} run(s) left: run the same command again to continue")  # fmt: skip
             elif stopped:
                 print(f"stopped in {stopped[0]} after --stop-after {args.stop_after} epoch(s): "
                       f"run the same command again to continue")  # fmt: skip

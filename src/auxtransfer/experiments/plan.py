@@ -374,11 +374,10 @@ def execute(
             spreads the runs over the visible GPUs (``jobs.job_devices``).
         progress: A progress bar per run (rank 0); with ``jobs > 1``, each epoch of
             each run as a line through ``report`` (``ID [job k] epoch 3/175: ...``).
-        stop_after: Train at most this many epochs in this call, then stop, leaving the
-            run in progress unfinished (a job with a time limit); the next call resumes it.
-            With ``jobs > 1`` the budget is per run: every run started trains at most
-            ``stop_after`` epochs, and the runs that need a stopped run wait for the next
-            call.
+        stop_after: Each of the ``jobs`` processes (this one when ``jobs`` is 1) trains
+            at most this many epochs in this call, over as many runs as they take, then
+            stops, leaving the run in progress unfinished (a job with a time limit); the
+            next call resumes it. The runs that need a stopped run wait for the next call.
         jobs: Runs at once, each in a process of its own (1: one after the other, here;
             not under ``torchrun``). The processes are started with ``"spawn"``, so
             ``train`` and ``source`` must pickle, and a script that calls this needs the
@@ -392,8 +391,7 @@ def execute(
             ``jobs > 1`` also when a run ends, fails (with its log) or is not started.
 
     Returns:
-        A ``RunOutcome`` per selected run that was reached, in plan order (with
-        ``jobs > 1``, per selected run).
+        A ``RunOutcome`` per selected run that was reached, in plan order.
 
     Raises:
         ValueError: A check failed, ``jobs`` is below 1 or above 1 under ``torchrun``.
@@ -523,6 +521,9 @@ def _execute_jobs(
 ) -> list[RunOutcome]:
     """``execute``'s runs, up to ``jobs`` at once, each in a process of its own."""
     payload = run_jobs.pickled(train, source)
+    # The epochs each job may still train (stop_after), and those each unfinished run has.
+    budgets = [math.inf if stop_after is None else stop_after] * jobs
+    done = {run.id: _epochs_done(out / run.id) for run, state in states if state == "unfinished"}
     devices = run_jobs.job_devices(device, jobs)
     threads = run_jobs.job_threads(devices[0], jobs)
     say = report or (lambda line: None)
@@ -543,14 +544,15 @@ def _execute_jobs(
                 if needed is not None and needed in unsettled:
                     continue
                 before = outcomes.get(needed) if needed is not None else None
-                free = [slot for slot in range(jobs) if slot not in running]
+                free = [s for s in range(jobs) if s not in running and budgets[s] > 0]
                 if before is None or before.status in FINISHED_STATUSES:
                     if not free:
                         continue
                     slot = free[0]
                     job = run_jobs.RunJob(
                         run.id, run.config, out / run.id, str(devices[slot]),
-                        state == "unfinished", stop_after, cuda_graphs, threads,
+                        state == "unfinished", None if budgets[slot] == math.inf else
+                        int(budgets[slot]), cuda_graphs, threads,
                     )  # fmt: skip
                     process = run_jobs.RunProcess(job, payload)
                     running[slot] = (run, state, process)  # where `finally` stops it
@@ -574,10 +576,14 @@ def _execute_jobs(
                     del running[slot]
                     unsettled.discard(run.id)
                     outcomes[run.id] = _ended(run, state, process, f"[job {slot + 1}]", say)
+                    if outcomes[run.id].status in FINISHED_STATUSES:
+                        budgets[slot] -= run.config.epochs - done.get(run.id, 0)
+                    elif outcomes[run.id].status == "stopped":
+                        budgets[slot] = 0
     finally:
         for _, _, process in running.values():  # interrupted: no process is left behind
             process.stop()
-    return [outcomes[run.id] for run, _ in states]
+    return [outcomes[run.id] for run, _ in states if run.id in outcomes]
 
 
 def _blocked(run_id: str, needed: RunOutcome) -> RunOutcome:

@@ -40,6 +40,7 @@ __all__ = [
 #: (kept layers, new layers) for a transfer.
 LrTable = tuple[tuple[int, tuple[float, ...]], ...]
 
+
 def check_lr_table(table: Any, *, epochs: int, roles: int | None = None) -> LrTable:
     """``table`` as an [`LrTable`][auxtransfer.experiments.transfer.LrTable], or a
     ``ValueError``/``TypeError`` saying what is wrong."""
@@ -408,5 +409,3 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
-
-
