@@ -100,10 +100,13 @@ def test_check_plan_refuses_a_run_directory_with_other_settings(tmp_path):
     execute(
         plan, tmp_path, SyntheticCifar100(), ids=["split0/baseline/pretrain"], train=FakeTrain()
     )
-    other = protocols.paired(**{**protocols.smoke_parameters("paired"), "binary_weight": 0.3})
+    other = protocols.build(
+        "paired", **{**protocols.smoke_parameters("paired"), "binary_weight": 0.3}
+    )
     check_plan(other, tmp_path, ["split0/baseline/pretrain"])  # the baseline is the same
-    changed = protocols.paired(
-        **{**protocols.smoke_parameters("paired"), "pretrain": protocols.PRETRAIN.scaled(3)}
+    changed = protocols.build(
+        "paired",
+        **{**protocols.smoke_parameters("paired"), "pretrain": protocols.PRETRAIN.scaled(3)},
     )
     with pytest.raises(
         RunDirConflictError, match=r"split0/baseline/pretrain.*\(epochs, lr_table differ\)"
@@ -112,7 +115,9 @@ def test_check_plan_refuses_a_run_directory_with_other_settings(tmp_path):
 
 
 def test_check_data(tmp_path):
-    plan = protocols.long_tail(**{**protocols.smoke_parameters("long-tail"), "per_class": 5})
+    plan = protocols.build(
+        "long-tail", **{**protocols.smoke_parameters("long-tail"), "per_class": 5}
+    )
     with pytest.raises(ValueError, match=r"`per_class` to be at most the 4 training images"):
         check_data(plan, SyntheticCifar100())
     check_data(plan, SyntheticCifar100(train_per_class=5))
@@ -133,7 +138,9 @@ def test_a_run_directory_from_before_a_setting_existed_is_the_same_run(tmp_path)
         del saved[added]
     path.write_text(json.dumps(saved))
     assert [s for _, s in check_plan(plan, tmp_path, ["split0/binary/pretrain"])] == ["finished"]
-    wider = protocols.aux_labels(**protocols.smoke_parameters("aux-labels"), aux=["random"])
+    wider = protocols.build(
+        "aux-labels", **protocols.smoke_parameters("aux-labels"), aux=["random"]
+    )
     run = next(r for r in wider if r.id.endswith("random20/pretrain"))
     (tmp_path / "split0/random20").mkdir()
     (tmp_path / "split0/binary/pretrain").rename(tmp_path / "split0/random20/pretrain")
@@ -149,7 +156,7 @@ class _TenCoarseLabels(SyntheticCifar100):
 
 
 def test_a_coarse_partition_that_cannot_be_made_stops_before_anything_is_written(tmp_path):
-    plan = protocols.aux_labels(**protocols.smoke_parameters("aux-labels"))
+    plan = protocols.build("aux-labels", **protocols.smoke_parameters("aux-labels"))
     for jobs in (1, 2):
         with pytest.raises(ValueError, match=r"`num_groups` to be the 10 coarse classes"):
             execute(plan, tmp_path, _TenCoarseLabels(), train=FakeTrain(), jobs=jobs)
@@ -163,7 +170,7 @@ class _NoCoarseLabels(SyntheticCifar100):
 
 
 def test_coarse_labels_are_checked_before_anything_is_written(tmp_path):
-    plan = protocols.aux_labels(**protocols.smoke_parameters("aux-labels"))
+    plan = protocols.build("aux-labels", **protocols.smoke_parameters("aux-labels"))
     source = _NoCoarseLabels()
     with pytest.raises(ValueError, match=r"coarse labels .* for run 'split0/coarse/pretrain'"):
         execute(plan, tmp_path, source, train=FakeTrain())
@@ -173,7 +180,7 @@ def test_coarse_labels_are_checked_before_anything_is_written(tmp_path):
 
 
 def test_execute_gives_a_coarse_run_its_partition(tmp_path):
-    plan = protocols.aux_labels(**protocols.smoke_parameters("aux-labels"))
+    plan = protocols.build("aux-labels", **protocols.smoke_parameters("aux-labels"))
     train, source = FakeTrain(), SyntheticCifar100()
     given = {}
     train_and_keep = lambda config, run_dir, *a, partition=None, **k: (  # noqa: E731

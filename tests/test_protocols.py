@@ -80,7 +80,7 @@ def test_every_run_follows_the_papers_schedule(setup, experiment):
 
 
 def test_paired_plan_ids_and_settings():
-    plan = protocols.paired()
+    plan = protocols.build("paired")
     assert plan.ids == [
         "split0/baseline/pretrain", "split0/binary/pretrain",
         "split0/baseline/finetune", "split0/binary/finetune",
@@ -102,8 +102,8 @@ def test_paired_plan_ids_and_settings():
         "update",
     )  # the paper's setups: PAPER_OPTIONS
     assert all(not run.config.smoke for run in plan)
-    assert protocols.paired(splits=[3, 7]).ids[0] == "split3/baseline/pretrain"
-    assert len(protocols.paired(splits=5)) == 20
+    assert protocols.build("paired", splits=[3, 7]).ids[0] == "split3/baseline/pretrain"
+    assert len(protocols.build("paired", splits=5)) == 20
 
 
 @pytest.mark.parametrize("experiment", list(EXPERIMENTS))
@@ -130,7 +130,7 @@ def test_runs_come_after_the_pretraining_they_share(experiment):
 
 
 def test_aux_labels_plan_pairs_every_kind_with_the_baseline_of_its_split():
-    plan = protocols.aux_labels(splits=[3])
+    plan = protocols.build("aux-labels", splits=[3])
     assert plan.ids == [
         "split3/baseline/pretrain", "split3/binary/pretrain",
         "split3/random20/pretrain", "split3/coarse/pretrain",
@@ -156,11 +156,11 @@ def test_aux_labels_plan_pairs_every_kind_with_the_baseline_of_its_split():
         (0.0, None)
     }
     # The binary condition's pre-training is the paired experiment's, setting for setting.
-    paired = protocols.paired(splits=[3])["split3/binary/pretrain"].config
+    paired = protocols.build("paired", splits=[3])["split3/binary/pretrain"].config
     assert plan["split3/binary/pretrain"].config == paired
     # K is the random condition's: without it, any K the coarse labels do not read.
-    assert len(protocols.aux_labels(splits=1, aux=["coarse"], num_groups=2)) == 4
-    chosen = protocols.aux_labels(splits=1, aux=["coarse", "random"], num_groups=5)
+    assert len(protocols.build("aux-labels", splits=1, aux=["coarse"], num_groups=2)) == 4
+    chosen = protocols.build("aux-labels", splits=1, aux=["coarse", "random"], num_groups=5)
     assert [r.id for r in chosen if r.config.side == "A"] == [
         "split0/baseline/pretrain",
         "split0/random5/pretrain",
@@ -169,7 +169,7 @@ def test_aux_labels_plan_pairs_every_kind_with_the_baseline_of_its_split():
 
 
 def test_freeze_plan():
-    plan = protocols.freeze()
+    plan = protocols.build("freeze")
     addresses = ["0", "1.8", "1", "2.8", "2", "3.4", "3.8", "3.12", "3.14", "3"]
     per_split = ["baseline/pretrain", "binary/pretrain"] + [
         f"{condition}/freeze-{a}" for condition in ("baseline", "binary") for a in addresses
@@ -178,11 +178,11 @@ def test_freeze_plan():
     run = plan["split1/binary/freeze-2.8"].config
     assert (run.freeze, run.reset, run.bn, run.phase) == ("2.8", None, "update", "freeze")
     assert plan["split0/baseline/freeze-0"].config.freeze == "0"  # nothing frozen
-    assert protocols.freeze(options=RunOptions(bn="update")).runs[-1].config.bn == "update"
+    assert protocols.build("freeze", options=RunOptions(bn="update")).runs[-1].config.bn == "update"
 
 
 def test_reset_plan():
-    plan = protocols.reset(reset_at=["1", "2.8", "3"])
+    plan = protocols.build("reset", reset_at=["1", "2.8", "3"])
     assert plan.ids == [
         "split0/baseline/pretrain", "split0/binary/pretrain",
         "split0/baseline/reset-1", "split0/baseline/reset-2.8", "split0/baseline/reset-3",
@@ -193,14 +193,14 @@ def test_reset_plan():
 
 
 def test_weight_sweep_and_heads_are_the_two_readings_of_fig_10():
-    sweep = protocols.weight_sweep(weights=[0, 0.4], partitions=4)
+    sweep = protocols.build("weight-sweep", weights=[0, 0.4], partitions=4)
     assert sweep.ids == [
         "split0/w0/pretrain", "split0/w0.4/pretrain", "split0/w0/finetune", "split0/w0.4/finetune",
     ]  # fmt: skip
     # A total weight b shared by n heads.
     run = sweep["split0/w0.4/pretrain"].config
     assert (run.binary_weight, run.num_partitions) == (0.4, 4)
-    plan = protocols.heads()
+    plan = protocols.build("heads")
     assert [run.id for run in plan if run.config.side == "A"] == [
         "split0/baseline/pretrain", "split0/b0.1x1/pretrain", "split0/b0.1x2/pretrain",
         "split0/b0.1x4/pretrain",
@@ -211,11 +211,11 @@ def test_weight_sweep_and_heads_are_the_two_readings_of_fig_10():
         run = plan[f"split0/b0.1x{n}/pretrain"].config
         assert (run.binary_weight, run.num_partitions) == (pytest.approx(0.1 * n), n)
     with pytest.raises(ValueError, match=r"`head_weight` x `heads` to be at most 1.*0.3 x 4 = 1.2"):
-        protocols.heads(head_weight=0.3)
+        protocols.build("heads", head_weight=0.3)
 
 
 def test_long_tail_plan_replications():
-    plan = protocols.long_tail()
+    plan = protocols.build("long-tail")
     assert len(plan) == 2 * 7 * 4
     assert plan.ids[:4] == [
         "split0/rep0/baseline/pretrain", "split0/rep0/binary/pretrain",
@@ -228,7 +228,7 @@ def test_long_tail_plan_replications():
         # Each replication draws its own seed and partition; B keeps 60 images per class.
         assert (binary.seed, binary.partition_seed) == (rep, rep)
         assert (baseline_b.per_class, baseline_b.epochs, baseline_b.freeze) == (60, 40, None)
-    fixed = protocols.long_tail(options=RunOptions(seed=10, partition_seed=3))
+    fixed = protocols.build("long-tail", options=RunOptions(seed=10, partition_seed=3))
     configs = [fixed[f"split0/rep{r}/binary/pretrain"].config for r in range(7)]
     assert [c.seed for c in configs] == list(range(10, 17))
     assert {c.partition_seed for c in configs} == {3}
@@ -359,7 +359,7 @@ def test_imagenet_runs_follow_their_schedules():
 
 def test_wrn_setup():
     plan = protocols.build("paired", setup=WRN_CIFAR)
-    assert plan.ids == protocols.paired().ids  # the same plan of runs as the DenseNet's
+    assert plan.ids == protocols.build("paired").ids  # the same plan of runs as the DenseNet's
     for run in plan:
         assert (run.config.model, run.config.model_kwargs) == ("cifar_wrn_28_10", {})
         assert (run.config.batch_size, run.config.weight_decay) == (128, 5e-4)
@@ -432,7 +432,7 @@ def test_setup_checks_its_parameters():
 
 
 def test_run_options_num_workers_reach_every_run():
-    plan = protocols.paired(options=RunOptions(num_workers=6))
+    plan = protocols.build("paired", options=RunOptions(num_workers=6))
     assert {run.config.num_workers for run in plan} == {6}
     with pytest.raises(ValueError, match="`num_workers` to be an int >= 0"):
         RunOptions(num_workers=-1)

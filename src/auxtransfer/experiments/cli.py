@@ -45,7 +45,7 @@ from .rundir import as_json, differing_keys, replace_atomically
 from .sources import Cifar100, DataSource, SyntheticCifar100
 from .submit import CLUSTERS
 
-__all__ = ["CifarData", "DataFlags", "Example", "FlagError", "Given", "ImageNetData"]
+__all__ = ["CifarData", "DataFlags", "Example", "FlagError", "ImageNetData"]
 
 #: Where an output folder records what its runs' configs do not say about their data.
 DATA_RECORD = "data.json"
@@ -58,47 +58,14 @@ QUIET_RANK_WAIT_S = 10.0
 _CLUSTER_FLAGS = ("slurm_partition", "gpus_per_run", "cpus_per_run", "mem_gb", "time_min",
                   "array_parallelism", "submitit_folder", "submitit_cluster")  # fmt: skip
 
-# Builder and run-option parameters by flag, for messages naming them.
-_FLAGS = {
-    "splits": "--splits/--split-seeds", "replications": "--replications",
-    "binary_weight": "--binary-weight", "weights": "--weights", "partitions": "--partitions",
-    "head_weight": "--head-weight", "heads": "--heads", "freeze_at": "--freeze-at",
-    "reset_at": "--reset-at", "per_class": "--per-class", "batch_size": "--batch-size",
-    "seed": "--seed", "partition_seed": "--partition-seed", "weight_decay": "--weight-decay",
-    "momentum": "--momentum", "aux": "--aux", "aux_weight": "--aux-weight",
-    "num_groups": "--groups",
-}  # fmt: skip
-
-# The experiment parameters that have a flag of their own: (parameter, flag, argparse
-# keywords, help). An example has the flag when one of its experiments takes the parameter.
-_PARAMETER_FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
-    ("replications", "--replications", {"type": int}, "tests per split"),
-    ("binary_weight", "--binary-weight", {"type": float}, "loss weight of the binary condition"),
-    ("weights", "--weights", {"type": float, "nargs": "+"}, "weight-sweep: the binary weights"),
-    ("partitions", "--partitions", {"type": int}, "weight-sweep: heads sharing each weight"),
-    ("head_weight", "--head-weight", {"type": float}, "heads: the weight b of each head (B = b x n)"),
-    ("heads", "--heads", {"type": int, "nargs": "+"}, "heads: the numbers of heads n"),
-    ("freeze_at", "--freeze-at", {"nargs": "+", "metavar": "ADDRESS"},
-     "freeze: freeze up to and including each address ('0': nothing)"),
-    ("reset_at", "--reset-at", {"nargs": "+", "metavar": "ADDRESS"},
-     "reset: keep up to each address, re-initialise the rest"),
-    ("per_class", "--per-class", {"type": int}, "long-tail: training images per class of B"),
-    ("aux", "--aux", {"nargs": "+", "choices": protocols.AUX_KINDS, "metavar": "KIND"},
-     "aux-labels: the kinds beside the baseline (binary: the paper's random binary partition; "
-     "random: K random groups; coarse: the data's superclasses)"),
-    ("aux_weight", "--aux-weight", {"type": float}, "aux-labels: loss weight of every auxiliary head"),
-    ("num_groups", "--groups", {"type": int, "metavar": "K", "dest": "num_groups"},
-     "aux-labels: groups of the random condition"),
-]  # fmt: skip
-
-_EXPERIMENT_HELP = {
-    "paired": "baseline vs binary on each split",
-    "freeze": "Exp. 1, freeze up to each address",
-    "reset": "Exp. 2, re-initialise after each address",
-    "weight-sweep": "a pre-training per binary weight",
-    "heads": "several binary heads",
-    "long-tail": "B cut to a few images per class",
-    "aux-labels": "baseline vs binary, K random groups and superclasses on each split",
+# The run options the examples have a flag for ("--" and the name with dashes; the type of
+# the option's default), with their help.
+_OPTION_FLAGS = {
+    "batch_size": "images per step and process",
+    "weight_decay": "SGD weight decay",
+    "momentum": "SGD momentum",
+    "seed": "replication r trains with seed + r",
+    "partition_seed": "binary partition seed of every run",
 }
 
 
@@ -110,21 +77,14 @@ class FlagError(ValueError):
         self.flag = flag
 
 
-class Given:
-    """A flag's default as ``--help`` shows it; its value means "not given on the command
-    line", so that ``--smoke`` and the experiment can choose the value instead."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
-
-
 def given(args: argparse.Namespace, name: str) -> bool:
-    """Whether the flag of ``name`` was given on the command line."""
-    value = getattr(args, name, None)
-    return value is not None and not isinstance(value, Given)
+    """Whether the flag of ``name`` was given: the flags whose default depends on
+    ``--smoke`` or the experiment have none (``argparse.SUPPRESS``) and are then absent."""
+    return getattr(args, name, None) is not None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 class DataFlags:
@@ -210,9 +170,9 @@ class ImageNetData(DataFlags):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--data-root", default="data/imagenet", help="ImageNet folder holding train/ and val/, one subfolder per class in each (torchvision's ImageFolder layout)")  # fmt: skip
         parser.add_argument("--class-seed", type=int, default=0, help="draws the 100 classes from the class folders of train/")  # fmt: skip
-        parser.add_argument("--workers", type=int, default=Given(str(self.workers)), help="DataLoader worker processes per training process (--smoke: 0); part of each run's settings")  # fmt: skip
-        parser.add_argument("--crop-size", type=int, default=Given(str(self.crop_size)), help=f"input side: RandomResizedCrop for training, CenterCrop for testing (--smoke: {self.smoke_crop_size})")  # fmt: skip
-        parser.add_argument("--resize-size", type=int, default=Given(str(self.resize_size)), help=f"testing: Resize of the shorter side before the centre crop (--smoke: {self.smoke_resize_size})")  # fmt: skip
+        parser.add_argument("--workers", type=int, default=argparse.SUPPRESS, help=f"DataLoader worker processes per training process, part of each run's settings (--smoke: 0) (default: {self.workers})")  # fmt: skip
+        parser.add_argument("--crop-size", type=int, default=argparse.SUPPRESS, help=f"input side: RandomResizedCrop for training, CenterCrop for testing (--smoke: {self.smoke_crop_size}) (default: {self.crop_size})")  # fmt: skip
+        parser.add_argument("--resize-size", type=int, default=argparse.SUPPRESS, help=f"testing: Resize of the shorter side before the centre crop (--smoke: {self.smoke_resize_size}) (default: {self.resize_size})")  # fmt: skip
 
     def _sizes(self, args: argparse.Namespace) -> tuple[int, int]:
         crop = self.smoke_crop_size if args.smoke else self.crop_size
@@ -278,15 +238,15 @@ class Example:
         """Whether an experiment of this example takes ``parameter``."""
         return bool(protocols.defaults(parameter, self.setup))
 
-    def shown(self, parameter: str, show: Callable[[Any], Any] | None = None) -> Given:
+    def shown(self, parameter: str, show: Callable[[Any], Any] | None = None) -> str:
         """The default of an experiment parameter, per experiment where they differ."""
         show = show or (lambda v: " ".join(map(str, v)) if isinstance(v, tuple | list) else v)
         by_value: dict[str, list[str]] = {}
         for experiment, value in protocols.defaults(parameter, self.setup).items():
             by_value.setdefault(str(show(value)), []).append(experiment)
         if len(by_value) == 1:
-            return Given(next(iter(by_value)))
-        return Given("; ".join(f"{v} ({', '.join(names)})" for v, names in by_value.items()))
+            return f"(default: {next(iter(by_value))})"
+        return "(default: " + "; ".join(f"{v} ({', '.join(n)})" for v, n in by_value.items()) + ")"
 
     def build_parser(self) -> argparse.ArgumentParser:
         """The parser: experiment, output, selection, every parameter of the experiments
@@ -307,7 +267,7 @@ class Example:
             formatter_class=Formatter,
         )
         described = [
-            f"{name}: {_EXPERIMENT_HELP[name]}"
+            f"{name}: {protocols.EXPERIMENTS[name].help}"
             + (f" ({self.figures[name]})" if name in self.figures else "")
             for name in self.experiments
         ]
@@ -316,31 +276,46 @@ class Example:
         what = p.add_mutually_exclusive_group()
         what.add_argument("--list", action="store_true", help="print the run ids in dependency order and exit")  # fmt: skip
         what.add_argument("--run", "--runs", nargs="+", metavar="ID", default=None, help="execute these runs only (under torchrun write --runs: torchrun takes --run for its own --run-path)")  # fmt: skip
+        # Every parameter of an experiment offered, from its row of PARAMETERS; its default
+        # depends on the experiment and --smoke, so an absent flag means "not given".
         splits = p.add_mutually_exclusive_group()
-        splits.add_argument("--splits", type=int, default=self.shown("splits"), help="A/B class splits (seeds 0 .. N-1)")  # fmt: skip
+        for parameter in protocols.PARAMETERS.values():
+            if not self.takes(parameter.name) or parameter.name in ("pretrain", "transfer"):
+                continue  # (the schedules have flags of their own, below)
+            keywords: dict[str, Any] = {"type": parameter.kind} if parameter.kind else {}
+            if parameter.many:
+                keywords["nargs"] = "+"
+            group = splits if parameter.name == "splits" else p
+            group.add_argument(
+                parameter.flag, **keywords, choices=parameter.choices, metavar=parameter.metavar,
+                default=argparse.SUPPRESS, dest=parameter.name,
+                help=f"{parameter.help} {self.shown(parameter.name)}",
+            )  # fmt: skip
         splits.add_argument("--split-seeds", type=int, nargs="+", default=None, help="the split seeds themselves")  # fmt: skip
-        for parameter, flag, keywords, text in _PARAMETER_FLAGS:
-            if self.takes(parameter):
-                p.add_argument(flag, **keywords, default=self.shown(parameter), help=text)
         epochs = lambda s: s.epochs  # noqa: E731
         steps = lambda s: " ".join(map(str, s.milestones)) or "none"  # noqa: E731
-        p.add_argument("--pretrain-epochs", type=int, default=self.shown("pretrain", epochs), help="epochs on A")  # fmt: skip
-        p.add_argument("--pretrain-milestones", type=int, nargs="*", default=self.shown("pretrain", steps), help="epochs from which on the next rate applies; scaled with --pretrain-epochs unless given")  # fmt: skip
-        p.add_argument("--pretrain-lr", type=float, nargs="+", default=self.shown("pretrain", lambda s: _rates(s, 0)), help="rate of each phase on A")  # fmt: skip
-        p.add_argument("--transfer-epochs", type=int, default=self.shown("transfer", epochs), help="epochs on B")  # fmt: skip
-        p.add_argument("--transfer-milestones", type=int, nargs="*", default=self.shown("transfer", steps), help="on B; scaled with --transfer-epochs unless given")  # fmt: skip
-        p.add_argument("--body-lr", type=float, nargs="+", default=self.shown("transfer", lambda s: _rates(s, 0)), help="on B, rate of each phase of the transferred (kept) layers")  # fmt: skip
-        p.add_argument("--new-lr", type=float, nargs="+", default=self.shown("transfer", lambda s: _rates(s, 1)), help="on B, rate of each phase of the new classifier (and re-initialised layers)")  # fmt: skip
+        for flag, schedule, show, help in (
+            ("--pretrain-epochs", "pretrain", epochs, "epochs on A"),
+            ("--pretrain-milestones", "pretrain", steps, "epochs from which on the next rate applies; scaled with --pretrain-epochs unless given"),
+            ("--pretrain-lr", "pretrain", lambda s: _rates(s, 0), "rate of each phase on A"),
+            ("--transfer-epochs", "transfer", epochs, "epochs on B"),
+            ("--transfer-milestones", "transfer", steps, "on B; scaled with --transfer-epochs unless given"),
+            ("--body-lr", "transfer", lambda s: _rates(s, 0), "on B, rate of each phase of the transferred (kept) layers"),
+            ("--new-lr", "transfer", lambda s: _rates(s, 1), "on B, rate of each phase of the new classifier (and re-initialised layers)"),
+        ):  # fmt: skip
+            many = {"-epochs": None, "stones": "*"}.get(flag[-7:], "+")
+            p.add_argument(flag, type=int if flag.endswith(("epochs", "milestones")) else float,
+                           nargs=many, default=argparse.SUPPRESS, help=f"{help} {self.shown(schedule, show)}")  # fmt: skip
         options = self.setup.options
-        p.add_argument("--batch-size", type=int, default=Given(str(options.batch_size)), help="images per step and process")  # fmt: skip
-        p.add_argument("--weight-decay", type=float, default=Given(str(options.weight_decay)), help="SGD weight decay")  # fmt: skip
-        p.add_argument("--momentum", type=float, default=Given(str(options.momentum)), help="SGD momentum")  # fmt: skip
-        p.add_argument("--seed", type=int, default=Given(str(options.seed)), help="replication r trains with seed + r")  # fmt: skip
-        p.add_argument("--partition-seed", type=int, default=Given("seed + r: each replication its own"), help="binary partition seed of every run")  # fmt: skip
+        for name, help in _OPTION_FLAGS.items():
+            default = getattr(options, name)
+            shown = "seed + r: each replication its own" if default is None else default
+            p.add_argument(_flag(name), type=int if default is None else type(default),
+                           default=argparse.SUPPRESS, help=f"{help} (default: {shown})")  # fmt: skip
         p.add_argument("--transfer-from", choices=["best", "last"], default=options.transfer_weights, help="A's weights to start B from: its best epoch (as the paper) or its last")  # fmt: skip
         p.add_argument("--bn", choices=list(BN_POLICIES), default=options.bn, help="BatchNorm of frozen layers: keep A's statistics (freeze, as freeze_until), or let them follow B (update, what the paper's code most likely did)")  # fmt: skip
         self.data.add_arguments(p)
-        p.add_argument("--device", default=Given("cuda where available, else cpu"), help="cpu, cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK; with --launcher submitit, where the task runs")  # fmt: skip
+        p.add_argument("--device", default=argparse.SUPPRESS, help="cpu, cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK; with --launcher submitit, where the task runs (default: cuda where available, else cpu)")  # fmt: skip
         p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
         p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
         p.add_argument("--compile", action="store_true", help="torch.compile every model, once, for its full training batches (the short last batch and evaluation run eagerly); the steps are then not replayed as CUDA graphs")  # fmt: skip
@@ -373,16 +348,14 @@ class Example:
         params: dict[str, Any] = (
             protocols.smoke_parameters(experiment, self.setup) if args.smoke else {}
         )
-        for parameter, flag, _, _ in _PARAMETER_FLAGS:
-            if given(args, parameter):
-                accepted = protocols.defaults(parameter, self.setup)
+        for name, parameter in protocols.PARAMETERS.items():
+            if given(args, name):
+                accepted = protocols.defaults(name, self.setup)
                 if experiment not in accepted:
-                    parser.error(f"argument {flag}: not used by --experiment {experiment} "
+                    parser.error(f"argument {parameter.flag}: not used by --experiment {experiment} "
                                  f"(only by {', '.join(accepted)})")  # fmt: skip
-                params[parameter] = getattr(args, parameter)
-        if given(args, "splits"):
-            params["splits"] = args.splits
-        elif args.split_seeds is not None:
+                params[name] = getattr(args, name)
+        if args.split_seeds is not None:
             params["splits"] = args.split_seeds
         for step, rates in (("pretrain", ("pretrain_lr",)), ("transfer", ("body_lr", "new_lr"))):
             flags = [f"{step}_epochs", f"{step}_milestones", *rates]
@@ -406,11 +379,7 @@ class Example:
                               f"{kept + 1} of the schedule's {planned + 1} rate phases (phases that "
                               f"shrink to nothing when scaled are dropped); --{step}-milestones "
                               f"places them"]  # fmt: skip
-        changes = {
-            name: getattr(args, name)
-            for name in ("batch_size", "weight_decay", "momentum", "seed", "partition_seed")
-            if given(args, name)
-        }
+        changes = {name: getattr(args, name) for name in _OPTION_FLAGS if given(args, name)}
         try:
             params["options"] = dataclasses.replace(
                 params.get("options", self.setup.options), **changes, **self.data.options(args),
@@ -423,7 +392,9 @@ class Example:
 
     def flagged(self, message: str) -> str:
         """``message`` with the parameters it names in backticks replaced by their flags."""
-        names = {**_FLAGS, **self.data.flags}
+        names = {name: p.flag for name, p in protocols.PARAMETERS.items()}
+        names.update({name: _flag(name) for name in _OPTION_FLAGS}, splits="--splits/--split-seeds")
+        names.update(self.data.flags)
         return re.sub(r"`(\w+)`", lambda m: names.get(m.group(1), m.group(0)), message)
 
     def main(self, argv: Sequence[str] | None = None) -> None:

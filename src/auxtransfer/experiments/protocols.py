@@ -1,31 +1,27 @@
-"""The paper's experiments as plans of runs.
+"""The paper's experiments as data: tables of conditions and steps, expanded into plans.
 
-Each builder returns a [`Plan`][auxtransfer.experiments.plan.Plan]. Every schedule,
-weight and count is a parameter whose default is the paper's value for DenseNet-BC-100 on
-CIFAR-100 (``PAPER.md``); where the paper does not give one, the docstring says what was
-chosen. A ``Setup`` replaces some of those defaults for another network or data set:
-``WRN_CIFAR`` (WRN-28-10, Fig. 6) and ``DENSENET121_IMAGENET`` (DenseNet-121 on
-ImageNet-100, Fig. 15); ``build(experiment, setup=...)`` builds an experiment's plan from a
-setup's defaults.
+An experiment ([`Experiment`][auxtransfer.experiments.protocols.Experiment]) is a row of
+``EXPERIMENTS``: its parameters with their defaults (the paper's values for DenseNet-BC-100
+on CIFAR-100, ``PAPER.md``; where the paper gives none, the comments say what was chosen),
+the conditions it pre-trains on A and the steps each condition then takes on B. Each
+parameter is a row of ``PARAMETERS``: its one check, and the flag the examples give it.
+``build(experiment, setup=..., **parameters)`` expands an experiment into a
+[`Plan`][auxtransfer.experiments.plan.Plan]; adding an experiment is adding a row. A
+``Setup`` replaces some defaults for another network or data set: ``WRN_CIFAR``
+(WRN-28-10, Fig. 6) and ``DENSENET121_IMAGENET`` (DenseNet-121 on ImageNet-100, Fig. 15).
 
 A *test* is one A/B class split (``splits``) and one replication on it
-(``replications``); per test every condition pre-trains on A once, and every transfer of
-that condition starts from that pre-training. Run ids read
+(``replications``); per test every condition pre-trains on A once, and every step of that
+condition starts from that pre-training. Run ids read
 ``split<seed>[/rep<r>]/<condition>/<step>``: ``split3/binary/pretrain``,
 ``split3/binary/freeze-2.9``, ``split0/rep4/baseline/longtail``. Replication ``r`` trains
 with seed ``options.seed + r`` and, unless ``options.partition_seed`` fixes it, draws its
 own partition with the same number; the conditions of one test share it, so they start from
 the same weights and see the same data (the paired design).
-
-Schedules are [`Schedule`][auxtransfer.experiments.settings.Schedule] objects: the rates
-of each role of parameter group (one for a pre-training; kept and new layers for a
-transfer) in each phase between the milestones. ``Schedule.scaled(epochs)`` keeps the
-milestones at the same fractions of the run.
 """
 
 from __future__ import annotations
 
-import inspect
 import posixpath
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +45,7 @@ __all__ = [
     "IMAGENET_FINETUNE",
     "IMAGENET_PRETRAIN",
     "PAPER_OPTIONS",
+    "PARAMETERS",
     "PRETRAIN",
     "RESET_100",
     "RESET_AT",
@@ -58,26 +55,22 @@ __all__ = [
     "WRN_CIFAR",
     "WRN_FREEZE_AT",
     "WRN_RESET_AT",
+    "Condition",
+    "Experiment",
+    "Parameter",
     "RunOptions",
     "Schedule",
     "Setup",
-    "aux_labels",
+    "Step",
     "build",
     "defaults",
-    "freeze",
-    "heads",
-    "long_tail",
-    "paired",
     "rates_at",
-    "reset",
     "smoke_parameters",
-    "weight_sweep",
 ]
 
 #: The data's 100 classes (CIFAR-100, ImageNet-100) split in two halves of 50 classes.
 NUM_CLASSES = 100
 SIDE_CLASSES = NUM_CLASSES // 2
-
 
 #: Pre-training on A: 175 epochs, 0.1 / 0.01 / 0.001 from epochs 1 / 126 / 151.
 PRETRAIN = Schedule(175, (126, 151), ((0.1, 0.01, 0.001),))
@@ -99,7 +92,11 @@ FREEZE_AT = ("0", "1.8", "1", "2.8", "2", "3.4", "3.8", "3.12", "3.14", "3")
 RESET_AT = ("1", "2.8", "2", "3.8", "3")
 #: Fig. 4's binary weights (the paper's text does not list them; it chose 0.4).
 WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8)
-
+#: The auxiliary-label kinds of ``aux-labels``: the paper's random binary partition, a
+#: random balanced partition into ``num_groups`` groups, and the data's coarse labels.
+AUX_KINDS = ("binary", "random", "coarse")
+#: CIFAR-100's superclasses: the coarse labels' group count, and ``aux-labels``' K.
+COARSE_GROUPS = 20
 
 #: The paper's options, where they are not RunOptions' own defaults: frozen layers'
 #: BatchNorm statistics follow B (``bn="update"``), which the paper's code most likely did
@@ -115,270 +112,261 @@ SMOKE_EPOCHS = 2
 
 
 @dataclass(frozen=True)
-class _Condition:
+class Condition:
+    """What a pre-training on A learns beside its classes: an auxiliary head of loss weight
+    ``aux_weight`` (0: none, the baseline) over ``num_partitions`` partitions into
+    ``num_groups`` groups, drawn at random or the data's coarse labels."""
+
     name: str
-    binary_weight: float
+    aux_weight: float = 0.0
     num_partitions: int = 1
     num_groups: int = 2
     aux_labels: str = "random"
 
 
 @dataclass(frozen=True)
-class _Transfer:
-    step: str
+class Step:
+    """What a run on B does with its condition's pre-training: freeze or keep up to an
+    address, on all of B or ``per_class`` images of each class."""
+
+    name: str
     freeze: str | None = None
     reset: str | None = None
     per_class: int | None = None
 
 
-def paired(
-    *,
-    splits: int | Sequence[int] = 2,
-    replications: int = 1,
-    binary_weight: float = 0.4,
-    pretrain: Schedule = PRETRAIN,
-    transfer: Schedule = FINETUNE_100,
-    options: RunOptions = PAPER_OPTIONS,
-) -> Plan:
-    """Baseline and binary on the identical split, each fine-tuned on B (Fig. 5).
+Values = Mapping[str, Any]
 
-    Per test: ``baseline/pretrain`` and ``binary/pretrain`` (weight ``binary_weight``) on
-    A, then ``baseline/finetune`` and ``binary/finetune``: all layers on B, a new
-    classifier, the body at 0.01 / 0.01 / 0.001 and the classifier from 0.1.
+
+@dataclass(frozen=True)
+class Parameter:
+    """A parameter of the experiments: its one check and its flag in the examples.
 
     Args:
-        splits: The number of A/B splits (seeds ``0 .. n-1``), or the split seeds.
-        replications: Tests per split.
-        binary_weight: The binary condition's loss weight (the paper's 0.4).
-        pretrain: The schedule on A.
-        transfer: The schedule on B (roles: body, new classifier).
-        options: What every run shares.
+        name: The parameter (a keyword of ``build``).
+        check: Returns the value checked (as a tuple where it is a list), or raises an
+            error that names the parameter in backticks.
+        help: The flag's help.
+        flag: The examples' flag (default: ``--`` and the name with dashes).
+        kind: The type of one value on the command line.
+        many: The flag takes one value or more.
+        choices: The values allowed on the command line.
+        metavar: The flag's placeholder in ``--help``.
     """
-    conditions = _baseline_and_binary(binary_weight)
-    return _plan(
-        splits, replications, conditions, [_Transfer("finetune")], pretrain, transfer, options
-    )
+
+    name: str
+    check: Callable[[Any], Any]
+    help: str
+    flag: str = ""
+    kind: Callable[[str], Any] | None = None
+    many: bool = False
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.flag:
+            object.__setattr__(self, "flag", "--" + self.name.replace("_", "-"))
 
 
-def freeze(
-    *,
-    splits: int | Sequence[int] = 2,
-    replications: int = 1,
-    binary_weight: float = 0.4,
-    freeze_at: Sequence[str] = FREEZE_AT,
-    pretrain: Schedule = PRETRAIN,
-    transfer: Schedule = FINETUNE_40,
-    options: RunOptions = PAPER_OPTIONS,
-) -> Plan:
-    """Exp. 1 (Figs. 2, 7, 9): freeze up to and including each address, fine-tune the rest.
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment: its parameters with their defaults, the conditions it pre-trains on A
+    and the steps each takes on B, both made from the checked parameter values.
 
-    Per test and condition (baseline, binary): one pre-training, then ``freeze-<N>`` for
-    every ``N`` of ``freeze_at`` (``"0"``: nothing frozen): A's weights, a new classifier,
-    40 epochs, drops at 26 and 36, the trainable body at 0.01 / 0.01 / 0.001, the classifier
-    from 0.1. The paper's figure is the mean of two tests (``splits=2``).
+    Every experiment takes ``splits``, ``replications``, ``pretrain`` and ``transfer``
+    besides its own ``parameters``. A condition's pre-training is ``<condition>/pretrain``,
+    its steps ``<condition>/<step>``.
     """
-    _check_addresses(options, freeze_at, "freeze_at", zero=True)
-    conditions = _baseline_and_binary(binary_weight)
-    steps = [_Transfer(f"freeze-{address}", freeze=address) for address in freeze_at]
-    return _plan(splits, replications, conditions, steps, pretrain, transfer, options)
+
+    name: str
+    help: str
+    parameters: Mapping[str, Any]
+    conditions: Callable[[Values], Sequence[Condition]]
+    steps: Callable[[Values], Sequence[Step]] = lambda values: (Step("finetune"),)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Every parameter with its default (the DenseNet-BC-100 on CIFAR-100 setup's)."""
+        common = {"splits": 1, "replications": 1, "pretrain": PRETRAIN, "transfer": FINETUNE_100}
+        return {**common, **self.parameters}
 
 
-def reset(
-    *,
-    splits: int | Sequence[int] = 1,
-    replications: int = 1,
-    binary_weight: float = 0.4,
-    reset_at: Sequence[str] = RESET_AT,
-    pretrain: Schedule = PRETRAIN,
-    transfer: Schedule = RESET_100,
-    options: RunOptions = PAPER_OPTIONS,
-) -> Plan:
-    """Exp. 2 (Figs. 3, 8): keep the layers up to each address, re-initialise the rest.
-
-    ``reset-<N>``: layers up to and including ``N`` keep A's weights and start at 0.01,
-    every later layer is re-initialised (the model's own initialisation) and starts at
-    0.1; 100 epochs, drops at 51 and 76. The paper shows one test of the baseline; the
-    binary condition runs too (select runs with ``--run``).
-    """
-    _check_addresses(options, reset_at, "reset_at", zero=True)
-    conditions = _baseline_and_binary(binary_weight)
-    steps = [_Transfer(f"reset-{address}", reset=address) for address in reset_at]
-    return _plan(splits, replications, conditions, steps, pretrain, transfer, options)
+def _splits(value: Any) -> tuple[int, ...] | int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return check_int("splits", value, minimum=1)
+    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+        raise ValueError(
+            f"Expected `splits` to be a number of splits >= 1 or a list of split seeds, but got {describe(value)}."
+        )
+    return _distinct("splits", [check_seed("splits", s) for s in value])
 
 
-def weight_sweep(
-    *,
-    splits: int | Sequence[int] = 1,
-    replications: int = 1,
-    weights: Sequence[float] = WEIGHTS,
-    partitions: int = 1,
-    pretrain: Schedule = PRETRAIN,
-    transfer: Schedule = FINETUNE_100,
-    options: RunOptions = PAPER_OPTIONS,
-) -> Plan:
-    """Fig. 4: pre-train with each binary weight, fine-tune each on B (as ``paired``).
-
-    Condition ``w<b>`` pre-trains with binary weight ``b`` (``w0`` is the baseline). With
-    ``partitions=n`` the weight ``b`` is shared by ``n`` heads, each with its own partition
-    (``b / n`` each): one of the two readings of Fig. 10 (``heads`` is the other).
-    Unlike the paper, which drew a new split per run, all weights share each split.
-    """
-    check_int("partitions", partitions, minimum=1)
-    if not weights:
-        raise ValueError("Expected `weights` to hold at least one binary weight, but got none.")
-    checked = [check_unit_float("weights", w) for w in weights]
-    _check_unique("weights", [f"{w:g}" for w in checked])
-    conditions = [_Condition(f"w{w:g}", w, partitions) for w in checked]
-    return _plan(
-        splits, replications, conditions, [_Transfer("finetune")], pretrain, transfer, options
-    )
+def _distinct(name: str, values: Sequence[Any], shown: Sequence[Any] | None = None) -> tuple:
+    shown = list(values if shown is None else shown)
+    repeated = sorted({str(v) for v in shown if shown.count(v) > 1})
+    if repeated:
+        raise ValueError(
+            f"Expected `{name}` to hold distinct values, but got {', '.join(repeated)} more than once."
+        )
+    return tuple(values)
 
 
-def heads(
-    *,
-    splits: int | Sequence[int] = 1,
-    replications: int = 1,
-    head_weight: float = 0.1,
-    heads: Sequence[int] = (1, 2, 4),
-    pretrain: Schedule = PRETRAIN,
-    transfer: Schedule = FINETUNE_100,
-    options: RunOptions = PAPER_OPTIONS,
-) -> Plan:
-    """Fig. 10: ``n`` binary heads, each with its own partition, for each ``n`` of ``heads``.
+def _many(name: str, check: Callable[[str, Any], Any], what: str) -> Callable[[Any], tuple]:
+    """A check of a non-empty list of distinct values, each checked by ``check``."""
 
-    The figure's "B = b x n" is read here as: each of the ``n`` heads has weight ``b``
-    (``head_weight``), so the binary terms weigh ``b * n`` together, shared equally. The
-    wording also allows the other reading, a total ``b`` shared by the ``n`` heads: that
-    is ``weight_sweep(weights=[b], partitions=n)``. Condition ``b<b>x<n>``, beside a
-    ``baseline`` without binary head on the same splits; the values of ``b`` and ``n`` are
-    not in the paper's text (``0.1 x 4`` sums to its chosen 0.4).
-    """
-    b = check_unit_float("head_weight", head_weight)
-    if not heads:
-        raise ValueError("Expected `heads` to hold at least one number of heads, but got none.")
-    counts = [check_int("heads", n, minimum=1) for n in heads]
-    _check_unique("heads", counts)
-    conditions = []
-    for n in counts:
+    def checked(value: Any) -> tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+            raise ValueError(f"Expected `{name}` to hold at least one {what}, but got {describe(value)}.")  # fmt: skip
+        values = [check(name, v) for v in value]
+        return _distinct(name, values, [f"{v:g}" if isinstance(v, float) else v for v in values])
+
+    return checked
+
+
+def _schedule(name: str, roles: int) -> Callable[[Any], Schedule]:
+    def checked(value: Any) -> Schedule:
+        if not isinstance(value, Schedule) or len(value.rates) != roles:
+            raise ValueError(
+                f"Expected `{name}` to be a Schedule with {roles} role(s) of rates, but got {value!r}."
+            )
+        return value
+
+    return checked
+
+
+def _addresses(name: str) -> Callable[[Any], tuple[str, ...]]:
+    """Layer addresses, distinct; whether the model has them is checked with the options."""
+
+    def checked(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+            raise ValueError(
+                f"Expected `{name}` to be a list of layer addresses, but got {describe(value)}."
+            )
+        return _distinct(name, [str(a) for a in value])
+
+    return checked
+
+
+def _aux(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not value or any(kind not in AUX_KINDS for kind in value):
+        raise ValueError(
+            f"Expected `aux` to be kinds of {', '.join(AUX_KINDS)}, but got {describe(value)}."
+        )
+    return _distinct("aux", list(value))
+
+
+def _positive_weight(value: Any) -> float:
+    weight = check_unit_float("aux_weight", value)
+    if weight == 0:
+        raise ValueError(
+            "Expected `aux_weight` to be above 0 (the auxiliary heads' loss weight), but got 0."
+        )
+    return weight
+
+
+#: Every parameter of the experiments, with its one check and its flag.
+PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
+    Parameter("splits", _splits, "A/B class splits (seeds 0 .. N-1)", kind=int),
+    Parameter("replications", lambda v: check_int("replications", v, minimum=1), "tests per split", kind=int),
+    Parameter("binary_weight", lambda v: check_unit_float("binary_weight", v), "loss weight of the binary condition", kind=float),
+    Parameter("weights", _many("weights", check_unit_float, "binary weight"), "weight-sweep: the binary weights", kind=float, many=True),
+    Parameter("partitions", lambda v: check_int("partitions", v, minimum=1), "weight-sweep: heads sharing each weight", kind=int),
+    Parameter("head_weight", lambda v: check_unit_float("head_weight", v), "heads: the weight b of each head (B = b x n)", kind=float),
+    Parameter("heads", _many("heads", lambda n, v: check_int(n, v, minimum=1), "number of heads"), "heads: the numbers of heads n", kind=int, many=True),
+    Parameter("freeze_at", _addresses("freeze_at"), "freeze: freeze up to and including each address ('0': nothing)", many=True, metavar="ADDRESS"),
+    Parameter("reset_at", _addresses("reset_at"), "reset: keep up to each address, re-initialise the rest", many=True, metavar="ADDRESS"),
+    Parameter("per_class", lambda v: check_int("per_class", v, minimum=1), "long-tail: training images per class of B", kind=int),
+    Parameter("aux", _aux, "aux-labels: the kinds beside the baseline (binary: the paper's random binary partition; random: K random groups; coarse: the data's superclasses)", many=True, choices=AUX_KINDS, metavar="KIND"),
+    Parameter("aux_weight", _positive_weight, "aux-labels: loss weight of every auxiliary head", kind=float),
+    Parameter("num_groups", lambda v: check_int("num_groups", v, minimum=2), "aux-labels: groups of the random condition", flag="--groups", kind=int, metavar="K"),
+    Parameter("pretrain", _schedule("pretrain", 1), "the schedule on A"),
+    Parameter("transfer", _schedule("transfer", 2), "the schedule on B (kept layers, new layers)"),
+)}  # fmt: skip
+
+
+def _baseline_and_binary(values: Values) -> list[Condition]:
+    return [Condition("baseline"), Condition("binary", values["binary_weight"])]
+
+
+def _weights(values: Values) -> list[Condition]:
+    # `partitions` heads share each weight: one of the two readings of Fig. 10.
+    return [Condition(f"w{w:g}", w, values["partitions"]) for w in values["weights"]]
+
+
+def _heads(values: Values) -> list[Condition]:
+    # Each of n heads has weight b, so together they weigh b x n (the other reading of
+    # Fig. 10 is weight-sweep with `partitions`); 0.1 x 4 sums to the paper's 0.4.
+    b, found = values["head_weight"], [Condition("baseline")]
+    for n in values["heads"]:
         total = round(b * n, 12)
         if total > 1:
             raise ValueError(
                 f"Expected `head_weight` x `heads` to be at most 1 (the binary terms' total "
                 f"weight), but {b:g} x {n} = {total:g}."
             )
-        conditions.append(_Condition(f"b{b:g}x{n}", total, n))
-    conditions.insert(0, _Condition("baseline", 0.0, 1))
-    return _plan(
-        splits, replications, conditions, [_Transfer("finetune")], pretrain, transfer, options
-    )
+        found.append(Condition(f"b{b:g}x{n}", total, n))
+    return found
 
 
-def long_tail(
-    *,
-    splits: int | Sequence[int] = 2,
-    replications: int = 7,
-    binary_weight: float = 0.4,
-    per_class: int = 60,
-    pretrain: Schedule = PRETRAIN,
-    transfer: Schedule = FINETUNE_40,
-    options: RunOptions = PAPER_OPTIONS,
-) -> Plan:
-    """Table 1 (Fig. 14): B cut to ``per_class`` training images per class.
-
-    Per test and condition: a pre-training on all of A, then ``longtail``: all of A's
-    weights but the classifier, fine-tuned 40 epochs on B's ``per_class`` images per class
-    (drawn with the replication's seed, the same for both conditions), drops at 26 and 36.
-    Two splits of seven replications, as Table 1; each replication pre-trains anew.
-    """
-    check_int("per_class", per_class, minimum=1)
-    conditions = _baseline_and_binary(binary_weight)
-    steps = [_Transfer("longtail", per_class=per_class)]
-    return _plan(splits, replications, conditions, steps, pretrain, transfer, options)
-
-
-#: The auxiliary-label kinds of ``aux_labels``: the paper's random binary partition, a
-#: random balanced partition into ``num_groups`` groups, and the data's coarse labels.
-AUX_KINDS = ("binary", "random", "coarse")
-#: CIFAR-100's superclasses: the coarse labels' group count, and ``aux_labels``' K.
-COARSE_GROUPS = 20
-
-
-def aux_labels(
-    *,
-    splits: int | Sequence[int] = 2,
-    replications: int = 1,
-    aux: Sequence[str] = AUX_KINDS,
-    aux_weight: float = 0.4,
-    num_groups: int = COARSE_GROUPS,
-    pretrain: Schedule = PRETRAIN,
-    transfer: Schedule = FINETUNE_100,
-    options: RunOptions = PAPER_OPTIONS,
-) -> Plan:
-    """Kinds of auxiliary labels against the baseline on the identical split (as ``paired``).
-
-    Per test, beside ``baseline``, one pre-training on A per kind of ``aux``, each with loss
-    weight ``aux_weight``, then a fine-tuning of all layers on B (the paper's 100 epochs):
-
-    - ``binary``: the paper's random balanced binary partition of A's classes;
-    - ``random<K>``: a random balanced partition into ``K = num_groups`` groups (20 by
-      default, the superclass count; ``random20``);
-    - ``coarse``: the data's own coarse labels of A's classes (CIFAR-100's 20 superclasses,
-      those A's 50 classes fall in, renumbered; rarely all 20 with five classes each).
-
-    The conditions of a test share the split, the seed (weights and data order) and, for
-    the random kinds, the partition seed. Not in the paper: it asked the binary question
-    only.
-    """
-    weight = check_unit_float("aux_weight", aux_weight)
-    if weight == 0:
+def _aux_kinds(values: Values) -> list[Condition]:
+    w, k, kinds = values["aux_weight"], values["num_groups"], values["aux"]
+    if "random" in kinds and k < 3:
+        raise ValueError(f"Expected `num_groups` to be an int >= 3 (random groups that are not the binary condition), but got {k}.")  # fmt: skip
+    if k > SIDE_CLASSES:
         raise ValueError(
-            "Expected `aux_weight` to be above 0 (the auxiliary heads' loss weight), but got 0."
-        )
-    if isinstance(aux, str) or not aux or any(kind not in AUX_KINDS for kind in aux):
-        raise ValueError(
-            f"Expected `aux` to be kinds of {', '.join(AUX_KINDS)}, but got {describe(aux)}."
-        )
-    _check_unique("aux", list(aux))
-    num_groups = check_int("num_groups", num_groups, minimum=3 if "random" in aux else 2)
-    if num_groups > SIDE_CLASSES:
-        raise ValueError(
-            f"Expected `num_groups` to be at most the {SIDE_CLASSES} classes of A, but got "
-            f"{num_groups}."
+            f"Expected `num_groups` to be at most the {SIDE_CLASSES} classes of A, but got {k}."
         )
     made = {
-        "binary": _Condition("binary", weight),
-        "random": _Condition(f"random{num_groups}", weight, num_groups=num_groups),
-        "coarse": _Condition("coarse", weight, num_groups=COARSE_GROUPS, aux_labels="coarse"),
+        "binary": Condition("binary", w),
+        "random": Condition(f"random{k}", w, num_groups=k),
+        "coarse": Condition("coarse", w, num_groups=COARSE_GROUPS, aux_labels="coarse"),
     }
-    conditions = [_Condition("baseline", 0.0), *(made[kind] for kind in AUX_KINDS if kind in aux)]
-    return _plan(
-        splits, replications, conditions, [_Transfer("finetune")], pretrain, transfer, options
-    )
+    return [Condition("baseline"), *(made[kind] for kind in AUX_KINDS if kind in kinds)]
 
 
-#: The experiments by name.
-EXPERIMENTS: dict[str, Callable[..., Plan]] = {
-    "paired": paired,
-    "freeze": freeze,
-    "reset": reset,
-    "weight-sweep": weight_sweep,
-    "heads": heads,
-    "long-tail": long_tail,
-    "aux-labels": aux_labels,
-}
-
-
-def _signature(experiment: str) -> Mapping[str, inspect.Parameter]:
-    return inspect.signature(EXPERIMENTS[experiment]).parameters
+#: The paper's experiments (and one beyond it), by name.
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    # Fig. 5: baseline and binary on the identical split, each fine-tuned on B.
+    Experiment("paired", "baseline vs binary on each split", {"splits": 2, "binary_weight": 0.4},
+               _baseline_and_binary),
+    # Exp. 1 (Figs. 2, 7, 9): freeze up to each address, fine-tune the rest 40 epochs; the
+    # paper's figure is the mean of two tests.
+    Experiment("freeze", "Exp. 1, freeze up to each address",
+               {"splits": 2, "binary_weight": 0.4, "freeze_at": FREEZE_AT, "transfer": FINETUNE_40},
+               _baseline_and_binary,
+               lambda v: [Step(f"freeze-{a}", freeze=a) for a in v["freeze_at"]]),
+    # Exp. 2 (Figs. 3, 8): keep up to each address, re-initialise the rest; the paper
+    # shows one test of the baseline.
+    Experiment("reset", "Exp. 2, re-initialise after each address",
+               {"binary_weight": 0.4, "reset_at": RESET_AT, "transfer": RESET_100},
+               _baseline_and_binary,
+               lambda v: [Step(f"reset-{a}", reset=a) for a in v["reset_at"]]),
+    # Fig. 4: a pre-training per binary weight (all on each split, unlike the paper).
+    Experiment("weight-sweep", "a pre-training per binary weight",
+               {"weights": WEIGHTS, "partitions": 1}, _weights),
+    # Fig. 10: n binary heads, each its own partition.
+    Experiment("heads", "several binary heads", {"head_weight": 0.1, "heads": (1, 2, 4)},
+               _heads),
+    # Table 1 (Fig. 14): two splits of seven replications, B cut to 60 images per class.
+    Experiment("long-tail", "B cut to a few images per class",
+               {"splits": 2, "replications": 7, "binary_weight": 0.4, "per_class": 60,
+                "transfer": FINETUNE_40},
+               _baseline_and_binary,
+               lambda v: [Step("longtail", per_class=v["per_class"])]),
+    # Beyond the paper: kinds of auxiliary labels against the baseline, as paired.
+    Experiment("aux-labels", "baseline vs binary, K random groups and superclasses on each split",
+               {"splits": 2, "aux": AUX_KINDS, "aux_weight": 0.4, "num_groups": COARSE_GROUPS},
+               _aux_kinds),
+)}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Setup:
     """One network on one data set: the defaults its experiments start from.
 
-    The builders' own defaults are those of DenseNet-BC-100 on CIFAR-100
+    The experiments' own defaults are those of DenseNet-BC-100 on CIFAR-100
     (``DENSENET_CIFAR``). A setup replaces some of them: the options every run shares (the
-    model, its batch size and weight decay), the default of a builder parameter in every
+    model, its batch size and weight decay), the default of a parameter in every
     experiment that takes it (freeze and reset points in the network's own layer map, the
     schedules), and what the smoke plans run (a tiny model of the same family, and points
     that exist in it).
@@ -386,7 +374,7 @@ class Setup:
     Args:
         name: What it is, for messages: ``"WRN-28-10 on CIFAR-100"``.
         options: What every run shares.
-        parameters: Builder parameters' defaults, each in every experiment that takes it.
+        parameters: Parameters' defaults, each in every experiment that takes it.
         smoke_options: The smoke runs' options (a tiny model; ``smoke=True``).
         smoke_parameters: The smoke plans' parameters beyond ``smoke_parameters``' common
             ones (freeze and reset points of the tiny model).
@@ -413,11 +401,8 @@ class Setup:
                 f"Expected `experiments` to be names of {', '.join(EXPERIMENTS)}, but got "
                 f"{list(self.experiments)}."
             )
-        for name, given in (
-            ("parameters", self.parameters),
-            ("smoke_parameters", self.smoke_parameters),
-        ):
-            taken = {p for e in self.experiments for p in _signature(e)} - {"options"}
+        taken = {p for e in self.experiments for p in EXPERIMENTS[e].defaults}
+        for name, given in (("parameters", self.parameters), ("smoke_parameters", self.smoke_parameters)):  # fmt: skip
             extra = sorted(set(given) - taken)
             if extra:
                 raise ValueError(
@@ -429,19 +414,16 @@ class Setup:
                 raise TypeError(f"Expected `{name}` to be RunOptions, but got {describe(options)}.")
 
     def defaults(self, experiment: str) -> dict[str, Any]:
-        """Every parameter of ``experiment``'s builder with its default in this setup."""
-        self._check_experiment(experiment)
-        found = {name: p.default for name, p in _signature(experiment).items()}
-        found.update({k: v for k, v in self.parameters.items() if k in found})
-        found["options"] = self.options
-        return found
-
-    def _check_experiment(self, experiment: str) -> None:
+        """Every parameter of ``experiment`` with its default in this setup, and the
+        ``options``."""
         if experiment not in self.experiments:
             raise ValueError(
                 f"Expected `experiment` to be one of {', '.join(self.experiments)}, but got "
                 f"{experiment!r}."
             )
+        found = EXPERIMENTS[experiment].defaults
+        found.update({k: v for k, v in self.parameters.items() if k in found})
+        return {**found, "options": self.options}
 
 
 #: WRN-28-10's freeze points (its layer map is ``stem, 1.0 .. 1.3, 2.0 .. 2.3, 3.0 .. 3.3,
@@ -458,7 +440,7 @@ IMAGENET_PRETRAIN = Schedule(90, (31, 61), ((0.1, 0.01, 0.001),))
 #: fractions of 51 and 76 of 100), the body 0.01 / 0.01 / 0.001, the classifier from 0.1.
 IMAGENET_FINETUNE = FINETUNE_100.scaled(50)
 
-#: DenseNet-BC-100 on CIFAR-100: the builders' own defaults (the paper's), batch 64,
+#: DenseNet-BC-100 on CIFAR-100: the experiments' own defaults (the paper's), batch 64,
 #: weight decay 1e-4; smoke: DenseNet-BC of depth 10 and growth rate 4.
 DENSENET_CIFAR = Setup(
     "DenseNet-BC-100 on CIFAR-100",
@@ -491,22 +473,6 @@ DENSENET121_IMAGENET = Setup(
     ),
     experiments=("paired",),
 )
-
-
-def build(experiment: str, *, setup: Setup = DENSENET_CIFAR, **parameters: Any) -> Plan:
-    """The plan of an experiment that ``setup`` offers, from the setup's defaults and the
-    ``parameters`` given.
-
-    Examples:
-        >>> plan = build("paired", setup=WRN_CIFAR)
-        >>> len(plan), plan.runs[0].config.model, plan.runs[0].config.batch_size
-        (8, 'cifar_wrn_28_10', 128)
-    """
-    if experiment not in EXPERIMENTS:
-        raise ValueError(
-            f"Expected `experiment` to be one of {', '.join(EXPERIMENTS)}, but got {experiment!r}."
-        )
-    return EXPERIMENTS[experiment](**{**setup.defaults(experiment), **parameters})
 
 
 def defaults(parameter: str, setup: Setup = DENSENET_CIFAR) -> dict[str, Any]:
@@ -544,45 +510,90 @@ def smoke_parameters(experiment: str, setup: Setup = DENSENET_CIFAR) -> dict[str
     return smoke
 
 
-def _baseline_and_binary(binary_weight: float) -> list[_Condition]:
-    weight = check_unit_float("binary_weight", binary_weight)
-    return [_Condition("baseline", 0.0), _Condition("binary", weight)]
+def build(experiment: str, *, setup: Setup = DENSENET_CIFAR, **parameters: Any) -> Plan:
+    """The plan of an experiment that ``setup`` offers, from the setup's defaults and the
+    ``parameters`` given (and ``options``, the ``RunOptions`` every run shares).
 
-
-def _split_seeds(splits: int | Sequence[int]) -> list[int]:
-    if isinstance(splits, int) and not isinstance(splits, bool):
-        return list(range(check_int("splits", splits, minimum=1)))
-    if not isinstance(splits, Sequence) or isinstance(splits, str) or not splits:
+    Examples:
+        >>> plan = build("paired", setup=WRN_CIFAR)
+        >>> len(plan), plan.runs[0].config.model, plan.runs[0].config.batch_size
+        (8, 'cifar_wrn_28_10', 128)
+    """
+    if experiment not in EXPERIMENTS:
         raise ValueError(
-            f"Expected `splits` to be a number of splits >= 1 or a list of split seeds, but got {describe(splits)}."
+            f"Expected `experiment` to be one of {', '.join(EXPERIMENTS)}, but got {experiment!r}."
         )
-    seeds = [check_seed("splits", s) for s in splits]
-    _check_unique("splits", seeds)
-    return seeds
-
-
-def _check_unique(name: str, values: Sequence[Any]) -> None:
-    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
-    if repeated:
+    values = setup.defaults(experiment)
+    unknown = sorted(set(parameters) - set(values))
+    if unknown:
         raise ValueError(
-            f"Expected `{name}` to hold distinct values, but got {', '.join(repeated)} more than once."
+            f"Expected parameters of {experiment} ({', '.join(sorted(values))}), but got "
+            f"{', '.join(unknown)}."
         )
+    values.update(parameters)
+    options = values.pop("options")
+    if not isinstance(options, RunOptions):
+        raise TypeError(f"Expected `options` to be RunOptions, but got {describe(options)}.")
+    checked = {name: PARAMETERS[name].check(value) for name, value in values.items()}
+    for name in ("freeze_at", "reset_at"):
+        if name in checked:
+            _check_addresses(options, checked[name], name)
+    return expand(EXPERIMENTS[experiment], checked, options)
 
 
-def _check_addresses(
-    options: RunOptions, addresses: Sequence[str], name: str, *, zero: bool
-) -> None:
-    """Every address names layers of the model before its head (``"0"`` where ``zero``)."""
+def expand(experiment: Experiment, values: Values, options: RunOptions) -> Plan:
+    """The runs of ``experiment`` with checked parameter ``values``: per split and
+    replication, a pre-training on A per condition, then each step of each condition on B
+    from that condition's pre-training."""
+    conditions, steps = experiment.conditions(values), experiment.steps(values)
+    pretrain, transfer = values["pretrain"], values["transfer"]
+    splits = values["splits"]
+    seeds = range(splits) if isinstance(splits, int) else splits
+    replications = values["replications"]
+    runs = []
+    for split in seeds:
+        for rep in range(replications):
+            prefix = f"split{split}" + (f"/rep{rep}" if replications > 1 else "")
+            seed = options.seed + rep
+            shared = RunConfig(
+                model=options.model, num_classes=SIDE_CLASSES, epochs=pretrain.epochs,
+                momentum=options.momentum, weight_decay=options.weight_decay,
+                nesterov=options.nesterov, batch_size=options.batch_size, seed=seed,
+                amp=options.amp, channels_last=options.channels_last, compile=options.compile,
+                model_kwargs=dict(options.model_kwargs), split_seed=split, smoke=options.smoke,
+                num_workers=options.num_workers,
+            )  # fmt: skip
+            for c in conditions:
+                config = replace(
+                    shared, lr=pretrain.rates[0][0], lr_table=pretrain.lr_table,
+                    binary_weight=c.aux_weight, num_partitions=c.num_partitions,
+                    num_groups=c.num_groups, aux_labels=c.aux_labels, side="A",
+                    partition_seed=seed if options.partition_seed is None else options.partition_seed,
+                    phase="pretrain", condition=c.name,
+                )  # fmt: skip
+                runs.append(PlannedRun(f"{prefix}/{c.name}/pretrain", config))
+            for c in conditions:
+                for step in steps:
+                    run_id = f"{prefix}/{c.name}/{step.name}"
+                    config = replace(
+                        shared, epochs=transfer.epochs, lr=transfer.rates[0][0],
+                        lr_table=transfer.lr_table, side="B", condition=c.name,
+                        per_class=step.per_class, phase=step.name.partition("-")[0],
+                        transfer_from=posixpath.relpath(f"{prefix}/{c.name}/pretrain", run_id),
+                        transfer_weights=options.transfer_weights, freeze=step.freeze,
+                        reset=step.reset, bn=options.bn,
+                    )  # fmt: skip
+                    runs.append(PlannedRun(run_id, config))
+    return Plan(runs)
+
+
+def _check_addresses(options: RunOptions, addresses: Sequence[str], name: str) -> None:
+    """Every address (but ``"0"``) names layers of the model before its head."""
     import timm
 
     from .. import models  # noqa: F401  (registers the CIFAR models)
     from ..layers import layer_map
 
-    if isinstance(addresses, str) or not addresses:
-        raise ValueError(
-            f"Expected `{name}` to be a list of layer addresses, but got {describe(addresses)}."
-        )
-    _check_unique(name, list(addresses))
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = timm.create_model(
@@ -591,97 +602,8 @@ def _check_addresses(
     layers = layer_map(model)
     groups = layers.groups
     for address in addresses:
-        if zero and address == "0":
-            continue
-        if layers.resolve(address, name=name) == len(groups) - 1:
+        if address != "0" and layers.resolve(address, name=name) == len(groups) - 1:
             raise ValueError(
                 f"Expected `{name}` to end before the head ({groups[-2].address!r} at most), but "
                 f"{address!r} includes the classifier."
             )
-
-
-def _plan(
-    splits: int | Sequence[int],
-    replications: int,
-    conditions: Sequence[_Condition],
-    steps: Sequence[_Transfer],
-    pretrain: Schedule,
-    transfer: Schedule,
-    options: RunOptions,
-) -> Plan:
-    seeds = _split_seeds(splits)
-    replications = check_int("replications", replications, minimum=1)
-    if not isinstance(options, RunOptions):
-        raise TypeError(f"Expected `options` to be RunOptions, but got {describe(options)}.")
-    for name, schedule, roles in (("pretrain", pretrain, 1), ("transfer", transfer, 2)):
-        if not isinstance(schedule, Schedule) or len(schedule.rates) != roles:
-            raise ValueError(
-                f"Expected `{name}` to be a Schedule with {roles} role(s) of rates, but got {schedule!r}."
-            )
-    runs = []
-    for split in seeds:
-        for rep in range(replications):
-            prefix = f"split{split}" + (f"/rep{rep}" if replications > 1 else "")
-            seed = options.seed + rep
-            partition_seed = seed if options.partition_seed is None else options.partition_seed
-            common: dict[str, Any] = {
-                "model": options.model,
-                "num_classes": SIDE_CLASSES,
-                "momentum": options.momentum,
-                "weight_decay": options.weight_decay,
-                "nesterov": options.nesterov,
-                "batch_size": options.batch_size,
-                "seed": seed,
-                "amp": options.amp,
-                "channels_last": options.channels_last,
-                "compile": options.compile,
-                "model_kwargs": dict(options.model_kwargs),
-                "split_seed": split,
-                "smoke": options.smoke,
-                "num_workers": options.num_workers,
-            }
-            for condition in conditions:
-                runs.append(
-                    PlannedRun(
-                        f"{prefix}/{condition.name}/pretrain",
-                        RunConfig(
-                            **common,
-                            epochs=pretrain.epochs,
-                            lr=pretrain.rates[0][0],
-                            lr_table=pretrain.lr_table,
-                            binary_weight=condition.binary_weight,
-                            num_partitions=condition.num_partitions,
-                            num_groups=condition.num_groups,
-                            aux_labels=condition.aux_labels,
-                            partition_seed=partition_seed,
-                            side="A",
-                            phase="pretrain",
-                            condition=condition.name,
-                        ),
-                    )
-                )
-            for condition in conditions:
-                for step in steps:
-                    run_id = f"{prefix}/{condition.name}/{step.step}"
-                    source = posixpath.relpath(f"{prefix}/{condition.name}/pretrain", run_id)
-                    runs.append(
-                        PlannedRun(
-                            run_id,
-                            RunConfig(
-                                **common,
-                                epochs=transfer.epochs,
-                                lr=transfer.rates[0][0],
-                                lr_table=transfer.lr_table,
-                                side="B",
-                                condition=condition.name,
-                                per_class=step.per_class,
-                                phase=step.step.partition("-")[0],
-                                transfer_from=source,
-                                transfer_weights=options.transfer_weights,
-                                freeze=step.freeze,
-                                reset=step.reset,
-                                bn=options.bn,
-                            ),
-                        )
-                    )
-    return Plan(runs)
