@@ -26,6 +26,7 @@ from auxtransfer import (
     layerwise_lr,
     reset_after,
 )
+from auxtransfer.experiments.settings import Schedule
 from auxtransfer.experiments.transfer import transfer_groups
 
 from ._tiny_hf import build as build_hf
@@ -356,7 +357,7 @@ def test_one_trace_per_transfer_step(monkeypatch):
     model = timm.create_model("resnet18", pretrained=False, num_classes=5)
     reset_after(model, "3.1", seed=0)
     freeze_until(model, "2")
-    transfer_groups(model, ((1, (0.01, 0.1)),), until="2")
+    transfer_groups(model, Schedule(1, (), ((0.01,), (0.1,))), until="2")
     layerwise_lr(model, until="2", lr=0.01, new_lr=0.1)
     assert len(traced) == 1
     model.reset_classifier(7)  # a new classifier: a new map

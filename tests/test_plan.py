@@ -17,7 +17,6 @@ from auxtransfer.experiments.plan import (
     summarise,
 )
 from auxtransfer.experiments.rundir import RunDir, parse_learning_rates
-from auxtransfer.experiments.settings import rates_at
 from auxtransfer.experiments.sources import Cifar100, SyntheticCifar100, run_data
 from auxtransfer.experiments.splits import split_classes
 from auxtransfer.experiments.train import RunConfig
@@ -349,7 +348,7 @@ def test_interrupted_smoke_sweep_resumes_to_the_same_result(tmp_path, one_thread
         # The engine trained every role at the rate of the plan's table.
         for row in RunDir(a).read_metrics():
             logged = list(parse_learning_rates(row["lr_groups"]).values())
-            assert logged == list(rates_at(run.config.lr_table, int(row["epoch"]))), run.id
+            assert logged == list(run.config.schedule.rates_at(int(row["epoch"]))), run.id
         config = json.loads((a / "config.json").read_text())
         assert config["smoke"] is True
     binary = RunDir(straight / "split0/binary/pretrain").read_metrics()

@@ -18,7 +18,6 @@ from auxtransfer.experiments.protocols import (
     RunOptions,
     Schedule,
     Setup,
-    rates_at,
 )
 from auxtransfer.experiments.transfer import set_learning_rates
 
@@ -50,7 +49,7 @@ def _engine_rates(config):
     groups = [{"role": role, "lr": None} for role in range(roles)]
     per_epoch = []
     for epoch in range(1, config.epochs + 1):
-        set_learning_rates(groups, epoch, table=config.lr_table)
+        set_learning_rates(groups, epoch, config.schedule)
         per_epoch.append([group["lr"] for group in groups])
     return [list(column) for column in zip(*per_epoch, strict=True)]
 
@@ -75,7 +74,7 @@ def test_every_run_follows_the_papers_schedule(setup, experiment):
         expected = PAPER_PRETRAIN if run.config.side == "A" else PAPER_TRANSFER[experiment]
         assert run.config.epochs == len(expected[0]), run.id
         assert _engine_rates(run.config) == expected, run.id
-        mine = [rates_at(run.config.lr_table, e) for e in range(1, run.config.epochs + 1)]
+        mine = [run.config.schedule.rates_at(e) for e in range(1, run.config.epochs + 1)]
         assert [list(c) for c in zip(*mine, strict=True)] == expected, run.id
 
 

@@ -10,7 +10,7 @@ from auxtransfer import freeze_until, layer_groups, reset_after, reset_classifie
 from auxtransfer.experiments import load_backbone
 from auxtransfer.experiments.checkpoint import read_weights
 from auxtransfer.experiments.rundir import parse_learning_rates
-from auxtransfer.experiments.settings import check_lr_table
+from auxtransfer.experiments.settings import Schedule
 from auxtransfer.experiments.train import RunConfig, train_run
 from auxtransfer.experiments.transfer import set_learning_rates
 
@@ -227,21 +227,37 @@ def test_freeze_or_reset_need_a_transfer(tmp_path):
 
 
 def test_learning_rate_tables():
-    table = check_lr_table([[1, [0.01, 0.1]], [51, [0.01, 0.01]], [76, [0.001, 0.001]]], epochs=100)
-    assert table == ((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))
+    table = [[1, [0.01, 0.1]], [51, [0.01, 0.01]], [76, [0.001, 0.001]]]
+    schedule = Schedule.from_table(table, epochs=100)
+    assert schedule.lr_table == ((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))
     groups = [{"role": 0, "lr": 0.0}, {"role": 1, "lr": 0.0}]
     seen = {}
     for epoch in (1, 50, 51, 75, 76, 100):
-        set_learning_rates(groups, epoch, table=table)
+        set_learning_rates(groups, epoch, schedule)
         seen[epoch] = [g["lr"] for g in groups]
     assert seen == {
         1: [0.01, 0.1], 50: [0.01, 0.1], 51: [0.01, 0.01], 75: [0.01, 0.01],
         76: [0.001, 0.001], 100: [0.001, 0.001],
     }  # fmt: skip
-    # Without a table: each group's own starting rate, times gamma per milestone passed.
+    # A run without a table: each group its own starting rate, times gamma per milestone
+    # passed, exactly as MultiStepLR computes it.
+    from auxtransfer.experiments.train import _schedule
+
+    config = RunConfig(**TINY, num_classes=3, epochs=175, milestones=(126, 151), gamma=0.1)
     groups = [{"initial_lr": 0.1, "lr": 0.0}, {"initial_lr": 0.01, "lr": 0.0}]
-    set_learning_rates(groups, 151, milestones=(126, 151), gamma=0.1)
-    assert [g["lr"] for g in groups] == pytest.approx([0.001, 0.0001])
+    schedule, roles = _schedule(config, groups)
+    set_learning_rates(groups, 151, schedule, roles)
+    assert [g["lr"] for g in groups] == [0.1 * 0.1**2, 0.01 * 0.1**2]
+    model = torch.nn.Linear(2, 2)
+    reference = torch.optim.SGD(
+        [{"params": [model.weight], "lr": 0.1}, {"params": [model.bias], "lr": 0.01}]
+    )
+    steps = torch.optim.lr_scheduler.MultiStepLR(reference, milestones=[125, 150], gamma=0.1)
+    for epoch in range(1, 176):  # MultiStepLR counts epochs from 0
+        set_learning_rates(groups, epoch, schedule, roles)
+        assert [g["lr"] for g in groups] == pytest.approx([g["lr"] for g in reference.param_groups])
+        reference.step()
+        steps.step()
     for bad, error in [
         ((), TypeError),
         (((2, (0.1,)),), ValueError),
@@ -252,7 +268,7 @@ def test_learning_rate_tables():
         (((1, ("0.1",)),), TypeError),
     ]:
         with pytest.raises(error, match=r"`lr_table` to be \(\(from_epoch"):
-            check_lr_table(bad, epochs=100)
+            Schedule.from_table(bad, epochs=100)
 
 
 def test_freeze_zero_freezes_nothing(pretrained):

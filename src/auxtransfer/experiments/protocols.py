@@ -32,7 +32,7 @@ import torch
 
 from .._checks import check_int, check_seed, check_unit_float, describe
 from .plan import Plan, PlannedRun
-from .settings import RunConfig, RunOptions, Schedule, rates_at
+from .settings import RunConfig, RunOptions, Schedule
 
 __all__ = [
     "AUX_KINDS",
@@ -64,7 +64,6 @@ __all__ = [
     "Step",
     "build",
     "defaults",
-    "rates_at",
     "smoke_parameters",
 ]
 

@@ -24,72 +24,13 @@ from ..freezing import DEFAULT_BN, check_bn
 from ..optim import MOMENTUM, WEIGHT_DECAY, check_sgd
 from .rundir import as_json
 
-__all__ = [
-    "LrTable",
-    "RunConfig",
-    "RunOptions",
-    "Schedule",
-    "check_fields",
-    "check_lr_table",
-    "rates_at",
-]
+__all__ = ["LrTable", "RunConfig", "RunOptions", "Schedule", "check_fields"]
 
 
 #: ``((from_epoch, rates), ...)``: from epoch ``m`` on (1-based; the first entry is epoch 1),
 #: the learning rate of each role of parameter group: one role for a pre-training, two
 #: (kept layers, new layers) for a transfer.
 LrTable = tuple[tuple[int, tuple[float, ...]], ...]
-
-
-def check_lr_table(table: Any, *, epochs: int, roles: int | None = None) -> LrTable:
-    """``table`` as an [`LrTable`][auxtransfer.experiments.transfer.LrTable], or a
-    ``ValueError``/``TypeError`` saying what is wrong."""
-    expected = (
-        "((from_epoch, (rate, ...)), ...) with from_epoch 1 first, increasing epochs up to "
-        f"{epochs}, and the same number of finite rates >= 0 in every entry"
-    )
-    if not isinstance(table, Sequence) or isinstance(table, str) or not table:
-        raise TypeError(f"Expected `lr_table` to be {expected}, but got {table!r}.")
-    checked = []
-    for entry in table:
-        if (
-            not isinstance(entry, Sequence)
-            or len(entry) != 2
-            or not isinstance(entry[1], Sequence)
-            or isinstance(entry[0], bool)
-            or not isinstance(entry[0], numbers.Integral)
-            or any(isinstance(r, bool) or not isinstance(r, numbers.Real) for r in entry[1])
-        ):
-            raise TypeError(f"Expected `lr_table` to be {expected}, but got the entry {entry!r}.")
-        checked.append((int(entry[0]), tuple(float(r) for r in entry[1])))
-    starts = [start for start, _ in checked]
-    widths = {len(rates) for _, rates in checked}
-    if (
-        starts[0] != 1
-        or starts != sorted(set(starts))
-        or starts[-1] > epochs
-        or len(widths) != 1
-        or 0 in widths
-        or any(not math.isfinite(r) or r < 0 for _, rates in checked for r in rates)
-    ):
-        raise ValueError(f"Expected `lr_table` to be {expected}, but got {table!r}.")
-    if roles is not None and widths != {roles}:
-        raise ValueError(
-            f"Expected `lr_table` to give {roles} rate(s) per entry (one per group role), but "
-            f"it gives {widths.pop()}."
-        )
-    return tuple(checked)
-
-
-def rates_at(lr_table: Sequence[tuple[int, Sequence[float]]], epoch: int) -> tuple[float, ...]:
-    """The rate of every role in ``epoch`` (1-based): the last entry starting at or before it.
-
-    Examples:
-        >>> table = ((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))
-        >>> rates_at(table, 50), rates_at(table, 51), rates_at(table, 100)
-        ((0.01, 0.1), (0.01, 0.01), (0.001, 0.001))
-    """
-    return tuple([rates for start, rates in lr_table if start <= epoch][-1])
 
 
 @dataclass(frozen=True)
@@ -152,6 +93,61 @@ class Schedule:
         return tuple(
             (start, tuple(role[phase] for role in self.rates)) for phase, start in enumerate(starts)
         )
+
+    @classmethod
+    def from_table(cls, table: Any, *, epochs: int, roles: int | None = None) -> Schedule:
+        """The schedule of a table ``((from_epoch, (rate of each role, ...)), ...)`` (a
+        run's ``lr_table``, as ``config.json`` holds it), or the error naming ``lr_table``."""
+        expected = (
+            "((from_epoch, (rate, ...)), ...) with from_epoch 1 first, increasing epochs up to "
+            f"{epochs}, and the same number of finite rates >= 0 in every entry"
+        )
+        if not isinstance(table, Sequence) or isinstance(table, str) or not table:
+            raise TypeError(f"Expected `lr_table` to be {expected}, but got {table!r}.")
+        checked = []
+        for entry in table:
+            if (
+                not isinstance(entry, Sequence)
+                or len(entry) != 2
+                or not isinstance(entry[1], Sequence)
+                or isinstance(entry[0], bool)
+                or not isinstance(entry[0], numbers.Integral)
+                or any(isinstance(r, bool) or not isinstance(r, numbers.Real) for r in entry[1])
+            ):
+                raise TypeError(
+                    f"Expected `lr_table` to be {expected}, but got the entry {entry!r}."
+                )
+            checked.append((int(entry[0]), tuple(float(r) for r in entry[1])))
+        starts = [start for start, _ in checked]
+        widths = {len(rates) for _, rates in checked}
+        if (
+            starts[0] != 1
+            or starts != sorted(set(starts))
+            or starts[-1] > epochs
+            or len(widths) != 1
+            or 0 in widths
+            or any(not math.isfinite(r) or r < 0 for _, rates in checked for r in rates)
+        ):
+            raise ValueError(f"Expected `lr_table` to be {expected}, but got {table!r}.")
+        if roles is not None and widths != {roles}:
+            raise ValueError(
+                f"Expected `lr_table` to give {roles} rate(s) per entry (one per group role), but "
+                f"it gives {widths.pop()}."
+            )
+        return cls(
+            epochs, tuple(starts[1:]), tuple(zip(*(rates for _, rates in checked), strict=True))
+        )
+
+    def rates_at(self, epoch: int) -> tuple[float, ...]:
+        """The rate of every role in ``epoch`` (1-based): that of the last phase started.
+
+        Examples:
+            >>> FINETUNE = Schedule(100, (51, 76), ((0.01, 0.01, 0.001), (0.1, 0.01, 0.001)))
+            >>> FINETUNE.rates_at(50), FINETUNE.rates_at(51), FINETUNE.rates_at(100)
+            ((0.01, 0.1), (0.01, 0.01), (0.001, 0.001))
+        """
+        phase = sum(m <= epoch for m in self.milestones)
+        return tuple(role[phase] for role in self.rates)
 
     def scaled(self, epochs: int) -> Schedule:
         """The same schedule over ``epochs``: each milestone ``m`` of ``E`` epochs moves to
@@ -246,7 +242,9 @@ class RunConfig:
     fine-tuning is ``((1, (0.01, 0.1)), (51, (0.01, 0.01)), (76, (0.001, 0.001)))``.
     Without a table, ``milestones`` are the epochs from which on the rate is multiplied by
     ``gamma`` once more: the paper's pre-training is ``epochs=175, lr=0.1,
-    milestones=(126, 151)``. ``binary_weight > 0`` adds a
+    milestones=(126, 151)``. Either way ``schedule`` is the run's
+    [`Schedule`][auxtransfer.experiments.settings.Schedule], the one form the training loop
+    reads. ``binary_weight > 0`` adds a
     [`RandomPartitionHead`][auxtransfer.RandomPartitionHead] learning auxiliary labels:
     with ``aux_labels="random"`` (the paper's), ``num_partitions`` random balanced
     partitions into ``num_groups`` groups (2: binary) seeded by ``partition_seed``; with
@@ -310,21 +308,16 @@ class RunConfig:
         transfer = self.transfer_from is not None if transfer is None else transfer
         check_int("epochs", self.epochs, minimum=1)
         check_fields(self)
-        milestones = list(self.milestones)
-        if milestones != sorted(set(milestones)) or any(
-            not 1 < m <= self.epochs for m in milestones
-        ):
-            raise ValueError(
-                f"Expected `milestones` to be increasing epochs in [2, {self.epochs}] (the "
-                f"epochs whose start lowers the learning rate), but got {milestones}."
-            )
+        # The one check of the rates and their epochs: the schedule's.
         if self.lr_table:
-            check_lr_table(self.lr_table, epochs=self.epochs, roles=2 if transfer else None)
+            Schedule.from_table(self.lr_table, epochs=self.epochs, roles=2 if transfer else None)
         elif transfer:
             raise ValueError(
                 "Expected `lr_table` with two rates per entry (kept layers, new layers) for a "
                 "transfer run (`transfer_from`), but got none."
             )
+        else:
+            self.schedule  # noqa: B018  (its check: the milestones, the rates lr * gamma**k)
         if not transfer and (self.freeze is not None or self.reset is not None):
             raise ValueError(
                 f"Expected `transfer_from` with `freeze` or `reset` (they act on transferred "
@@ -342,6 +335,17 @@ class RunConfig:
                 f"Expected `num_partitions` to be 1 with aux_labels='coarse' (the data has one "
                 f"grouping), but got {self.num_partitions}."
             )
+
+    @property
+    def schedule(self) -> Schedule:
+        """The run's learning rates as a ``Schedule``: that of ``lr_table``, else ``lr``
+        times ``gamma`` once more from each of the ``milestones`` on (one role)."""
+        if self.lr_table:
+            return Schedule.from_table(self.lr_table, epochs=self.epochs)
+        steps = range(len(self.milestones) + 1)
+        return Schedule(
+            self.epochs, self.milestones, (tuple(self.lr * self.gamma**k for k in steps),)
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON-able values (``milestones`` as a list), as saved."""

@@ -36,7 +36,7 @@ from .loop import (
     train_one_epoch,
 )
 from .rundir import RunDir, format_learning_rates, summarise_metrics
-from .settings import RunConfig
+from .settings import RunConfig, Schedule
 from .transfer import (
     build_transfer_model,
     check_source,
@@ -151,16 +151,14 @@ def train_run(
         if cuda_graphs and device.type == "cuda" and world == 1 and not config.compile
         else None
     )
+    schedule, roles = _schedule(config, optimizer.param_groups)
     bar = _progress(progress and rank == 0, config.epochs, start_epoch)
     last_epoch = (
         config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after - 1)
     )
     for epoch in range(start_epoch, last_epoch + 1):
         started = time.perf_counter()
-        set_learning_rates(
-            optimizer.param_groups, epoch, table=config.lr_table,
-            milestones=config.milestones, gamma=config.gamma,
-        )  # fmt: skip
+        set_learning_rates(optimizer.param_groups, epoch, schedule, roles)
         lr = head_learning_rate(optimizer.param_groups)
         lr_groups = format_learning_rates(learning_rates(optimizer.param_groups))
         if graphs is not None:
@@ -309,7 +307,7 @@ def _build_optimizer(
     if param_groups is not None:
         groups: Any = param_groups(net)
     elif config.transfer_from is not None:
-        groups = transfer_groups(net, config.lr_table, until=kept)
+        groups = transfer_groups(net, config.schedule, until=kept)
     else:
         groups = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
@@ -322,6 +320,17 @@ def _build_optimizer(
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])  # what the milestones scale
     return optimizer
+
+
+def _schedule(config: RunConfig, groups: list[dict[str, Any]]) -> tuple[Schedule, list[int]]:
+    """The run's schedule and each optimizer group's role in it. With an ``lr_table`` a
+    group takes the rates of its ``"role"``; without one, each group is a role of its own,
+    its starting rate times ``gamma`` from each milestone on (as ``MultiStepLR``)."""
+    if config.lr_table:
+        return config.schedule, [g.get("role", 0) for g in groups]
+    steps = range(len(config.milestones) + 1)
+    rates = tuple(tuple(g["initial_lr"] * config.gamma**k for k in steps) for g in groups)
+    return Schedule(config.epochs, config.milestones, rates), list(range(len(groups)))
 
 
 def _wrap_for_training(

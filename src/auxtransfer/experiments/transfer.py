@@ -23,7 +23,7 @@ from ..layers import layer_map, layer_names
 from ..optim import layerwise_lr
 from .checkpoint import read_checkpoint, read_weights
 from .rundir import RunDir
-from .settings import LrTable
+from .settings import Schedule
 
 __all__ = ["load_backbone", "set_learning_rates", "transfer_groups"]
 
@@ -92,11 +92,13 @@ def load_backbone(
     return model
 
 
-def transfer_groups(model: nn.Module, table: LrTable, *, until: str | None) -> list[dict[str, Any]]:
+def transfer_groups(
+    model: nn.Module, schedule: Schedule, *, until: str | None
+) -> list[dict[str, Any]]:
     """Parameter groups of a transfer run: the kept layers (stem up to ``until``) and the new
-    ones (after it), with their roles and the first rates of ``table``. ``until=None``: all
-    layers are new."""
-    kept, new = table[0][1][KEPT], table[0][1][NEW]
+    ones (after it), with their roles and the first rates of ``schedule``. ``until=None``:
+    all layers are new."""
+    kept, new = schedule.rates[KEPT][0], schedule.rates[NEW][0]
     if until is None:
         trainable = [p for p in model.parameters() if p.requires_grad]
         return [
@@ -118,26 +120,15 @@ def transfer_groups(model: nn.Module, table: LrTable, *, until: str | None) -> l
 def set_learning_rates(
     param_groups: Sequence[dict[str, Any]],
     epoch: int,
-    *,
-    table: LrTable = (),
-    milestones: Sequence[int] = (),
-    gamma: float = 0.1,
+    schedule: Schedule,
+    roles: Sequence[int] | None = None,
 ) -> None:
-    """Set every group's rate for ``epoch``.
-
-    With a ``table``, a group takes the rate of its ``"role"`` (0 when it has none) from the
-    table's last entry at or before ``epoch``. Without one, a group's starting rate
-    (``"initial_lr"``) is multiplied by ``gamma`` once for every milestone at or before
-    ``epoch``, as ``MultiStepLR`` does.
-    """
-    if table:
-        rates = [r for start, r in table if start <= epoch][-1]
-        for group in param_groups:
-            group["lr"] = rates[group.get("role", 0)]
-        return
-    factor = gamma ** sum(m <= epoch for m in milestones)
-    for group in param_groups:
-        group["lr"] = group["initial_lr"] * factor
+    """Set every group's rate for ``epoch``: that of its role in ``schedule`` (``roles``,
+    default: each group's ``"role"``, 0 where it has none)."""
+    rates = schedule.rates_at(epoch)
+    roles = [g.get("role", 0) for g in param_groups] if roles is None else roles
+    for group, role in zip(param_groups, roles, strict=True):
+        group["lr"] = rates[role]
 
 
 def resolve_run(run_dir: str | os.PathLike[str], source: str) -> Path:
