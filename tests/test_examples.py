@@ -258,12 +258,12 @@ def test_bad_input_is_one_line_naming_the_flag_and_writes_nothing(
 
 
 def test_an_interrupted_call_is_one_line_saying_how_to_continue(tmp_path, capsys, monkeypatch):
-    from auxtransfer.experiments import plan as plans
+    from auxtransfer.experiments import execute as executing
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(plans, "execute", interrupted)
+    monkeypatch.setattr(executing, "execute", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         EXAMPLES["cifar100_densenet"].main(["--smoke", "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 130
@@ -276,10 +276,10 @@ def test_an_interrupted_call_is_one_line_saying_how_to_continue(tmp_path, capsys
 def test_under_torchrun_rank_0_alone_says_what_is_wrong(tmp_path, capsys, monkeypatch):
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-    from auxtransfer.experiments import cli
+    from auxtransfer.experiments import torchrun
 
     waits = []  # (seconds, whether the error file was written by then)
-    monkeypatch.setattr(cli.time, "sleep", lambda s: waits.append((s, error_file.exists())))
+    monkeypatch.setattr(torchrun.time, "sleep", lambda s: waits.append((s, error_file.exists())))
     args = ["--out", str(tmp_path / "out"), "--batch-size", "0", "--smoke"]
     for rank, said in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)
@@ -304,7 +304,7 @@ def test_under_torchrun_rank_0_alone_says_what_is_wrong(tmp_path, capsys, monkey
             assert err.splitlines()[-1] == message["message"]
         # The other ranks end after rank 0 has said it, and write their error after waiting
         # (torchrun ends them first), so rank 0's is the first in torchrun's report.
-        assert waits == ([] if said else [(cli.QUIET_RANK_WAIT_S, False)])
+        assert waits == ([] if said else [(torchrun.QUIET_RANK_WAIT_S, False)])
     # The help too, once.
     for rank, said in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)

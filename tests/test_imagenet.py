@@ -19,6 +19,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from auxtransfer.experiments import protocols
+from auxtransfer.experiments.execute import execute
 from auxtransfer.experiments.imagenet import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -27,7 +28,6 @@ from auxtransfer.experiments.imagenet import (
     imagenet_transforms,
     write_smoke_folder,
 )
-from auxtransfer.experiments.plan import execute
 from auxtransfer.experiments.sources import DatasetSource, run_data_for
 from auxtransfer.experiments.splits import split_classes
 from auxtransfer.experiments.train import RunConfig

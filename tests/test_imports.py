@@ -185,17 +185,19 @@ def _graph_at(src: Path) -> dict[str, set[str]]:
         SRC = saved
 
 
+ENGINE = tuple(
+    f"auxtransfer.experiments.{m}"
+    for m in ("train", "loop", "graphs", "batches", "checkpoint", "transfer", "execute", "jobs")
+)
+
+
 @pytest.mark.parametrize(
     ("statement", "forbidden"),
     [
         ("import auxtransfer", APPLICATION + INTEGRATIONS),
-        (
-            "import auxtransfer.report, auxtransfer.report.__main__",
-            tuple(
-                f"auxtransfer.experiments.{m}"
-                for m in ("train", "loop", "graphs", "batches", "checkpoint", "transfer")
-            ),
-        ),
+        ("import auxtransfer.report, auxtransfer.report.__main__", ENGINE),
+        # Building, checking and listing a plan (the examples' --list) trains nothing.
+        ("import auxtransfer.experiments.protocols, auxtransfer.experiments.cli", ENGINE),
     ],
 )
 def test_importing_loads_no_module_above_it(statement: str, forbidden: tuple[str, ...]) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from auxtransfer.experiments import plan as plans
+from auxtransfer.experiments import execute as executing
 from auxtransfer.experiments import protocols
+from auxtransfer.experiments.execute import execute
 from auxtransfer.experiments.jobs import LOG_NAME
-from auxtransfer.experiments.plan import execute
 from auxtransfer.experiments.rundir import RunDir
 from auxtransfer.experiments.sources import SyntheticCifar100
 
@@ -205,7 +205,7 @@ def test_the_command_line_passes_jobs_and_cuda_graphs_on(tmp_path, monkeypatch, 
         calls.append(kwargs)
         return []
 
-    monkeypatch.setattr(plans, "execute", record)
+    monkeypatch.setattr(executing, "execute", record)
     argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path / "out")]
     _example().main([*argv, "--jobs", "3", "--no-cuda-graphs"])
     _example().main(argv)
@@ -220,7 +220,7 @@ def test_the_command_line_passes_jobs_and_cuda_graphs_on(tmp_path, monkeypatch, 
         _example().main(argv)
         assert [c["progress"] for c in calls] == [terminal == "stdout", terminal == "stderr"]
         monkeypatch.undo()
-        monkeypatch.setattr(plans, "execute", record)
+        monkeypatch.setattr(executing, "execute", record)
 
 
 def test_cuda_graphs_reach_train_one_run_at_a_time(tmp_path):

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from auxtransfer.experiments import protocols
+from auxtransfer.experiments.execute import execute
 from auxtransfer.experiments.plan import (
     Plan,
     PlannedRun,
     RunDirConflictError,
     check_data,
     check_plan,
-    execute,
     format_summary,
     summarise,
 )

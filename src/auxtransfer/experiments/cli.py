@@ -25,14 +25,11 @@ import json
 import os
 import re
 import sys
-import tempfile
-import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -40,19 +37,16 @@ import torch.distributed as dist
 from ..freezing import BN_POLICIES
 from . import plan as plans
 from . import protocols
-from .imagenet import ImageNet100, write_smoke_folder
+from .data_flags import CifarData, DataFlags, FlagError, ImageNetData, given
 from .rundir import as_json, differing_keys, replace_atomically
-from .sources import Cifar100, DataSource, SyntheticCifar100
+from .sources import DataSource
 from .submit import CLUSTERS
+from .torchrun import report_to_torchrun, write_torchrun_error
 
 __all__ = ["CifarData", "DataFlags", "Example", "FlagError", "ImageNetData"]
 
 #: Where an output folder records what its runs' configs do not say about their data.
 DATA_RECORD = "data.json"
-
-#: Under torchrun, how long a rank other than 0 waits before it ends with an error, so that
-#: rank 0 has said what is wrong before torchrun ends every process.
-QUIET_RANK_WAIT_S = 10.0
 
 # The flags that only --launcher submitit reads.
 _CLUSTER_FLAGS = ("slurm_partition", "gpus_per_run", "cpus_per_run", "mem_gb", "time_min",
@@ -69,146 +63,8 @@ _OPTION_FLAGS = {
 }
 
 
-class FlagError(ValueError):
-    """A flag's value is wrong: ``parser.error`` names ``flag`` with the message."""
-
-    def __init__(self, flag: str, message: str) -> None:
-        super().__init__(message)
-        self.flag = flag
-
-
-def given(args: argparse.Namespace, name: str) -> bool:
-    """Whether the flag of ``name`` was given: the flags whose default depends on
-    ``--smoke`` or the experiment have none (``argparse.SUPPRESS``) and are then absent."""
-    return getattr(args, name, None) is not None
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-class DataFlags:
-    """The data flags of an example: added to its parser, read into a data source.
-
-    Attributes:
-        flags: Run options and data-record keys by the flag that sets them, for messages.
-    """
-
-    flags: Mapping[str, str] = MappingProxyType({})
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Add the data flags."""
-        raise NotImplementedError
-
-    def options(self, args: argparse.Namespace) -> dict[str, Any]:
-        """Changes to the plan's ``RunOptions`` (e.g. ``num_workers``)."""
-        return {}
-
-    def check(self, args: argparse.Namespace) -> None:
-        """Raise ``FlagError`` for a flag value that is wrong whatever the files hold."""
-
-    def source(self, args: argparse.Namespace, scratch: contextlib.ExitStack) -> DataSource:
-        """The data source: the real data, or with ``--smoke`` synthetic data (made in a
-        temporary folder entered on ``scratch`` where it needs files). Not yet checked."""
-        raise NotImplementedError
-
-    def record(self, source: DataSource) -> dict[str, Any] | None:
-        """What the runs' configs do not say about their data, kept in ``<out>/data.json``
-        (None: nothing)."""
-        return None
-
-
-class CifarData(DataFlags):
-    """CIFAR-100 under ``--data-root`` (``--download``); ``--smoke``: synthetic images."""
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--data-root", default="data", help="folder holding cifar-100-python")
-        parser.add_argument(
-            "--download", action="store_true", help="download CIFAR-100 when it is missing"
-        )
-
-    def source(self, args: argparse.Namespace, scratch: contextlib.ExitStack) -> DataSource:
-        if args.smoke:
-            return SyntheticCifar100()
-        return Cifar100(args.data_root, download=args.download)
-
-
-class ImageNetData(DataFlags):
-    """ImageNet-100 under ``--data-root`` (``train/``, ``val/``), the classes drawn with
-    ``--class-seed``, read by ``--workers`` processes; ``--smoke``: a generated folder.
-
-    Args:
-        crop_size: The network's input side (``--crop-size``'s default).
-        resize_size: Evaluation: the shorter side before the centre crop.
-        workers: ``DataLoader`` workers per process.
-        smoke_crop_size: ``--smoke``'s input side, unless ``--crop-size`` is given.
-        smoke_resize_size: ``--smoke``'s resize, unless ``--resize-size`` is given.
-    """
-
-    flags = MappingProxyType(
-        {
-            "classes": "--data-root/--class-seed",
-            "class_seed": "--class-seed",
-            "crop_size": "--crop-size",
-            "resize_size": "--resize-size",
-            "num_workers": "--workers",
-        }
-    )
-
-    def __init__(
-        self,
-        *,
-        crop_size: int = 224,
-        resize_size: int = 256,
-        workers: int = 8,
-        smoke_crop_size: int = 32,
-        smoke_resize_size: int = 36,
-    ) -> None:
-        self.crop_size, self.resize_size, self.workers = crop_size, resize_size, workers
-        self.smoke_crop_size, self.smoke_resize_size = smoke_crop_size, smoke_resize_size
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--data-root", default="data/imagenet", help="ImageNet folder holding train/ and val/, one subfolder per class in each (torchvision's ImageFolder layout)")  # fmt: skip
-        parser.add_argument("--class-seed", type=int, default=0, help="draws the 100 classes from the class folders of train/")  # fmt: skip
-        parser.add_argument("--workers", type=int, default=argparse.SUPPRESS, help=f"DataLoader worker processes per training process, part of each run's settings (--smoke: 0) (default: {self.workers})")  # fmt: skip
-        parser.add_argument("--crop-size", type=int, default=argparse.SUPPRESS, help=f"input side: RandomResizedCrop for training, CenterCrop for testing (--smoke: {self.smoke_crop_size}) (default: {self.crop_size})")  # fmt: skip
-        parser.add_argument("--resize-size", type=int, default=argparse.SUPPRESS, help=f"testing: Resize of the shorter side before the centre crop (--smoke: {self.smoke_resize_size}) (default: {self.resize_size})")  # fmt: skip
-
-    def _sizes(self, args: argparse.Namespace) -> tuple[int, int]:
-        crop = self.smoke_crop_size if args.smoke else self.crop_size
-        resize = self.smoke_resize_size if args.smoke else self.resize_size
-        return (
-            args.crop_size if given(args, "crop_size") else crop,
-            args.resize_size if given(args, "resize_size") else resize,
-        )
-
-    def options(self, args: argparse.Namespace) -> dict[str, Any]:
-        return {"num_workers": args.workers if given(args, "workers") else (0 if args.smoke else self.workers)}  # fmt: skip
-
-    def check(self, args: argparse.Namespace) -> None:
-        crop, resize = self._sizes(args)
-        if crop < 1:
-            raise FlagError("--crop-size", f"Expected a side of at least 1 pixel, but got {crop}.")
-        if resize < crop:
-            raise FlagError(
-                "--resize-size",
-                f"Expected at least the crop size ({crop}) to centre-crop from, but got {resize}.",
-            )
-        if args.class_seed < 0 or args.class_seed >= 2**64:
-            raise FlagError(
-                "--class-seed", f"Expected a seed in [0, 2**64), but got {args.class_seed}."
-            )
-
-    def source(self, args: argparse.Namespace, scratch: contextlib.ExitStack) -> DataSource:
-        crop, resize = self._sizes(args)
-        root = args.data_root
-        if args.smoke:
-            folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="auxtransfer-smoke-"))
-            root = write_smoke_folder(folder)
-        return ImageNet100(root, class_seed=args.class_seed, crop_size=crop, resize_size=resize)
-
-    def record(self, source: DataSource) -> dict[str, Any] | None:
-        return source.record() if isinstance(source, ImageNet100) else None
 
 
 @dataclass(frozen=True)
@@ -401,7 +257,7 @@ class Example:
         """Parse ``argv`` (default: the command line), check every setting, then list or
         execute the plan and print its summary."""
         parser = self.build_parser()
-        _report_to_torchrun(parser)
+        report_to_torchrun(parser)
         args = parser.parse_args(argv)
         args.device_given = given(args, "device")
         if not args.device_given:
@@ -475,7 +331,7 @@ class Example:
                 # Under torchrun a run that raises ends every process (the others may wait in
                 # a collective): its line is above, its traceback goes to torchrun's report.
                 cause = error.__cause__ if error.__cause__ is not None else error
-                _write_torchrun_error(error.error, "".join(traceback.format_exception(cause)))
+                write_torchrun_error(error.error, "".join(traceback.format_exception(cause)))
                 parser.exit(1, f"{parser.prog}: error: a run failed, which under torchrun ends "
                                f"every process (the run and its error are above, its traceback "
                                f"in torchrun's report); run the same command again once fixed\n")  # fmt: skip
@@ -485,7 +341,7 @@ class Example:
                 # Anything else under torchrun (loading the data, say): one line too.
                 first = str(error).strip().split("\n", 1)[0]
                 why = f"{type(error).__name__}: {first}" if first else type(error).__name__
-                _write_torchrun_error(why, traceback.format_exc())
+                write_torchrun_error(why, traceback.format_exc())
                 parser.exit(1, f"{parser.prog}: error: {why} (under torchrun this ends every "
                                f"process; its traceback is in torchrun's report)\n")  # fmt: skip
             except KeyboardInterrupt:
@@ -627,7 +483,9 @@ class Example:
         self, args: argparse.Namespace, plan: plans.Plan, source: DataSource, device: torch.device
     ) -> list[str]:
         """Execute the plan, print its summary and how to go on; the ids of failed runs."""
-        device = plans.distributed_device(device)
+        from .execute import distributed_device, execute
+
+        device = distributed_device(device)
         rank = dist.get_rank() if dist.is_initialized() else 0
         if rank == 0:
             self._write_record(args, source)
@@ -635,7 +493,7 @@ class Example:
         # Progress where it is shown, on a terminal: a bar on stderr, or with --jobs a line
         # per epoch on stdout.
         shown = sys.stdout if args.jobs > 1 else sys.stderr
-        outcomes = plans.execute(
+        outcomes = execute(
             plan, args.out, source, ids=args.run, device=device, progress=rank == 0 and shown.isatty(),
             stop_after=args.stop_after, jobs=args.jobs, cuda_graphs=not args.no_cuda_graphs, report=say,
         )  # fmt: skip
@@ -657,55 +515,6 @@ class Example:
         if dist.is_initialized():
             dist.destroy_process_group()
         return failed
-
-
-def _report_to_torchrun(parser: argparse.ArgumentParser) -> None:
-    """Under ``torchrun``, ``parser``'s help and errors said once and named in torchrun's
-    report.
-
-    Every rank checks the same flags and data: rank 0 prints, the others end with the same
-    status silently, though not before rank 0 (torchrun ends every process once one has
-    failed, and rank 0 might not have said why yet). Every rank writes its error line to
-    the error file torchrun gives it (``TORCHELASTIC_ERROR_FILE``; the others after their
-    wait, if torchrun has not ended them), so that the failure report torchrun prints after
-    it quotes the error instead of a page on tracebacks, with rank 0 as its root cause.
-    """
-    quiet = int(os.environ.get("RANK", "0")) != 0
-    if "TORCHELASTIC_ERROR_FILE" not in os.environ and not quiet:
-        return
-    exit_here = parser.exit
-
-    def exit(status: int = 0, message: str | None = None) -> NoReturn:
-        if status not in (0, 130) and quiet:
-            # torchrun ends this process once rank 0 has ended, which then is the first
-            # error in torchrun's report (the earliest written), not this one.
-            time.sleep(QUIET_RANK_WAIT_S)
-        if status != 0 and message:
-            _write_torchrun_error(message.strip())
-        exit_here(status, None if quiet else message)
-
-    def error(message: str) -> NoReturn:
-        parser.print_usage(sys.stderr)
-        exit(2, f"{parser.prog}: error: {message}\n")
-
-    parser.exit = exit  # type: ignore[method-assign]
-    parser.error = error  # type: ignore[method-assign]
-    if quiet:
-        parser.print_help = parser.print_usage = lambda file=None: None  # type: ignore[method-assign]
-
-
-def _write_torchrun_error(message: str, callstack: str | None = None) -> None:
-    """Under ``torchrun``, ``message`` in the error file it gives this process, in the form
-    torchrun's own ``record`` writes; its failure report quotes ``callstack`` (a traceback;
-    default: ``message``). The first error written stays."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if path is None or os.path.exists(path):
-        return
-    shown = message if callstack is None else callstack
-    entry = {"message": {"message": message,
-                         "extraInfo": {"py_callstack": shown, "timestamp": str(int(time.time()))}}}  # fmt: skip
-    with contextlib.suppress(OSError):  # the report is torchrun's; the line is said anyway
-        Path(path).write_text(json.dumps(entry))
 
 
 def _print_summary(args: argparse.Namespace, plan: plans.Plan) -> None:

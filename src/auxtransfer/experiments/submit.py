@@ -81,12 +81,14 @@ class RunTask:
             torch.set_num_threads(1)  # as a plain --smoke call does
         device = self.args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         # Several tasks: the process group, each task on its GPU (as under torchrun).
-        device = plans.distributed_device(device)
+        from .execute import distributed_device, execute
+
+        device = distributed_device(device)
         try:
             with contextlib.ExitStack() as scratch:
                 source = self.example.data.source(self.args, scratch)
                 rank = dist.get_rank() if dist.is_initialized() else 0
-                outcomes = plans.execute(
+                outcomes = execute(
                     self.plan, self.args.out, source, ids=[run_id], device=device,
                     stop_after=self.args.stop_after, cuda_graphs=not self.args.no_cuda_graphs,
                     report=print if rank == 0 else None,
