@@ -203,7 +203,7 @@ def check_captured_steps_follow_the_plain_loop() -> None:
     # The rate is read at every epoch by the replays too: at rate 0 nothing moves.
     net, batches = parity.build(parity.TINY, CUDA, channels_last=False)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    trainer = graphs.GraphTrainer(net, optimizer, binary_weight=0.4)
+    trainer = graphs.GraphTrainer(net, optimizer, aux_weight=0.4)
     trainer.train_one_epoch(batches, epoch=1)
     before = [p.detach().clone() for p in net.parameters()]
     optimizer.param_groups[0]["lr"] = 0.0

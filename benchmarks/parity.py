@@ -133,10 +133,10 @@ def train_both(
     start = [p.detach().clone() for p in eager.parameters()]
     optimizers = _optimizer(eager, case.rates[0]), _optimizer(graphed, case.rates[0])
     trainer = GraphTrainer(
-        graphed, optimizers[1], binary_weight=case.binary_weight, amp=amp, capture=capture
+        graphed, optimizers[1], aux_weight=case.binary_weight, amp=amp, capture=capture
     )
     steps = (
-        GraphTrainer(eager, optimizers[0], binary_weight=case.binary_weight, amp=amp, capture=False)
+        GraphTrainer(eager, optimizers[0], aux_weight=case.binary_weight, amp=amp, capture=False)
         if reference == "steps"
         else None
     )
@@ -151,7 +151,7 @@ def train_both(
                 sums = steps.train_one_epoch(batches, epoch=epoch)
             elif side == "eager":
                 sums = train_one_epoch(
-                    eager, batches, optimizer, epoch=epoch, binary_weight=case.binary_weight,
+                    eager, batches, optimizer, epoch=epoch, aux_weight=case.binary_weight,
                     amp=amp,
                 )  # fmt: skip
             else:

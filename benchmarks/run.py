@@ -1,15 +1,16 @@
 """The benchmark table: every speed ratio of the project, measured side by side in one process.
 
-Each ratio times two (or more) ways of doing the same work on the same device, interleaved
-(a, b, a, b, ...) so that load on a shared machine affects them alike, after a warm-up
-round; each side's median counts. The table prints each ratio beside its goal and whether
-the goal holds; ``--json FILE`` saves it.
+Each ratio times two (or more) ways of doing the same work on the same device with one
+harness (``interleaved``, on ``torch.utils.benchmark``): rounds of measurements taken in
+turn (a, b, b, a, ...), so that load on a shared machine affects them alike, each call
+timed after an untimed one; each side's median counts. The table prints each ratio beside
+its goal and whether the goal holds; ``--json FILE`` saves it.
 
     aux_step           train step with RandomPartitionHead + CombinedLoss / plain model +
                        cross-entropy (goal <= 1.02)
-    relabel_epoch      an epoch of a torchvision-style CIFAR dataset through binary_relabel /
-                       the plain dataset, DataLoader, no model (goal <= 1.02)
-    frozen_step        train step frozen through block "2" / full step (goal <= 0.55)
+    relabel_epoch      a batch of a torchvision-style CIFAR dataset through binary_relabel /
+                       of the plain dataset, DataLoader, no model (goal <= 1.02)
+    frozen_step        train step frozen through block "2" (--until) / full step (goal <= 0.55)
     batches            DeviceBatches / the faster of torchvision's PIL pipeline through a
                        DataLoader with 0 and --workers workers (goal >= 5x on CPU)
     loop_vs_reference  training images/s of our loop over DeviceBatches, as train_run trains
@@ -26,30 +27,40 @@ the goal holds; ``--json FILE`` saves it.
                        busy, so expect about 1.0-1.3x; the JSON says whether MPS ran)
 
 On CUDA the model steps and our loops run in bf16 autocast with channels-last (the setting
-of the GPU goals). The images/s table adds, on CUDA, both CIFAR models eager and as a CUDA
-graph (``cifar_densenet_bc_100_b64_eager``, ``cifar_densenet_bc_100_b64_graph``,
-``cifar_wrn_28_10_b128_eager``, ``cifar_wrn_28_10_b128_graph``), and concurrent runs:
-``jobsN`` is N processes started with "spawn", each training its own DenseNet-BC-100
-through GraphTrainer on synthetic data made on its device (worker i on cuda:(i % GPUs)
-for ``--device cuda``); after one untimed warm-up epoch (which records the CUDA graph)
-they wait for each other, then each times a few epochs: their images over the slowest
-one's seconds. ``--jobs-counts`` picks the Ns (default: 1 2 4 8 on CUDA, none on CPU,
-where the workers run GraphTrainer's steps eagerly). A measurement whose worker crashed
-or timed out is marked failed in the table and in the JSON (``"failed"``: what failed and
-why), and the script then exits with status 1. The tiny preset (tests) measures a tiny
-DenseNet-BC eager and through GraphTrainer on any device, so that the CPU runs the code
-of the CUDA rows. All data are synthetic CIFAR-shaped images (no download).
+of the GPU goals; ``--fp32``: neither). The images/s table adds, on CUDA, both CIFAR models
+eager and as a CUDA graph (``cifar_densenet_bc_100_b64_eager``,
+``cifar_densenet_bc_100_b64_graph``, ``cifar_wrn_28_10_b128_eager``,
+``cifar_wrn_28_10_b128_graph``), and concurrent runs: ``jobsN`` is N processes started
+with "spawn", each training its own DenseNet-BC-100 through GraphTrainer on synthetic data
+made on its device (worker i on cuda:(i % GPUs) for ``--device cuda``); after one warm-up
+epoch (which records the CUDA graph) they wait for each other, then each runs an epoch
+untimed and one timed: their images over the slowest one's seconds. ``--jobs-counts``
+picks the Ns (default: 1 2 4 8 on CUDA, none on CPU, where the workers run GraphTrainer's
+steps eagerly). A measurement whose worker crashed or timed out is marked failed in the
+table and in the JSON (``"failed"``: what failed and why), and the script then exits with
+status 1. The tiny preset (tests) measures a tiny DenseNet-BC eager and through
+GraphTrainer on any device, so that the CPU runs the code of the CUDA rows. All data are
+synthetic CIFAR-shaped images (no download).
+
+``--only`` measures some rows; ``--model``, ``--size``, ``--batch``, ``--until`` and
+``--compile`` set the train steps of aux_step and frozen_step (any timm model, or
+torchvision's DenseNet-BC-100 with its ImageNet stem).
 
     python benchmarks/run.py --quick --json bench.json   # CPU, a few minutes
     python benchmarks/run.py --device cuda --json bench.json   # about 2 minutes on an H100
+    python benchmarks/run.py --only aux_step --device cuda --model resnet50 --size 224
+    python benchmarks/run.py --only frozen_step --model torchvision_densenet_bc_100
+    python benchmarks/run.py --only batches   # CPU: 10,000 images, batch 128
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import gc
+import itertools
 import json
 import math
 import multiprocessing
@@ -68,8 +79,12 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
+import torchvision
+import torchvision.transforms as T
+from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.benchmark import Timer
+from torch.utils.data import DataLoader, Dataset
 
 import auxtransfer.models  # noqa: F401  (registers the CIFAR models with timm)
 from auxtransfer import (
@@ -84,23 +99,31 @@ from auxtransfer.experiments.jobs import job_devices, job_threads
 from auxtransfer.experiments.loop import train_one_epoch
 from auxtransfer.experiments.rundir import replace_atomically
 
-# The torchvision CIFAR pipeline of the paper's era lives in batches_speed.py (this folder).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batches_speed import MEAN, STD, PilCifar
-from preflight import mps_running
+from preflight import checked_device, mps_running
 
 NUM_CLASSES = 50  # one half of CIFAR-100, as A and B are
+MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+ROWS = (
+    "aux_step", "relabel_epoch", "frozen_step", "batches", "loop_vs_reference", "graph_vs_eager",
+    "jobs",
+)  # fmt: skip
+TV_DENSENET = "torchvision_densenet_bc_100"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A timm model and the name the table gives it."""
+    """A timm model (or ``TV_DENSENET``) and the name the table gives it."""
 
     label: str
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> nn.Module:
+        if self.name == TV_DENSENET:  # keeps its ImageNet stem: 32 px inputs shrink to 8 px
+            return torchvision.models.DenseNet(
+                12, (16, 16, 16), num_init_features=24, num_classes=NUM_CLASSES
+            )
         return timm.create_model(self.name, num_classes=NUM_CLASSES, **self.kwargs)
 
     @property
@@ -119,7 +142,7 @@ WRN = ModelSpec("WRN-28-10", "cifar_wrn_28_10")
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much work each measurement does."""
+    """How much work each measurement does: ``*_repeats`` rounds of ``interleaved``."""
 
     step_model: ModelSpec
     step_batch: int
@@ -130,7 +153,7 @@ class Sizes:
     loop_repeats: int
     data_images: int
     data_batch: int
-    data_repeats: int
+    data_repeats: int  # rounds of epochs (relabel_epoch: this many epochs' worth of batches)
     # Images/s of each (model, batch), eager and through GraphTrainer (none: skipped).
     model_rates: tuple[tuple[ModelSpec, int], ...]
     model_images: int  # per epoch
@@ -139,8 +162,8 @@ class Sizes:
     jobs_model: ModelSpec
     jobs_batch: int
     jobs_images: int  # per epoch, per worker
-    jobs_epochs: int  # timed, after one untimed warm-up epoch
     jobs_timeout: float  # seconds for all the workers of one jobsN to report
+    step_size: int = 32  # pixels of the steps' square images
 
 
 CIFAR_MODELS = ((DENSENET, 64), (WRN, 128))
@@ -154,36 +177,33 @@ def sizes_for(preset: str, device: torch.device) -> Sizes:
             loop_model=TINY_DENSENET, loop_images=64, loop_batch=16, loop_repeats=2,
             data_images=256, data_batch=64, data_repeats=2,
             model_rates=((TINY_DENSENET, 16),), model_images=64, model_repeats=2,
-            jobs_model=TINY_DENSENET, jobs_batch=16, jobs_images=64, jobs_epochs=2,
-            jobs_timeout=300,
+            jobs_model=TINY_DENSENET, jobs_batch=16, jobs_images=64, jobs_timeout=300,
         )  # fmt: skip
     if device.type == "cuda":
         if preset == "quick":
             return Sizes(
-                step_model=DENSENET, step_batch=64, step_repeats=10,
-                loop_model=DENSENET, loop_images=2_048, loop_batch=64, loop_repeats=2,
-                data_images=5_000, data_batch=128, data_repeats=2,
-                model_rates=CIFAR_MODELS, model_images=1_280, model_repeats=2,
-                jobs_model=DENSENET, jobs_batch=64, jobs_images=1_600, jobs_epochs=2,
-                jobs_timeout=150,
+                step_model=DENSENET, step_batch=64, step_repeats=6,
+                loop_model=DENSENET, loop_images=1_536, loop_batch=64, loop_repeats=2,
+                data_images=3_840, data_batch=128, data_repeats=2,
+                model_rates=CIFAR_MODELS, model_images=1_024, model_repeats=2,
+                jobs_model=DENSENET, jobs_batch=64, jobs_images=1_600, jobs_timeout=150,
             )  # fmt: skip
         # About 2 minutes on an H100, at ~950 images/s for an eager DenseNet-BC-100 step at
         # batch 64 (launch-bound; the fp32 reference loop about the same), ~6,000 through
-        # GraphTrainer, ~12,000 for WRN-28-10 at batch 128. Start-up and imports ~5 s;
-        # aux_step and frozen_step 2 x 21 eager steps each, ~6 s; relabel_epoch and batches,
-        # PIL pipelines over 80,000 and 120,000 images, ~15 s; loop_vs_reference 4 epochs of
-        # 5,000 images each way, ~21 s reference + ~4 s ours + capture; the CIFAR models 4
-        # epochs of 2,560 images each way, ~11 s eager DenseNet + ~5 s the rest; jobs1, 2,
-        # 4, 8: 1 + 3 epochs of 3,200 images per worker (~2 s at jobs1, ~5 s at jobs8 if
-        # the GPU is shared well) after ~10 s of start-up each (spawn, imports, CUDA
-        # context, capture), ~55 s. Total ~125 s.
+        # GraphTrainer, ~12,000 for WRN-28-10 at batch 128. Every timed call follows an
+        # untimed one. Start-up and imports ~5 s; aux_step and frozen_step 2 x 24 eager
+        # steps each, ~6 s; relabel_epoch and batches, PIL pipelines over 77,000 images
+        # each, ~15 s; loop_vs_reference 6 epochs of 3,200 images each way, ~20 s reference
+        # + ~4 s ours + capture; the CIFAR models 6 epochs of 1,792 images each way, ~11 s
+        # eager DenseNet + ~5 s the rest; jobs1, 2, 4, 8: 3 epochs of 4,800 images per
+        # worker (~2 s at jobs1, ~6 s at jobs8 if the GPU is shared well) after ~10 s of
+        # start-up each (spawn, imports, CUDA context, capture), ~55 s. Total ~125 s.
         return Sizes(
-            step_model=DENSENET, step_batch=64, step_repeats=20,
-            loop_model=DENSENET, loop_images=5_000, loop_batch=64, loop_repeats=3,
-            data_images=10_000, data_batch=128, data_repeats=3,
-            model_rates=CIFAR_MODELS, model_images=2_560, model_repeats=3,
-            jobs_model=DENSENET, jobs_batch=64, jobs_images=3_200, jobs_epochs=3,
-            jobs_timeout=180,
+            step_model=DENSENET, step_batch=64, step_repeats=12,
+            loop_model=DENSENET, loop_images=3_200, loop_batch=64, loop_repeats=3,
+            data_images=6_400, data_batch=128, data_repeats=3,
+            model_rates=CIFAR_MODELS, model_images=1_792, model_repeats=3,
+            jobs_model=DENSENET, jobs_batch=64, jobs_images=4_800, jobs_timeout=180,
         )  # fmt: skip
     if preset == "quick":
         # A DenseNet-BC-100 step at batch 8 takes about half a second on 2 quiet cores; an
@@ -195,16 +215,14 @@ def sizes_for(preset: str, device: torch.device) -> Sizes:
             loop_model=SMALL_DENSENET, loop_images=512, loop_batch=32, loop_repeats=3,
             data_images=4_000, data_batch=128, data_repeats=5,
             model_rates=(), model_images=0, model_repeats=0,
-            jobs_model=SMALL_DENSENET, jobs_batch=32, jobs_images=256, jobs_epochs=2,
-            jobs_timeout=900,
+            jobs_model=SMALL_DENSENET, jobs_batch=32, jobs_images=256, jobs_timeout=900,
         )  # fmt: skip
     return Sizes(
         step_model=DENSENET, step_batch=64, step_repeats=15,
         loop_model=DENSENET, loop_images=512, loop_batch=64, loop_repeats=3,
         data_images=10_000, data_batch=128, data_repeats=3,
         model_rates=(), model_images=0, model_repeats=0,
-        jobs_model=DENSENET, jobs_batch=64, jobs_images=512, jobs_epochs=2,
-        jobs_timeout=1_800,
+        jobs_model=DENSENET, jobs_batch=64, jobs_images=512, jobs_timeout=1_800,
     )  # fmt: skip
 
 
@@ -249,55 +267,54 @@ def judged(name: str, value: float | None, device: torch.device) -> dict[str, An
     return {"goal": str(goal), "holds": None if holds is None else value is not None and holds}
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def interleaved(works: Sequence[Callable[[], object]], rounds: int) -> list[float]:
+    """Median seconds of a call of each of ``works``, all timed side by side.
+
+    Each work gets a ``torch.utils.benchmark.Timer`` (at this process's thread count: a
+    Timer's default is 1). Every round takes one ``Measurement`` of each work in turn, in
+    order on even rounds and in reverse on odd ones (a, b, b, a, ...), so that load on a
+    shared machine affects them alike and none always goes first. A measurement is
+    ``blocked_autorange(min_run_time=0)``: one untimed call (its warm-up, which sizes the
+    block), then one timed call; the Timer synchronises the accelerator around it.
+    """
+    threads = torch.get_num_threads()
+    timers = [Timer("work()", globals={"work": work}, num_threads=threads) for work in works]
+    seconds: list[list[float]] = [[] for _ in works]
+    for index in range(rounds):
+        for side in range(len(works))[:: 1 if index % 2 == 0 else -1]:
+            seconds[side].append(timers[side].blocked_autorange(min_run_time=0).median)
+    return [statistics.median(each) for each in seconds]
 
 
-def interleaved_medians(
-    runs: Sequence[Callable[[], float]], *, repeats: int, warmup: int = 1
-) -> list[float]:
-    """Call ``runs`` in turn, ``warmup`` rounds untimed, then ``repeats`` rounds; each run
-    returns the seconds it measured. The median of each run's seconds, in order."""
-    for _ in range(warmup):
-        for run in runs:
-            run()
-    seconds: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeats):
-        for run, times in zip(runs, seconds, strict=True):
-            times.append(run())
-    return [statistics.median(times) for times in seconds]
+class PilCifar(Dataset[tuple[Tensor, int]]):
+    """torchvision.datasets.CIFAR100's __getitem__ (HWC uint8 -> PIL -> transforms), with
+    the augmentation of CIFAR code of the paper's era."""
 
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.data, self.targets = images.permute(0, 2, 3, 1).numpy(), labels.tolist()
+        crop, flip = T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()
+        self.transform = T.Compose([crop, flip, T.ToTensor(), T.Normalize(MEAN, STD)])
 
-def timed(device: torch.device, work: Callable[[], object]) -> Callable[[], float]:
-    """``work`` as a run that returns its wall-clock seconds, the device's queue drained."""
+    def __len__(self) -> int:
+        return len(self.targets)
 
-    def run() -> float:
-        synchronize(device)
-        start = time.perf_counter()
-        work()
-        synchronize(device)
-        return time.perf_counter() - start
-
-    return run
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
 
 
 def train_step(
-    model: nn.Module,
-    x: Tensor,
-    loss_of: Callable[[Any], Tensor],
-    *,
-    amp: bool,
+    model: nn.Module, x: Tensor, loss_of: Callable[[Any], Tensor], *, amp: bool, compiled: bool
 ) -> Callable[[], None]:
     """One SGD step of ``model`` on the batch ``x``, its trainable parameters only."""
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=1e-4
     )
     model.train()
+    forward = torch.compile(model) if compiled else model
 
     def step() -> None:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
+            out = forward(x)
         loss = loss_of(out)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -313,40 +330,43 @@ def on_device(model: nn.Module, device: torch.device, channels_last: bool) -> nn
 
 def step_batch(sizes: Sizes, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(sizes.step_batch, 3, 32, 32, generator=g).to(device)
+    x = torch.randn(sizes.step_batch, 3, sizes.step_size, sizes.step_size, generator=g).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, torch.randint(0, NUM_CLASSES, (sizes.step_batch,), generator=g).to(device)
 
 
-def measure_aux_step(sizes: Sizes, device: torch.device, fast: bool) -> tuple[float, float]:
+def measure_aux_step(
+    sizes: Sizes, device: torch.device, fast: bool, compiled: bool = False
+) -> tuple[float, float]:
     """Median seconds of a plain step and of a step with the binary head."""
     torch.manual_seed(0)
     plain = on_device(sizes.step_model.build(), device, fast)
     wrapped = on_device(RandomPartitionHead(copy.deepcopy(plain), seed=0), device, fast)
     x, y = step_batch(sizes, device, fast)
-    y_b = wrapped.relabel(y)
-    combined = CombinedLoss(0.4)
-    runs = [
-        timed(device, train_step(plain, x, lambda out: F.cross_entropy(out.float(), y), amp=fast)),
-        timed(device, train_step(wrapped, x, lambda out: combined(out, y, y_b), amp=fast)),
+    y_b, combined = wrapped.relabel(y), CombinedLoss(0.4)
+    steps = [
+        train_step(plain, x, lambda o: F.cross_entropy(o.float(), y), amp=fast, compiled=compiled),
+        train_step(wrapped, x, lambda o: combined(o, y, y_b), amp=fast, compiled=compiled),
     ]
-    plain_s, aux_s = interleaved_medians(runs, repeats=sizes.step_repeats)
+    plain_s, aux_s = interleaved(steps, sizes.step_repeats)
     return plain_s, aux_s
 
 
-def measure_frozen_step(sizes: Sizes, device: torch.device, fast: bool) -> tuple[float, float]:
-    """Median seconds of a full step and of a step frozen through block ``"2"``."""
+def measure_frozen_step(
+    sizes: Sizes, device: torch.device, fast: bool, compiled: bool = False, until: str = "2"
+) -> tuple[float, float]:
+    """Median seconds of a full step and of a step frozen through block ``until``."""
     torch.manual_seed(0)
     full = on_device(sizes.step_model.build(), device, fast)
     frozen = copy.deepcopy(full)
-    freeze_until(frozen, "2")
+    freeze_until(frozen, until)
     x, y = step_batch(sizes, device, fast)
-    runs = [
-        timed(device, train_step(m, x, lambda out: F.cross_entropy(out.float(), y), amp=fast))
+    steps = [
+        train_step(m, x, lambda o: F.cross_entropy(o.float(), y), amp=fast, compiled=compiled)
         for m in (full, frozen)
     ]
-    full_s, frozen_s = interleaved_medians(runs, repeats=sizes.step_repeats)
+    full_s, frozen_s = interleaved(steps, sizes.step_repeats)
     return full_s, frozen_s
 
 
@@ -383,46 +403,38 @@ def loader(dataset: Any, batch: int, workers: int, device: torch.device) -> Data
 
 
 def measure_relabel_epoch(sizes: Sizes, device: torch.device) -> tuple[float, float]:
-    """Median seconds of an epoch of the PIL dataset, plain and through ``binary_relabel``.
+    """Median seconds of a batch of the PIL dataset, plain and through ``binary_relabel``.
 
     The two differ by a few microseconds an image against a few hundred for its PIL
-    transforms, finer than a shared machine's drift over a second. So both loaders walk
-    their epochs in lockstep (the same order), each batch of one timed right after the
-    same batch of the other; an epoch's time is the sum over its batches.
+    transforms, finer than a shared machine's drift over a second. So the unit timed is a
+    batch: both loaders walk their epochs in lockstep (the same order, the same batches),
+    for ``data_repeats`` epochs' worth of rounds.
     """
     images, labels = synthetic_cifar(sizes.data_images)
     plain = PilCifar(images, labels)
     relabeled = binary_relabel(plain, class_partition(NUM_CLASSES, seed=0))
     loaders = [loader(d, sizes.data_batch, 0, device) for d in (plain, relabeled)]
-    epochs: list[list[float]] = [[], []]
-    for repeat in range(sizes.data_repeats + 1):  # the first round warms up
-        batches = [iter(each) for each in loaders]
-        seconds = [0.0, 0.0]
-        for index in range(len(loaders[0])):
-            for side in (0, 1) if index % 2 == 0 else (1, 0):  # neither always first
-                start = time.perf_counter()
-                next(batches[side])[0].to(device, non_blocking=True)
-                synchronize(device)
-                seconds[side] += time.perf_counter() - start
-        if repeat > 0:
-            for side in (0, 1):
-                epochs[side].append(seconds[side])
-    return statistics.median(epochs[0]), statistics.median(epochs[1])
+    batches = [itertools.chain.from_iterable(itertools.repeat(each)) for each in loaders]
+    draws = [lambda b=b: next(b)[0].to(device, non_blocking=True) for b in batches]
+    plain_s, relabel_s = interleaved(draws, sizes.data_repeats * len(loaders[0]))
+    return plain_s, relabel_s
 
 
-def measure_batches(sizes: Sizes, device: torch.device, workers: int) -> tuple[float, float]:
-    """Median seconds of an epoch of DeviceBatches and of the faster DataLoader."""
+def measure_batches(
+    sizes: Sizes, device: torch.device, workers: int
+) -> tuple[float, dict[int, float]]:
+    """Median seconds of an epoch of DeviceBatches and of the DataLoader with each of 0 and
+    ``workers`` workers."""
     images, labels = synthetic_cifar(sizes.data_images)
     ours = DeviceBatches(
         images, labels, batch_size=sizes.data_batch, mean=MEAN, std=STD, device=device
     )
-    dataset = PilCifar(images, labels)
     counts = sorted({0, workers})
-    runs = [timed(device, through(ours, device))] + [
-        timed(device, through(loader(dataset, sizes.data_batch, w, device), device)) for w in counts
-    ]
-    ours_s, *loader_s = interleaved_medians(runs, repeats=sizes.data_repeats)
-    return ours_s, min(loader_s)
+    loaders = [loader(PilCifar(images, labels), sizes.data_batch, w, device) for w in counts]
+    ours_s, *loader_s = interleaved(
+        [through(each, device) for each in (ours, *loaders)], sizes.data_repeats
+    )
+    return ours_s, dict(zip(counts, loader_s, strict=True))
 
 
 def our_epoch(
@@ -484,13 +496,11 @@ def measure_loops(
     ours = on_device(sizes.loop_model.build(), device, fast)
     reference = copy.deepcopy(ours).to(memory_format=torch.contiguous_format)
     images, labels = synthetic_cifar(sizes.loop_images)
-    runs = [
-        timed(device, our_epoch(ours, images, labels, sizes.loop_batch, device, fast)),
-        timed(
-            device, reference_epoch(reference, images, labels, sizes.loop_batch, device, workers)
-        ),
+    epochs = [
+        our_epoch(ours, images, labels, sizes.loop_batch, device, fast),
+        reference_epoch(reference, images, labels, sizes.loop_batch, device, workers),
     ]
-    ours_s, reference_s = interleaved_medians(runs, repeats=sizes.loop_repeats)
+    ours_s, reference_s = interleaved(epochs, sizes.loop_repeats)
     return ours_s, reference_s
 
 
@@ -502,17 +512,18 @@ def measure_models(
     ``graph_vs_eager_<model>``, the one over the other. Same initial weights, one model
     each (a recorded step holds on to its model's gradients)."""
     images, labels = synthetic_cifar(sizes.model_images)
-    runs, names = [], []
+    epochs, names = [], []
     for spec, batch in sizes.model_rates:
         torch.manual_seed(0)
         eager = on_device(spec.build(), device, fast)
         graph = copy.deepcopy(eager)
         for kind, model in (("eager", eager), ("graph", graph)):
-            epoch = our_epoch(model, images, labels, batch, device, fast, graphs=kind == "graph")
-            runs.append(timed(device, epoch))
+            epochs.append(
+                our_epoch(model, images, labels, batch, device, fast, graphs=kind == "graph")
+            )
             names.append(f"{spec.name}_b{batch}_{kind}")
-    # The warm-up round takes GraphTrainer's first epoch, which records its step.
-    medians = interleaved_medians(runs, repeats=sizes.model_repeats)
+    # GraphTrainer's first epoch, untimed, records its step.
+    medians = interleaved(epochs, sizes.model_repeats)
     rates = {name: sizes.model_images / s for name, s in zip(names, medians, strict=True)}
     ratios = {
         f"graph_vs_eager_{spec.family}": rates[f"{spec.name}_b{batch}_graph"]
@@ -531,7 +542,6 @@ class JobTask:
     model: ModelSpec
     batch: int
     images: int
-    epochs: int
     fast: bool
     threads: int | None
     timeout: float
@@ -541,8 +551,8 @@ class JobTask:
 def job_worker(task: JobTask, barrier: Any, reports: Any) -> None:
     """One worker of a ``jobsN`` measurement, in a process of its own ("spawn": a function at
     the top of the module). Trains through ``GraphTrainer`` on data made on its device: one
-    untimed warm-up epoch, the barrier, then ``task.epochs`` timed epochs. Reports
-    ``(index, ("done", images, seconds))`` or ``(index, ("failed", traceback))``."""
+    warm-up epoch, the barrier, then an untimed epoch and a timed one (``interleaved``).
+    Reports ``(index, ("done", images, seconds))`` or ``(index, ("failed", traceback))``."""
     try:
         if task.crash == "exit":
             os._exit(70)  # as a crash ends a process: no report
@@ -557,11 +567,10 @@ def job_worker(task: JobTask, barrier: Any, reports: Any) -> None:
         model = on_device(task.model.build(), device, task.fast)
         images, labels = synthetic_cifar(task.images, seed=task.index, device=device)
         epoch = our_epoch(model, images, labels, task.batch, device, task.fast, graphs=True)
-        epoch()  # warm-up; on CUDA it records the step
-        synchronize(device)
+        epoch()  # warm-up; on CUDA it records the step (its .tolist() waits for the device)
         barrier.wait(task.timeout)
-        seconds = timed(device, lambda: [epoch() for _ in range(task.epochs)])()
-        reports.put((task.index, ("done", task.images * task.epochs, seconds)))
+        (seconds,) = interleaved([epoch], 1)
+        reports.put((task.index, ("done", task.images, seconds)))
     except Exception:
         reports.put((task.index, ("failed", traceback.format_exc())))
 
@@ -588,9 +597,8 @@ def run_jobs(
     processes = []
     for index, where in enumerate(job_devices(device, count)):
         task = JobTask(
-            index, str(where), sizes.jobs_model, sizes.jobs_batch, sizes.jobs_images,
-            sizes.jobs_epochs, fast, threads, sizes.jobs_timeout,
-            crash[1] if crash is not None and crash[0] == index else None,
+            index, str(where), sizes.jobs_model, sizes.jobs_batch, sizes.jobs_images, fast,
+            threads, sizes.jobs_timeout, crash[1] if crash is not None and crash[0] == index else None,
         )  # fmt: skip
         processes.append(
             context.Process(
@@ -695,57 +703,74 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
 
 
-def measure(
-    sizes: Sizes,
-    device: torch.device,
-    workers: int,
-    log: Callable[[str], None],
-    jobs_counts: Sequence[int] = (),
-    crash: tuple[int, str] | None = None,
-) -> dict[str, Any]:
-    fast = device.type == "cuda"  # bf16 autocast and channels-last
+def measure(sizes: Sizes, args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """The rows of ``args.only``: ratios, images/s, settings, goals and what failed."""
+    device, workers, only = args.device, args.workers, args.only
+    fast = device.type == "cuda" and not args.fp32  # bf16 autocast and channels-last
     precision = "bf16, channels-last" if fast else "fp32"
-    graph = "GraphTrainer, captured" if fast else "GraphTrainer, eager on CPU"
-    step = f"{sizes.step_model.label}, batch {sizes.step_batch}, {precision}, median of {sizes.step_repeats} steps"
-    data = f"{sizes.data_images:,} images, batch {sizes.data_batch}, median of {sizes.data_repeats} epochs"
-    loop = (
-        f"{sizes.loop_model.label}, {sizes.loop_images:,} images, batch {sizes.loop_batch}, "
-        f"median of {sizes.loop_repeats} epochs; ours: "
-        f"{graph if fast else 'train_one_epoch'}; reference: fp32, {workers} workers"
+    graph = "GraphTrainer, captured" if device.type == "cuda" else "GraphTrainer, eager on CPU"
+    pixels = "" if sizes.step_size == 32 else f", {sizes.step_size} px"
+    step = (
+        f"{sizes.step_model.label}{pixels}, batch {sizes.step_batch}, {precision}"
+        f"{', compiled' if args.compile else ''}, median of {sizes.step_repeats} steps"
     )
+    data = f"{sizes.data_images:,} images, batch {sizes.data_batch}"
     ratios: dict[str, float] = {}
     rates: dict[str, float] = {}
     settings: dict[str, str] = {}
     failed: dict[str, str] = {}
 
-    log("aux_step ...")
-    plain_s, aux_s = measure_aux_step(sizes, device, fast)
-    ratios["aux_step"], settings["aux_step"] = aux_s / plain_s, step
-    rates["plain_step"] = sizes.step_batch / plain_s
+    if "aux_step" in only:
+        log("aux_step ...")
+        plain_s, aux_s = measure_aux_step(sizes, device, fast, args.compile)
+        ratios["aux_step"], settings["aux_step"] = aux_s / plain_s, step
+        rates["plain_step"] = sizes.step_batch / plain_s
+        rates["head_step"] = sizes.step_batch / aux_s
 
-    log("relabel_epoch ...")
-    plain_s, relabel_s = measure_relabel_epoch(sizes, device)
-    ratios["relabel_epoch"] = relabel_s / plain_s
-    settings["relabel_epoch"] = f"PIL dataset, DataLoader 0 workers, {data}"
+    if "relabel_epoch" in only:
+        log("relabel_epoch ...")
+        plain_s, relabel_s = measure_relabel_epoch(sizes, device)
+        ratios["relabel_epoch"] = relabel_s / plain_s
+        batches = sizes.data_repeats * math.ceil(sizes.data_images / sizes.data_batch)
+        settings["relabel_epoch"] = (
+            f"PIL dataset, DataLoader 0 workers, {data}, median of {batches} batches in lockstep"
+        )
 
-    log("frozen_step ...")
-    full_s, frozen_s = measure_frozen_step(sizes, device, fast)
-    ratios["frozen_step"], settings["frozen_step"] = frozen_s / full_s, step
+    if "frozen_step" in only:
+        log("frozen_step ...")
+        full_s, frozen_s = measure_frozen_step(sizes, device, fast, args.compile, args.until)
+        ratios["frozen_step"] = frozen_s / full_s
+        rates["full_step"] = sizes.step_batch / full_s
+        rates["frozen_model_step"] = sizes.step_batch / frozen_s
+        settings["frozen_step"] = f"{step}; frozen through {args.until!r}"
 
-    log("batches ...")
-    ours_s, loader_s = measure_batches(sizes, device, workers)
-    ratios["batches"] = loader_s / ours_s
-    settings["batches"] = f"DataLoader with 0 and {workers} workers, the faster; {data}"
-    rates["device_batches"] = sizes.data_images / ours_s
-    rates["pil_dataloader"] = sizes.data_images / loader_s
+    if "batches" in only:
+        log("batches ...")
+        ours_s, loader_s = measure_batches(sizes, device, workers)
+        ratios["batches"] = min(loader_s.values()) / ours_s
+        settings["batches"] = (
+            f"DataLoader with 0 and {workers} workers, the faster; {data}, "
+            f"median of {sizes.data_repeats} epochs"
+        )
+        rates["device_batches"] = sizes.data_images / ours_s
+        rates["pil_dataloader"] = sizes.data_images / min(loader_s.values())
+        for count, seconds in loader_s.items():
+            rates[f"pil_dataloader_{count}_workers"] = sizes.data_images / seconds
 
-    log("loop_vs_reference ...")
-    ours_s, reference_s = measure_loops(sizes, device, fast, workers)
-    ratios["loop_vs_reference"], settings["loop_vs_reference"] = reference_s / ours_s, loop
-    rates["our_loop"] = sizes.loop_images / ours_s
-    rates["reference_loop"] = sizes.loop_images / reference_s
+    if "loop_vs_reference" in only:
+        log("loop_vs_reference ...")
+        ours_s, reference_s = measure_loops(sizes, device, fast, workers)
+        ratios["loop_vs_reference"] = reference_s / ours_s
+        settings["loop_vs_reference"] = (
+            f"{sizes.loop_model.label}, {sizes.loop_images:,} images, batch {sizes.loop_batch}, "
+            f"median of {sizes.loop_repeats} epochs; ours: "
+            f"{graph if device.type == 'cuda' else 'train_one_epoch'}; reference: fp32, "
+            f"{workers} workers"
+        )
+        rates["our_loop"] = sizes.loop_images / ours_s
+        rates["reference_loop"] = sizes.loop_images / reference_s
 
-    if sizes.model_rates:
+    if "graph_vs_eager" in only and sizes.model_rates:
         log("models, eager and through GraphTrainer ...")
         model_rates, model_ratios = measure_models(sizes, device, fast)
         rates.update(model_rates)
@@ -756,20 +781,19 @@ def measure(
                 f"median of {sizes.model_repeats} epochs; {graph} / train_one_epoch"
             )
 
-    if jobs_counts:
-        jobs_rates, jobs_ratios, jobs_failed = measure_jobs(
-            sizes, device, fast, jobs_counts, log, crash
-        )
+    if "jobs" in only and args.jobs_counts:
+        counts = args.jobs_counts
+        jobs_rates, jobs_ratios, jobs_failed = measure_jobs(sizes, device, fast, counts, log)
         rates.update(jobs_rates)
         ratios.update(jobs_ratios)
         failed.update(jobs_failed)
         settings["jobs"] = (
             f"N processes at once, each {sizes.jobs_model.label}, batch {sizes.jobs_batch}, "
-            f"{precision}, {graph}, {sizes.jobs_images:,} images x {sizes.jobs_epochs} epochs "
-            f"after 1 warm-up epoch; their images / the slowest one's seconds"
+            f"{precision}, {graph}, {sizes.jobs_images:,} images an epoch; 1 warm-up epoch, "
+            f"then 1 untimed and 1 timed; their images / the slowest one's seconds"
         )
-        for count in jobs_counts:
-            if count != 1 and 1 in jobs_counts:
+        for count in counts:
+            if count != 1 and 1 in counts:
                 settings[f"jobs{count}_vs_jobs1"] = f"jobs{count} / jobs1 images/s"
 
     # Every ratio, measured or failed, in the order measured.
@@ -834,6 +858,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "ratios mean little)",
     )
     parser.add_argument(
+        "--only", nargs="+", choices=ROWS, default=ROWS, metavar="ROW", help="measure these rows"
+    )
+    parser.add_argument(
+        "--model",
+        help=f"the steps' model (aux_step, frozen_step): a timm model, or {TV_DENSENET} "
+        "(torchvision's DenseNet class, ImageNet stem) (default: the preset's DenseNet-BC)",
+    )
+    parser.add_argument("--size", type=int, default=32, help="pixels of the steps' images")
+    parser.add_argument("--batch", type=int, help="the steps' batch (default: the preset's)")
+    parser.add_argument("--until", default="2", help="frozen_step freezes through this")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the steps' models")
+    parser.add_argument(
+        "--fp32", action="store_true", help="on CUDA too: no bf16 autocast, no channels-last"
+    )
+    parser.add_argument(
         "--workers", type=int, default=2, help="DataLoader workers of the reference pipelines"
     )
     parser.add_argument(
@@ -854,25 +893,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="save the table here")
     args = parser.parse_args(argv)
-    try:
-        args.device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device: expected cpu, cuda or cuda:N, but got {args.device!r}")
+    args.device = checked_device(parser, args.device)
     if args.device.type not in ("cpu", "cuda"):
-        parser.error(f"--device: expected cpu, cuda or cuda:N, but got {str(args.device)!r}")
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device: cuda was asked for, but torch sees no CUDA device")
-    if args.threads < 1:
-        parser.error(f"--threads: expected a count >= 1, but got {args.threads}")
-    if args.workers < 0:
-        parser.error(f"--workers: expected a count >= 0, but got {args.workers}")
+        parser.error(
+            f"argument --device: expected cpu, cuda or cuda:N, but got {args.device.type!r}"
+        )
+    if args.model not in (None, TV_DENSENET) and not timm.is_model(args.model):
+        parser.error(
+            f"argument --model: expected a timm model or {TV_DENSENET}, but got {args.model!r}"
+        )
+    for name, least in (("threads", 1), ("size", 1), ("batch", 1), ("workers", 0)):
+        if (value := getattr(args, name)) is not None and value < least:
+            parser.error(f"argument --{name}: expected a count >= {least}, but got {value}")
     if "jobs_counts" not in args:
         args.jobs_counts = [1, 2, 4, 8] if args.device.type == "cuda" else []
     if any(n < 1 for n in args.jobs_counts):
-        parser.error(f"--jobs-counts: expected counts >= 1, but got {args.jobs_counts}")
+        parser.error(f"argument --jobs-counts: expected counts >= 1, but got {args.jobs_counts}")
     args.jobs_counts = sorted(set(args.jobs_counts))
     if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
-        parser.error(f"--json: expected a file in an existing folder, but got {str(args.json)!r}")
+        parser.error(
+            f"argument --json: expected a file in an existing folder, but got {str(args.json)!r}"
+        )
     return args
 
 
@@ -880,6 +921,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"
     sizes = sizes_for(preset, args.device)
+    sizes = dataclasses.replace(
+        sizes,
+        step_model=ModelSpec(args.model, args.model) if args.model else sizes.step_model,
+        step_batch=args.batch or sizes.step_batch,
+        step_size=args.size,
+    )
     torch.set_num_threads(args.threads)
     if args.device.type == "cuda" and args.device.index is not None:
         torch.cuda.set_device(args.device)  # where GraphTrainer records its graphs
@@ -888,7 +935,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
-    measured = measure(sizes, args.device, args.workers, log, args.jobs_counts)
+    measured = measure(sizes, args, log)
     result: dict[str, Any] = {
         "device": device_name(args.device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -2,7 +2,9 @@
 
 Timings are not checked (a test must not assert speed on a shared machine): only that
 every ratio and rate was measured and is a positive finite number, that goals are judged
-where they apply, and that a concurrent run whose worker dies is reported as failed.
+where they apply, that the harness times each work side by side in seconds a call, that
+the flags pick the rows and the steps' model, and that a concurrent run whose worker dies
+is reported as failed.
 """
 
 import importlib
@@ -10,6 +12,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,8 +27,12 @@ INFORMATION = {"graph_vs_eager_densenet", "jobs2_vs_jobs1"}
 RATIOS = JUDGED | INFORMATION
 RATES = {
     "plain_step",
+    "head_step",
+    "full_step",
+    "frozen_model_step",
     "device_batches",
     "pil_dataloader",
+    "pil_dataloader_0_workers",
     "our_loop",
     "reference_loop",
     "cifar_densenet_bc_100_b16_eager",
@@ -109,6 +116,45 @@ def test_printed_table_matches_the_json(tiny_run):
     assert "failed" not in table.lower()
 
 
+def test_the_harness_times_each_work_side_by_side_in_seconds_a_call(bench, monkeypatch):
+    calls = []
+
+    def work(name, seconds=0.0):
+        def call():
+            calls.append(name)
+            time.sleep(seconds)
+
+        return call
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # what Timer must keep
+    set_threads = []
+    monkeypatch.setattr(torch, "set_num_threads", set_threads.append)
+    slow, fast = bench.interleaved([work("a", 0.02), work("b")], 3)
+    # Each measurement: an untimed call, then a timed one; every other round reversed.
+    assert "".join(calls) == "aabb" + "bbaa" + "aabb"
+    assert set(set_threads) == {3}, set_threads
+    assert slow >= 0.02  # the seconds of one call
+    assert fast > 0
+
+
+def test_only_some_rows_with_the_steps_model_size_and_batch_of_the_flags(bench, tmp_path):
+    out = tmp_path / "steps.json"
+    args = ["--tiny", "--only", "frozen_step", "aux_step", "--model", bench.TV_DENSENET]
+    result = bench.main([*args, "--size", "40", "--batch", "4", "--until", "1", "--json", str(out)])
+    assert json.loads(out.read_text())["ratios"] == result["ratios"]
+    assert list(result["ratios"]) == ["aux_step", "frozen_step"]  # the table's order
+    assert list(result["images_per_s"]) == [
+        "plain_step",
+        "head_step",
+        "full_step",
+        "frozen_model_step",
+    ]
+    assert all(value > 0 for value in result["ratios"].values())
+    setting = result["settings"]["frozen_step"]
+    assert setting.startswith(f"{bench.TV_DENSENET}, 40 px, batch 4, fp32, median of 3 steps")
+    assert setting.endswith("frozen through '1'")
+
+
 def test_goals_are_judged_where_they_apply_and_concurrent_runs_only_inform(bench):
     assert bench.judged("loop_vs_reference", 12.0, CPU) == {"goal": ">= 10x on GPU", "holds": None}
     assert bench.judged("loop_vs_reference", 12.0, CUDA)["holds"] is True
@@ -188,6 +234,9 @@ def test_a_failed_entry_is_marked_in_the_table_and_fails_its_ratio(bench, monkey
     [
         (["--device", "tpu"], "--device"),
         (["--workers", "-1"], "--workers"),
+        (["--batch", "0"], "--batch"),
+        (["--model", "no_such_model"], "--model"),
+        (["--only", "nothing"], "--only"),
         (["--jobs-counts", "1", "0"], "--jobs-counts"),
         (["--json", "no/such/folder/bench.json"], "--json"),
     ],
@@ -197,5 +246,5 @@ def test_bad_flags_end_with_one_line_before_measuring(bench, capsys, args, flag)
         bench.main(["--tiny", *args])
     assert exit_info.value.code == 2
     out, err = capsys.readouterr()
-    assert err.strip().splitlines()[-1].startswith("run.py: error: " + flag), err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("run.py: error: argument " + flag), err[-2000:]
     assert out == ""

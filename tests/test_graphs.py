@@ -51,13 +51,13 @@ def test_graph_ready_step_equals_the_plain_loop(binary, settings):
     plain = _model(binary)
     ready = copy.deepcopy(plain)
     plain_opt, ready_opt = _sgd(plain, **settings), _sgd(ready, **settings)
-    trainer = GraphTrainer(ready, ready_opt, binary_weight=0.3)
+    trainer = GraphTrainer(ready, ready_opt, aux_weight=0.3)
     batches, tests = _batches(plain), _batches(plain, n=13, batch_size=4, train=False)
     for epoch, drop in ((1, 1.0), (2, 1.0), (3, 0.1)):  # a learning-rate drop at epoch 3
         for opt in (plain_opt, ready_opt):
             for group, lr in zip(opt.param_groups, (0.05, 0.2), strict=True):
                 group["lr"] = lr * drop
-        expected = train_one_epoch(plain, batches, plain_opt, epoch=epoch, binary_weight=0.3)
+        expected = train_one_epoch(plain, batches, plain_opt, epoch=epoch, aux_weight=0.3)
         sums = trainer.train_one_epoch(batches, epoch=epoch)
         torch.testing.assert_close(sums, expected, rtol=1e-6, atol=1e-9)
         for (name, p), q in zip(plain.named_parameters(), ready.parameters(), strict=True):

@@ -46,7 +46,7 @@ def test_matches_hand_formula(heads, weight):
     binary = sum(b for _, b in parts) / len(parts)
     terms = combined_loss_terms(AuxOutput(logits, aux_logits), y, y_b, weight)
     assert terms.main.item() == pytest.approx(main, rel=1e-12)
-    assert terms.binary.item() == pytest.approx(binary, rel=1e-12)
+    assert terms.aux.item() == pytest.approx(binary, rel=1e-12)
     assert terms.total.item() == pytest.approx((1 - weight) * main + weight * binary, rel=1e-12)
 
 
@@ -111,7 +111,7 @@ def test_label_smoothing_applies_to_the_class_term_only():
     logits, aux_logits, y, y_b = _batch(seed=5)
     terms = combined_loss_terms((logits, aux_logits), y, y_b, 0.4, label_smoothing=0.1)
     torch.testing.assert_close(terms.main, F.cross_entropy(logits, y, label_smoothing=0.1))
-    torch.testing.assert_close(terms.binary, F.cross_entropy(aux_logits[:, 0], y_b[:, 0]))
+    torch.testing.assert_close(terms.aux, F.cross_entropy(aux_logits[:, 0], y_b[:, 0]))
 
 
 def test_one_head_accepts_flat_targets_and_logits():
@@ -265,7 +265,7 @@ def test_soft_targets_match_hand_formula(soft_target, soft_aux_target, heads, we
     main = _reduce([m for m, _ in parts], reduction)
     binary = _reduce([b for _, b in parts], reduction)
     torch.testing.assert_close(terms.main, main, rtol=1e-12, atol=0)
-    torch.testing.assert_close(terms.binary, binary, rtol=1e-12, atol=0)
+    torch.testing.assert_close(terms.aux, binary, rtol=1e-12, atol=0)
     torch.testing.assert_close(
         terms.total, (1 - weight) * main + weight * binary, rtol=1e-12, atol=1e-15
     )
@@ -329,7 +329,7 @@ def test_timm_mixup_targets():
     )
     torch.testing.assert_close(terms.main, expected)
     parts = _hand_soft_loss(logits.double(), aux_logits.double(), probs.double(), aux_probs)
-    torch.testing.assert_close(terms.binary.double(), _reduce([b for _, b in parts], "mean"))
+    torch.testing.assert_close(terms.aux.double(), _reduce([b for _, b in parts], "mean"))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -408,7 +408,7 @@ def test_module_form_takes_soft_targets():
     loss = loss_fn(AuxOutput(logits, aux_logits), probs, aux_probs)
     expected = combined_loss_terms((logits, aux_logits), probs, aux_probs, 0.4, reduction="none")
     assert torch.equal(loss, expected.total)
-    assert torch.equal(loss_fn.last_terms.binary, expected.binary)
+    assert torch.equal(loss_fn.last_terms.aux, expected.aux)
 
 
 def test_values_are_not_read_back_off_the_cpu():
@@ -454,7 +454,7 @@ def test_zero_and_one_are_valid_probabilities():
     terms = combined_loss_terms((logits, aux_logits), one_hot, aux_one_hot, 0.4)
     torch.testing.assert_close(terms.main, F.cross_entropy(logits, y), rtol=1e-12, atol=0)
     torch.testing.assert_close(
-        terms.binary,
+        terms.aux,
         F.cross_entropy(aux_logits.reshape(-1, 2), y_b.reshape(-1)),
         rtol=1e-12,
         atol=0,
@@ -756,7 +756,7 @@ def test_k_group_loss_is_the_hand_computed_mix(num_groups):
     terms = combined_loss_terms((logits, aux_logits), y, y_groups, weight)
     assert terms.total.item() == pytest.approx(expected, rel=1e-6)
     assert terms.main.item() == pytest.approx(main, rel=1e-6)
-    assert terms.binary.item() == pytest.approx(aux, rel=1e-6)
+    assert terms.aux.item() == pytest.approx(aux, rel=1e-6)
     per_sample = combined_loss((logits, aux_logits), y, y_groups, weight, reduction="none")
     assert per_sample.mean().item() == pytest.approx(expected, rel=1e-6)
 

@@ -38,7 +38,7 @@ def test_readme_example_runs(build):
     main = F.cross_entropy(out.logits, labels)
     binary = F.cross_entropy(out.aux_logits[:, 0], net.relabel(labels)[:, 0])
     torch.testing.assert_close(terms.main, main)
-    torch.testing.assert_close(terms.binary, binary)
+    torch.testing.assert_close(terms.aux, binary)
     torch.testing.assert_close(terms.total, 0.6 * main + 0.4 * binary)
 
 

@@ -264,7 +264,7 @@ class AuxTransferModule(pl.LightningModule):
             terms = combined_loss_terms(out, y, self.model.relabel(y), self.weight)
             loss, logits = terms.total, out.logits
             self.log("train/main_loss", terms.main, on_step=True, on_epoch=True)
-            self.log("train/aux_loss", terms.binary, on_step=True, on_epoch=True)
+            self.log("train/aux_loss", terms.aux, on_step=True, on_epoch=True)
         else:
             logits = out
             loss = F.cross_entropy(logits, y)

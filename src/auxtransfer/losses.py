@@ -20,15 +20,20 @@ class LossTerms(NamedTuple):
     """The combined loss and its two parts, for logging.
 
     Attributes:
-        total: ``(1 - weight) * main + weight * binary``.
+        total: ``(1 - weight) * main + weight * aux``.
         main: Cross entropy of the class logits.
-        binary: Cross entropy of the auxiliary (binary, or ``K``-group) logits, averaged
-            over the ``n`` heads.
+        aux: Cross entropy of the auxiliary (binary, or ``K``-group) logits, averaged
+            over the ``n`` heads (``binary``: the same, by its older name).
     """
 
     total: Tensor
     main: Tensor
-    binary: Tensor
+    aux: Tensor
+
+    @property
+    def binary(self) -> Tensor:
+        """``aux``, by the name it had while the labels were binary only."""
+        return self.aux
 
 
 def combined_loss_terms(
@@ -81,20 +86,20 @@ def combined_loss_terms(
         # [B, K, n] against [B, n] (or [B, K, n]): one loss per sample and head, averaged
         # over heads.
         per_head = aux_target.transpose(1, 2) if soft_binary else aux_target
-        binary = F.cross_entropy(aux_logits.transpose(1, 2), per_head, reduction="none").mean(1)
+        aux = F.cross_entropy(aux_logits.transpose(1, 2), per_head, reduction="none").mean(1)
     else:
         flat = F.cross_entropy(
             aux_logits.reshape(-1, num_groups), aux_target.flatten(0, 1), reduction=reduction
         )
-        binary = flat if reduction == "mean" else flat / num_heads
+        aux = flat if reduction == "mean" else flat / num_heads
     if weight == 0.0 or weight == 1.0:
         # One term only, bitwise: the other still joins the graph with a zero gradient (so
         # DDP sees no unused parameters), and cannot turn the total into NaN if it overflowed.
-        kept, dropped = (main, binary) if weight == 0.0 else (binary, main)
+        kept, dropped = (main, aux) if weight == 0.0 else (aux, main)
         total = kept + (0.0 * dropped).nan_to_num(0.0, 0.0, 0.0)
     else:
-        total = (1.0 - weight) * main + weight * binary
-    return LossTerms(total, main, binary)
+        total = (1.0 - weight) * main + weight * aux
+    return LossTerms(total, main, aux)
 
 
 def combined_loss(
@@ -130,8 +135,8 @@ def combined_loss(
             [`RandomPartitionHead.relabel`][auxtransfer.RandomPartitionHead.relabel], or
             group probabilities (floating point): the mass of the classes in each group of
             each partition.
-        weight: The binary loss weight ``w`` in ``[0, 1]``.
-        label_smoothing: Label smoothing of the class term (the binary term has none); it
+        weight: The auxiliary loss weight ``w`` in ``[0, 1]``.
+        label_smoothing: Label smoothing of the class term (the auxiliary term has none); it
             applies to class probabilities too, as in ``torch.nn.functional.cross_entropy``.
         reduction: ``"mean"``, ``"sum"`` (over samples; heads are always averaged) or ``"none"``.
 
@@ -190,7 +195,7 @@ class CombinedLoss(nn.Module):
     [`LossTerms`][auxtransfer.losses.LossTerms] of that call, ready for logging.
 
     Args:
-        weight: The binary loss weight ``w`` in ``[0, 1]`` (the paper used 0.4).
+        weight: The auxiliary loss weight ``w`` in ``[0, 1]`` (the paper used 0.4).
         label_smoothing: Label smoothing of the class term.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -201,7 +206,7 @@ class CombinedLoss(nn.Module):
         >>> loss = loss_fn(out, torch.tensor([0, 3, 9, 3]), torch.tensor([1, 0, 0, 0]))
         >>> loss.backward()
         >>> sorted(loss_fn.last_terms._asdict())
-        ['binary', 'main', 'total']
+        ['aux', 'main', 'total']
     """
 
     def __init__(

@@ -112,7 +112,7 @@ class GraphTrainer:
     Args:
         model: The model (on its device; not DDP: one process).
         optimizer: A ``torch.optim.SGD`` over the model's parameters.
-        binary_weight: Weight of the binary term of the combined loss (batches with binary
+        aux_weight: Weight of the auxiliary term of the combined loss (batches with auxiliary
             labels).
         amp: bf16 autocast for the forward pass.
         capture: Record and replay CUDA graphs (default: when the model is on CUDA);
@@ -138,7 +138,7 @@ class GraphTrainer:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        binary_weight: float = 0.0,
+        aux_weight: float = 0.0,
         amp: bool = False,
         capture: bool | None = None,
         warmup: int = 3,
@@ -167,7 +167,7 @@ class GraphTrainer:
         if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 1:
             raise ValueError(f"Expected `warmup` to be an int of at least 1, but got {warmup!r}.")
         self.model, self.optimizer = model, optimizer
-        self.binary_weight, self.amp = float(binary_weight), amp
+        self.aux_weight, self.amp = float(aux_weight), amp
         self.capture, self.warmup = capture, warmup
         self._groups: list[_Group] | None = None  # set by the first step
         self._grads: list[Tensor] = []  # every group's gradients, zeroed by each step
@@ -240,7 +240,7 @@ class GraphTrainer:
         """The plain step, through the optimizer itself; then the update's tensors are known."""
         self.optimizer.zero_grad(set_to_none=True)
         loss = batch_loss(
-            self._forward(inputs[0]), inputs[:-1], inputs[-1], self.binary_weight, self._sums
+            self._forward(inputs[0]), inputs[:-1], inputs[-1], self.aux_weight, self._sums
         )
         loss.backward()
         self.optimizer.step()
@@ -261,7 +261,7 @@ class GraphTrainer:
         assert self._groups is not None
         torch._foreach_zero_(self._grads)
         loss = batch_loss(
-            self._forward(inputs[0]), inputs[:-1], inputs[-1], self.binary_weight, self._sums
+            self._forward(inputs[0]), inputs[:-1], inputs[-1], self.aux_weight, self._sums
         )
         loss.backward()  # adds into the zeroed gradients, in place
         for group in self._groups:

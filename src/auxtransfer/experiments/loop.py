@@ -44,14 +44,14 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     *,
     epoch: int,
-    binary_weight: float = 0.0,
+    aux_weight: float = 0.0,
     amp: bool = False,
 ) -> Tensor:
     """Train ``model`` for one epoch of ``batches``, one optimizer step per batch.
 
-    With binary labels in the batches (``DeviceBatches(partition=...)``) the model must
+    With auxiliary labels in the batches (``DeviceBatches(partition=...)``) the model must
     return ``(logits, aux_logits)`` (a [`RandomPartitionHead`][auxtransfer.RandomPartitionHead]) and the
-    step minimises the combined loss with ``binary_weight``; otherwise cross-entropy. The
+    step minimises the combined loss with ``aux_weight``; otherwise cross-entropy. The
     loss is computed in float32 whatever precision the forward ran in.
 
     Args:
@@ -59,12 +59,12 @@ def train_one_epoch(
         batches: This process's batches; ``epoch`` selects their order and augmentation.
         optimizer: Steps the model's parameters.
         epoch: The epoch (1-based), passed to ``batches.set_epoch``.
-        binary_weight: Weight of the binary term of the combined loss.
+        aux_weight: Weight of the auxiliary term of the combined loss.
         amp: bf16 autocast for the forward pass.
 
     Returns:
         This process's sums over the epoch, a float64 tensor on the batches' device, not
-        yet read: loss, errors, binary loss, binary errors (0 without binary labels), the
+        yet read: loss, errors, auxiliary loss, auxiliary errors (0 without auxiliary labels), the
         number of images, and the class term of the loss. Wrap-around repeats (DDP) are trained on but not counted.
     """
     batches.set_epoch(epoch)
@@ -74,7 +74,7 @@ def train_one_epoch(
     for batch in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(batch[0])
-        loss = batch_loss(out, batch, batches.last_batch_original, binary_weight, sums)
+        loss = batch_loss(out, batch, batches.last_batch_original, aux_weight, sums)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -82,7 +82,7 @@ def train_one_epoch(
 
 
 def batch_loss(
-    out: Any, batch: Sequence[Tensor], kept: Tensor, binary_weight: float, sums: Tensor
+    out: Any, batch: Sequence[Tensor], kept: Tensor, aux_weight: float, sums: Tensor
 ) -> Tensor:
     """The mean loss of one training batch, to step on; adds its metrics into ``sums``.
 
@@ -93,11 +93,11 @@ def batch_loss(
 
     Args:
         out: The model's output: logits, or ``(logits, aux_logits)`` when ``batch``
-            carries binary labels.
-        batch: ``(images, labels)`` or ``(images, labels, binary_labels)``.
+            carries auxiliary labels.
+        batch: ``(images, labels)`` or ``(images, labels, aux_labels)``.
         kept: ``[B]`` bool, the samples to count in the metrics.
-        binary_weight: Weight of the binary term of the combined loss.
-        sums: ``[6]`` float64, added to in place: loss, errors, binary loss, binary
+        aux_weight: Weight of the auxiliary term of the combined loss.
+        sums: ``[6]`` float64, added to in place: loss, errors, auxiliary loss, auxiliary
             errors, images, class term of the loss.
     """
     y = batch[1]
@@ -105,12 +105,12 @@ def batch_loss(
     if len(batch) > 2:
         logits, aux_logits = out[0].float(), out[1].float()
         terms = combined_loss_terms(
-            (logits, aux_logits), y, batch[2], binary_weight, reduction="none"
+            (logits, aux_logits), y, batch[2], aux_weight, reduction="none"
         )
         per_sample, main = terms.total, terms.main.detach()
-        binary_wrong = (aux_logits.argmax(-1) != batch[2]).double().mean(1)
-        sums[2] += (terms.binary.detach().double() * weight).sum()
-        sums[3] += (binary_wrong * weight).sum()
+        aux_wrong = (aux_logits.argmax(-1) != batch[2]).double().mean(1)
+        sums[2] += (terms.aux.detach().double() * weight).sum()
+        sums[3] += (aux_wrong * weight).sum()
     else:
         logits = out.float()
         per_sample = F.cross_entropy(logits, y, reduction="none")
@@ -130,28 +130,28 @@ def eval_sums(out: Any, y: Tensor, sums: Tensor) -> None:
     sums[1] += (logits.argmax(1) != y).sum()
 
 
-def train_averages(sums: Tensor, *, world: int = 1, binary: bool = False) -> dict[str, Any]:
+def train_averages(sums: Tensor, *, world: int = 1, aux: bool = False) -> dict[str, Any]:
     """Add up every process's sums (a collective when ``world > 1``) and read them, once.
 
     Args:
         sums: What ``train_one_epoch`` returned (summed over the ranks in place).
         world: The number of processes.
-        binary: Whether the batches carried binary labels.
+        aux: Whether the batches carried auxiliary labels.
 
     Returns:
         ``train_loss``, ``train_main_loss``, ``train_error`` (in %), ``train_binary_loss``
-        and ``train_binary_error`` (``""`` without binary labels), as ``metrics.csv`` logs
+        and ``train_binary_error`` (``""`` without auxiliary labels; the columns keep their first names), as ``metrics.csv`` logs
         them.
     """
     if world > 1:
         dist.all_reduce(sums)
-    loss, wrong, binary_loss, binary_wrong, count, main = sums.tolist()
+    loss, wrong, aux_loss, aux_wrong, count, main = sums.tolist()
     return {
         "train_loss": loss / count,
         "train_main_loss": main / count,
         "train_error": 100.0 * wrong / count,
-        "train_binary_loss": binary_loss / count if binary else "",
-        "train_binary_error": 100.0 * binary_wrong / count if binary else "",
+        "train_binary_loss": aux_loss / count if aux else "",
+        "train_binary_error": 100.0 * aux_wrong / count if aux else "",
     }
 
 

@@ -147,7 +147,7 @@ def train_run(
     use_amp = config.amp and device.type == "cuda"
     # After the checkpoint is loaded: the recorded steps read the tensors where they are.
     graphs = (
-        GraphTrainer(net, optimizer, binary_weight=config.binary_weight, amp=use_amp)
+        GraphTrainer(net, optimizer, aux_weight=config.binary_weight, amp=use_amp)
         if cuda_graphs and device.type == "cuda" and world == 1 and not config.compile
         else None
     )
@@ -166,9 +166,9 @@ def train_run(
             test_loss, test_error = graphs.evaluate(tests)
         else:
             sums = train_one_epoch(trainer, batches, optimizer, epoch=epoch,
-                binary_weight=config.binary_weight, amp=use_amp)  # fmt: skip
+                aux_weight=config.binary_weight, amp=use_amp)  # fmt: skip
             test_loss, test_error = evaluate(trainer, tests, amp=use_amp)
-        averages = train_averages(sums, world=world, binary=partition is not None)
+        averages = train_averages(sums, world=world, aux=partition is not None)
         row = {
             "phase": config.phase,
             "epoch": epoch,
