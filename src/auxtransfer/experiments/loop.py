@@ -104,9 +104,7 @@ def batch_loss(
     weight = kept.double()
     if len(batch) > 2:
         logits, aux_logits = out[0].float(), out[1].float()
-        terms = combined_loss_terms(
-            (logits, aux_logits), y, batch[2], aux_weight, reduction="none"
-        )
+        terms = combined_loss_terms((logits, aux_logits), y, batch[2], aux_weight, reduction="none")
         per_sample, main = terms.total, terms.main.detach()
         aux_wrong = (aux_logits.argmax(-1) != batch[2]).double().mean(1)
         sums[2] += (terms.aux.detach().double() * weight).sum()
