@@ -86,7 +86,6 @@ from torch import Tensor, nn
 from torch.utils.benchmark import Timer
 from torch.utils.data import DataLoader, Dataset
 
-import auxtransfer.models  # noqa: F401  (registers the CIFAR models with timm)
 from auxtransfer import (
     CombinedLoss,
     RandomPartitionHead,
@@ -95,15 +94,16 @@ from auxtransfer import (
     freeze_until,
 )
 from auxtransfer.experiments import DeviceBatches, GraphTrainer
-from auxtransfer.experiments.jobs import job_devices, job_threads
 from auxtransfer.experiments.loop import train_one_epoch
+from auxtransfer.experiments.processes import job_devices, job_threads
 from auxtransfer.experiments.rundir import replace_atomically
+from auxtransfer.models import CIFAR100_MEAN, CIFAR100_STD  # (and registers the CIFAR models)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preflight import checked_device, mps_running
 
 NUM_CLASSES = 50  # one half of CIFAR-100, as A and B are
-MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+MEAN, STD = CIFAR100_MEAN, CIFAR100_STD
 ROWS = (
     "aux_step", "relabel_epoch", "frozen_step", "batches", "loop_vs_reference", "graph_vs_eager",
     "jobs",

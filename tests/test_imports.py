@@ -187,7 +187,16 @@ def _graph_at(src: Path) -> dict[str, set[str]]:
 
 ENGINE = tuple(
     f"auxtransfer.experiments.{m}"
-    for m in ("train", "loop", "graphs", "batches", "checkpoint", "transfer", "execute", "jobs")
+    for m in (
+        "train",
+        "loop",
+        "graphs",
+        "batches",
+        "checkpoint",
+        "transfer",
+        "execute",
+        "processes",
+    )
 )
 
 

@@ -19,7 +19,7 @@ import torch
 from auxtransfer.experiments import execute as executing
 from auxtransfer.experiments import protocols
 from auxtransfer.experiments.execute import execute
-from auxtransfer.experiments.jobs import LOG_NAME
+from auxtransfer.experiments.processes import LOG_NAME
 from auxtransfer.experiments.rundir import RunDir
 from auxtransfer.experiments.sources import SyntheticCifar100
 
@@ -272,7 +272,7 @@ def test_jobs_under_torchrun_and_unpicklable_training_are_refused(tmp_path, monk
 
 
 def test_job_devices_spread_over_the_visible_gpus(monkeypatch):
-    from auxtransfer.experiments.jobs import job_devices
+    from auxtransfer.experiments.processes import job_devices
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert [d.index for d in job_devices("cuda", 6)] == [0, 1, 2, 3, 0, 1]
@@ -284,7 +284,7 @@ def test_job_devices_spread_over_the_visible_gpus(monkeypatch):
 
 
 def test_job_threads_share_the_cores_this_process_may_use(monkeypatch):
-    from auxtransfer.experiments import jobs
+    from auxtransfer.experiments import processes as jobs
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)

@@ -22,11 +22,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .rundir import as_json, differing_keys, replace_atomically
+from .rundir import RunDir, as_json, differing_keys, replace_atomically
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "RngState",
+    "epochs_done",
     "gather_rng_states",
     "load_checkpoint",
     "read_checkpoint",
@@ -247,3 +248,19 @@ def _unreadable(path: str | os.PathLike[str], error: Exception) -> str:
     if refused is not None:
         return f"it holds what weights_only=True does not load ({refused[1].strip()})"
     return str(error).strip().split("\n", 1)[0]
+
+
+def epochs_done(run_dir: str | os.PathLike[str]) -> int:
+    """The epochs an unfinished run resumes after: its checkpoint's (read mapped, not
+    loaded), else the rows of its ``metrics.csv``; the run itself says what is wrong with a
+    checkpoint that cannot be read."""
+    run = RunDir(run_dir)
+    try:
+        state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"])
+    except Exception:
+        pass
+    try:
+        return len(run.read_metrics()) if run.metrics_path.exists() else 0
+    except (OSError, ValueError):
+        return 0

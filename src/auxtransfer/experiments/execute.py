@@ -5,7 +5,7 @@ ids it is given: a finished run (``results.json``) is skipped without touching i
 an unfinished one (``last.pt``) resumed, the others started. So the same call, repeated
 after a stop, completes a sweep, and any scheduler can spread a plan over machines one id
 at a time. Under ``torchrun`` every run trains with DDP and rank 0 writes. With ``jobs=N``
-up to N runs train at once, each in a process of its own (``jobs``), a transfer once the
+up to N runs train at once, each in a process of its own (``processes``), a transfer once the
 run it needs has finished.
 """
 
@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 
 from .._checks import check_int
-from . import jobs as run_jobs
+from . import processes
+from .checkpoint import epochs_done
 from .plan import FINISHED_STATUSES, Plan, PlannedRun, RunFailedError, check_data, check_plan
 from .rundir import RunDir
 from .sources import DataSource, run_data_for, run_partition_for
@@ -108,7 +109,7 @@ def execute(
         source: The data (``check_data`` first; with a download, rank 0 loads first).
         ids: The runs to execute, in any order (None: all).
         device: This process's device; with ``jobs > 1``, ``"cuda"`` without an index
-            spreads the runs over the visible GPUs (``jobs.job_devices``).
+            spreads the runs over the visible GPUs (``processes.job_devices``).
         progress: A progress bar per run (rank 0); with ``jobs > 1``, each epoch of
             each run as a line through ``report`` (``ID [job k] epoch 3/175: ...``).
         stop_after: Each of the ``jobs`` processes (this one when ``jobs`` is 1) trains
@@ -155,7 +156,7 @@ def execute(
         )  # fmt: skip
     # Epochs an unfinished run has logged, for the budget of stop_after.
     done = {
-        run.id: _epochs_done(Path(out) / run.id) for run, state in states if state == "unfinished"
+        run.id: epochs_done(Path(out) / run.id) for run, state in states if state == "unfinished"
     }
     rank = dist.get_rank() if distributed else 0
     if distributed:
@@ -257,12 +258,12 @@ def _execute_jobs(
     progress: bool,
 ) -> list[RunOutcome]:
     """``execute``'s runs, up to ``jobs`` at once, each in a process of its own."""
-    payload = run_jobs.pickled(train, source)
+    payload = processes.pickled(train, source)
     # The epochs each job may still train (stop_after), and those each unfinished run has.
     budgets = [math.inf if stop_after is None else stop_after] * jobs
-    done = {run.id: _epochs_done(out / run.id) for run, state in states if state == "unfinished"}
-    devices = run_jobs.job_devices(device, jobs)
-    threads = run_jobs.job_threads(devices[0], jobs)
+    done = {run.id: epochs_done(out / run.id) for run, state in states if state == "unfinished"}
+    devices = processes.job_devices(device, jobs)
+    threads = processes.job_threads(devices[0], jobs)
     say = report or (lambda line: None)
     outcomes = {
         run.id: RunOutcome(run.id, "skipped", RunDir(out / run.id).read_results())
@@ -273,7 +274,7 @@ def _execute_jobs(
     if waiting:
         source.load()  # a download happens once, here; each process then loads its own copy
     unsettled = {run.id for run, _ in waiting}  # waiting or running
-    running: dict[int, tuple[PlannedRun, str, run_jobs.RunProcess]] = {}  # by job slot
+    running: dict[int, tuple[PlannedRun, str, processes.RunProcess]] = {}  # by job slot
     try:
         while waiting or running:
             for run, state in list(waiting):  # plan order: a run comes after the one it needs
@@ -286,12 +287,12 @@ def _execute_jobs(
                     if not free:
                         continue
                     slot = free[0]
-                    job = run_jobs.RunJob(
+                    job = processes.RunJob(
                         run.id, run.config, out / run.id, str(devices[slot]),
                         state == "unfinished", None if budgets[slot] == math.inf else
                         int(budgets[slot]), cuda_graphs, threads,
                     )  # fmt: skip
-                    process = run_jobs.RunProcess(job, payload)
+                    process = processes.RunProcess(job, payload)
                     running[slot] = (run, state, process)  # where `finally` stops it
                     process.start()
                     say(f"{_starting(run, state, out)} [job {slot + 1} on {job.device}]")
@@ -302,7 +303,7 @@ def _execute_jobs(
                 waiting.remove((run, state))
             if not running:
                 break  # the runs left, if any, were not started
-            ready = run_jobs.wait([process for _, _, process in running.values()])
+            ready = processes.wait([process for _, _, process in running.values()])
             for slot, (run, state, process) in list(running.items()):
                 if process not in ready:
                     continue
@@ -333,7 +334,7 @@ def _blocked(run_id: str, needed: RunOutcome) -> RunOutcome:
 def _ended(
     run: PlannedRun,
     state: str,
-    process: run_jobs.RunProcess,
+    process: processes.RunProcess,
     where: str,
     say: Callable[[str], None],
 ) -> RunOutcome:
@@ -348,7 +349,7 @@ def _ended(
         say(f"stopped {run.id} after {epochs} epoch(s) {where}: the next call resumes it")
         return RunOutcome(run.id, "stopped", None)
     log = process.job.log
-    tail = run_jobs.log_tail(log)
+    tail = processes.log_tail(log)
     shown = f"  log: {log}, its last {len(tail)} lines:" if tail else (
         f"  no log at {log}: the error came before the process wrote one (see above)")  # fmt: skip
     say("\n".join([f"failed {run.id} {where}: {error}", shown, *(f"    {t}" for t in tail)]))
@@ -359,21 +360,5 @@ def _starting(run: PlannedRun, state: str, out: Path) -> str:
     """``"training ID (N epochs)"``, or ``"resuming ID (N epochs, K done)"``."""
     if state != "unfinished":
         return f"training {run.id} ({run.config.epochs} epochs)"
-    done = _epochs_done(out / run.id)
+    done = epochs_done(out / run.id)
     return f"resuming {run.id} ({run.config.epochs} epochs, {done} done)"
-
-
-def _epochs_done(run_dir: Path) -> int:
-    """The epochs an unfinished run resumes after: its checkpoint's (read mapped, not
-    loaded), else the rows of its ``metrics.csv``; the run itself says what is wrong with a
-    checkpoint that cannot be read."""
-    run = RunDir(run_dir)
-    try:
-        state = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
-        return int(state["epoch"])
-    except Exception:
-        pass
-    try:
-        return len(run.read_metrics()) if run.metrics_path.exists() else 0
-    except (OSError, ValueError):
-        return 0

@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "METRIC_FIELDS",
+    "RUN_FILES",
     "RunDir",
     "as_json",
     "differing_keys",
@@ -27,6 +28,12 @@ __all__ = [
     "replace_atomically",
     "summarise_metrics",
 ]
+
+#: The files of a run directory: settings, one row per epoch, the results that mark it
+#: finished, the last checkpoint and the best epoch's weights. Any of them marks a folder as
+#: a run directory (``auxtransfer.report`` reads these names from here).
+RUN_FILES = ("config.json", "metrics.csv", "results.json", "last.pt", "best.pt")
+CONFIG, METRICS, RESULTS, LAST, BEST = RUN_FILES
 
 #: The columns of ``metrics.csv``, in order. ``lr`` is the head's rate; ``lr_groups`` holds
 #: every parameter group's rate (see ``format_learning_rates``). ``train_loss`` is the loss
@@ -167,24 +174,24 @@ class RunDir:
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.json"
+        return self.path / CONFIG
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.csv"
+        return self.path / METRICS
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.path / "last.pt"
+        return self.path / LAST
 
     @property
     def best_path(self) -> Path:
         """``best.pt``: the weights of the epoch with the lowest test error so far."""
-        return self.path / "best.pt"
+        return self.path / BEST
 
     @property
     def results_path(self) -> Path:
-        return self.path / "results.json"
+        return self.path / RESULTS
 
     def is_finished(self) -> bool:
         """Whether the run finished (its ``results.json`` exists)."""

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._checks import check_int, check_seed
+from ..models import CIFAR100_MEAN, CIFAR100_STD
 from ..partition import class_partition, group_partition
 from .cifar import cifar100_superclasses, load_cifar100
 from .splits import limit_per_class, split_classes, subset_classes
@@ -47,9 +48,6 @@ __all__ = [
 
 #: ``(images, labels)``: ``[N, 3, 32, 32]`` uint8 and ``[N]`` long.
 Images = tuple[Tensor, Tensor]
-
-_CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-_CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
 class DataSource(Protocol):
@@ -107,8 +105,8 @@ class Cifar100(_Loadable):
         download: Download the data set when it is missing.
     """
 
-    mean = _CIFAR100_MEAN
-    std = _CIFAR100_STD
+    mean = CIFAR100_MEAN
+    std = CIFAR100_STD
     num_classes = 100
     train_per_class = 500
 

@@ -19,16 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..experiments.rundir import METRIC_FIELDS, RUN_FILES
+
 __all__ = ["RUN_FILES", "Gathered", "Run", "Skipped", "gather", "natural_key"]
 
-#: The files that mark a folder as a run directory.
-RUN_FILES = ("config.json", "metrics.csv", "results.json", "last.pt", "best.pt")
 
 #: Columns of ``metrics.csv`` the report reads as numbers (empty cells read as None).
-_NUMBERS = (
-    "lr", "train_loss", "train_error", "test_loss", "test_error",
-    "train_binary_loss", "train_binary_error", "train_main_loss",
-)  # fmt: skip
+_NUMBERS = tuple(f for f in METRIC_FIELDS if f not in ("phase", "epoch", "seconds", "lr_groups"))
 
 
 @dataclass(frozen=True)
