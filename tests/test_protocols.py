@@ -1,5 +1,7 @@
 """The paper's experiments as plans: run ids, dependencies, settings and every schedule."""
 
+import re
+
 import pytest
 import timm
 import torch
@@ -393,7 +395,7 @@ def test_other_setups_smoke_on_tiny_models(setup, names):
     options = setup.smoke_options
     tiny = timm.create_model(options.model, num_classes=50, **options.model_kwargs)
     assert layer_names(tiny) == names
-    for experiment in setup.experiments:
+    for experiment in setup.offered():
         smoke = protocols.build(
             experiment, setup=setup, **protocols.smoke_parameters(experiment, setup)
         )
@@ -442,3 +444,17 @@ def test_schedule_adjusted_refuses_zero_epochs_with_milestones_too(rates):
     # `epochs or self.epochs` took 0 for "not given": 175 epochs trained instead of a refusal.
     with pytest.raises(ValueError, match="`epochs` to be an int >= 1, but got 0"):
         PRETRAIN.adjusted(epochs=0, milestones=[126, 151], rates=rates)
+
+
+def test_the_docs_example_adds_an_experiment_as_a_row(capsys, monkeypatch):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text()
+    code = re.search(r"<!-- example: new-experiment -->\n```python\n(.*?)\n```", text, re.S)
+    shown = re.search(r"<!-- output: new-experiment -->\n```text\n(.*?)\n```", text, re.S)
+    assert code and shown
+    monkeypatch.setattr(protocols, "EXPERIMENTS", dict(protocols.EXPERIMENTS))
+    exec(code.group(1), {})
+    assert capsys.readouterr().out == shown.group(1) + "\n"
+    plan = protocols.build("frozen-weights")
+    assert [run.config.freeze for run in plan if run.config.side == "B"] == ["2"] * 3

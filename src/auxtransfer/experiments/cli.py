@@ -88,7 +88,7 @@ class Example:
 
     @property
     def experiments(self) -> tuple[str, ...]:
-        return self.setup.experiments
+        return self.setup.offered()
 
     def takes(self, parameter: str) -> bool:
         """Whether an experiment of this example takes ``parameter``."""

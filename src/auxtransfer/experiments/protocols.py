@@ -377,7 +377,8 @@ class Setup:
         smoke_options: The smoke runs' options (a tiny model; ``smoke=True``).
         smoke_parameters: The smoke plans' parameters beyond ``smoke_parameters``' common
             ones (freeze and reset points of the tiny model).
-        experiments: The experiments it offers, names of ``EXPERIMENTS``.
+        experiments: The experiments it offers, names of ``EXPERIMENTS`` (default: every
+            row of ``EXPERIMENTS``, those added later included; ``offered()``).
 
     Examples:
         >>> setup = Setup("a tiny WRN", RunOptions(model="cifar_wrn_28_10",
@@ -391,33 +392,37 @@ class Setup:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     smoke_options: RunOptions = SMOKE_OPTIONS
     smoke_parameters: Mapping[str, Any] = field(default_factory=dict)
-    experiments: tuple[str, ...] = tuple(EXPERIMENTS)
+    experiments: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.experiments if name not in EXPERIMENTS]
-        if unknown or not self.experiments:
+        offered = self.offered()
+        if not offered or any(name not in EXPERIMENTS for name in offered):
             raise ValueError(
                 f"Expected `experiments` to be names of {', '.join(EXPERIMENTS)}, but got "
-                f"{list(self.experiments)}."
+                f"{list(offered)}."
             )
-        taken = {p for e in self.experiments for p in EXPERIMENTS[e].defaults}
+        taken = {p for e in offered for p in EXPERIMENTS[e].defaults}
         for name, given in (("parameters", self.parameters), ("smoke_parameters", self.smoke_parameters)):  # fmt: skip
             extra = sorted(set(given) - taken)
             if extra:
                 raise ValueError(
-                    f"Expected `{name}` to name parameters of {', '.join(self.experiments)} "
+                    f"Expected `{name}` to name parameters of {', '.join(offered)} "
                     f"({', '.join(sorted(taken))}), but got {', '.join(extra)}."
                 )
         for name, options in (("options", self.options), ("smoke_options", self.smoke_options)):
             if not isinstance(options, RunOptions):
                 raise TypeError(f"Expected `{name}` to be RunOptions, but got {describe(options)}.")
 
+    def offered(self) -> tuple[str, ...]:
+        """The names of the experiments this setup offers."""
+        return tuple(EXPERIMENTS) if self.experiments is None else tuple(self.experiments)
+
     def defaults(self, experiment: str) -> dict[str, Any]:
         """Every parameter of ``experiment`` with its default in this setup, and the
         ``options``."""
-        if experiment not in self.experiments:
+        if experiment not in self.offered():
             raise ValueError(
-                f"Expected `experiment` to be one of {', '.join(self.experiments)}, but got "
+                f"Expected `experiment` to be one of {', '.join(self.offered())}, but got "
                 f"{experiment!r}."
             )
         found = EXPERIMENTS[experiment].defaults
@@ -485,7 +490,7 @@ def defaults(parameter: str, setup: Setup = DENSENET_CIFAR) -> dict[str, Any]:
         ('0', '1.1', '1')
     """
     found = {}
-    for name in setup.experiments:
+    for name in setup.offered():
         values = setup.defaults(name)
         if parameter in values:
             found[name] = values[parameter]
