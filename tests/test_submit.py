@@ -131,6 +131,11 @@ def test_a_failed_local_array_stops_the_arrays_after_it(tmp_path, capsys):
         (["--launcher", "submitit", "--jobs", "2"], "--jobs"),
         (["--launcher", "submitit", "--time-min", "0"], "--time-min"),
         (["--launcher", "submitit", "--mem-gb", "-1"], "--mem-gb"),
+        # submitit's local executor starts every task at once: the flag would do nothing.
+        (
+            ["--launcher", "submitit", "--submitit-cluster", "local", "--array-parallelism", "2"],
+            "--array-parallelism",
+        ),
     ],
 )
 def test_bad_cluster_flags_are_one_line_naming_the_flag(tmp_path, capsys, args, flag):

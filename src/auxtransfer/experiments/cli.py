@@ -190,7 +190,7 @@ class Example:
         cluster.add_argument("--cpus-per-run", type=int, default=None, help="CPUs of each run's task (default: submitit's)")  # fmt: skip
         cluster.add_argument("--mem-gb", type=float, default=None, help="memory of each run's task, in GB (default: submitit's)")  # fmt: skip
         cluster.add_argument("--time-min", type=int, default=None, help="time limit of each run's task, in minutes (default: 1440); a run stopped at its limit resumes when submitted again")  # fmt: skip
-        cluster.add_argument("--array-parallelism", type=int, default=None, help="at most this many tasks of an array at once (default: submitit's)")  # fmt: skip
+        cluster.add_argument("--array-parallelism", type=int, default=None, help="at most this many tasks of an array at once, on SLURM (default: submitit's)")  # fmt: skip
         cluster.add_argument("--submitit-folder", default=None, help="the tasks' logs and pickles (default: OUT/submitit/%%j)")  # fmt: skip
         cluster.add_argument("--submitit-cluster", choices=list(CLUSTERS), default=None, help="slurm (default): submit and return; local or debug: run the tasks on this machine and wait (to try a plan without SLURM)")  # fmt: skip
         return p
@@ -387,6 +387,9 @@ class Example:
                              f"{0 if name == 'gpus_per_run' else 1}, got {value}")  # fmt: skip
         if args.mem_gb is not None and not args.mem_gb > 0:
             parser.error(f"argument --mem-gb: expected more than 0, got {args.mem_gb}")
+        if args.array_parallelism is not None and args.submitit_cluster in ("local", "debug"):
+            parser.error("argument --array-parallelism: only on SLURM: submitit's local "
+                         "executor starts every task of an array at once")  # fmt: skip
 
     def _submit(
         self,
