@@ -68,7 +68,45 @@ def _crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, *, pad: int) -> T
     return padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-class DeviceBatches:
+class _Batches:
+    """What ``DeviceBatches`` and ``LoaderBatches`` share: the epoch, its order, the ranks."""
+
+    def _setup(self, batch_size: int, device: Any, seed: int, partition: Tensor | None,
+               rank: int, world_size: int, train: bool, channels_last: bool) -> None:  # fmt: skip
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.world_size = check_int("world_size", world_size, minimum=1)
+        self.rank = check_int("rank", rank, minimum=0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"Expected `rank` to be in [0, {self.world_size}), but got {rank}.")
+        self.seed = check_seed("seed", seed)
+        self.train = _check_bool("train", train)
+        self.channels_last = _check_bool("channels_last", channels_last)
+        if not isinstance(device, str | torch.device):
+            raise TypeError(
+                f"Expected `device` to be a torch.device or a string, but got {describe(device)}."
+            )
+        self.device = torch.device(device)
+        self.partition = None if partition is None else as_partition(partition).to(self.device)
+        self.epoch = 0
+        #: For the batch last yielded: True where a sample is no wrap-around repeat (DDP).
+        self.last_batch_original = torch.ones(0, dtype=torch.bool)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration uses."""
+        self.epoch = check_int("epoch", epoch, minimum=0)
+
+    def _epoch_order(self, total: int) -> tuple[torch.Generator, Tensor, Tensor]:
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+        order, original = shard_order(
+            total, generator, shuffle=self.train, rank=self.rank, world_size=self.world_size
+        )
+        return generator, order, original
+
+    def _batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+        return (x, y) if self.partition is None else (x, y, self.partition.t()[y])
+
+
+class DeviceBatches(_Batches):
     """Iterate over an ``(images, labels)`` tensor pair in batches made on the device.
 
     The whole data set lives on ``device`` (CIFAR-100's 50,000 uint8 images take 150 MB);
@@ -151,8 +189,7 @@ class DeviceBatches:
                 f"Expected `labels` to be a tensor of shape [{images.shape[0]}] (one per image), "
                 f"but got {describe(labels)}."
             )
-        self.batch_size = check_int("batch_size", batch_size, minimum=1)
-        self.world_size = check_int("world_size", world_size, minimum=1)
+        self._setup(batch_size, device, seed, partition, rank, world_size, train, channels_last)
         if self.world_size > len(labels):
             raise ValueError(
                 f"Expected `world_size` to be at most the {len(labels)} images of the data, "
@@ -172,55 +209,25 @@ class DeviceBatches:
                 f"Expected `mean` and `std` to give {channels} values each (std > 0), "
                 f"but got {tuple(mean)} and {tuple(std)}."
             )
-        self.rank = check_int("rank", rank, minimum=0)
-        if self.rank >= self.world_size:
-            raise ValueError(f"Expected `rank` to be in [0, {self.world_size}), but got {rank}.")
-        self.seed = check_seed("seed", seed)
         self.pad = check_int("pad", pad, minimum=0)
-        train, flip = _check_bool("train", train), _check_bool("flip", flip)
-        drop_last = _check_bool("drop_last", drop_last)
-        channels_last = _check_bool("channels_last", channels_last)
+        self.flip, self.drop_last = _check_bool("flip", flip), _check_bool("drop_last", drop_last)
         if not isinstance(dtype, torch.dtype):
             raise TypeError(f"Expected `dtype` to be a torch.dtype, but got {describe(dtype)}.")
         if not dtype.is_floating_point:
             raise ValueError(f"Expected `dtype` to be a floating-point dtype, but got {dtype}.")
-        if not isinstance(device, str | torch.device):
-            raise TypeError(
-                f"Expected `device` to be a torch.device or a string, but got {describe(device)}."
-            )
-        self.device = torch.device(device)
+        self.dtype = dtype
         self.images = images.to(self.device)
         self.labels = labels.to(self.device, torch.long)
         scale = 255.0 if images.dtype == torch.uint8 else 1.0
         self._mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * scale
         self._std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * scale
-        self.partition = None if partition is None else as_partition(partition).to(self.device)
-        self.train, self.flip, self.drop_last = train, flip, drop_last
-        self.channels_last, self.dtype = channels_last, dtype
-        self.epoch = 0
-        #: For the batch last yielded: True where a sample is no wrap-around repeat (DDP).
-        self.last_batch_original = torch.ones(0, dtype=torch.bool)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration uses."""
-        self.epoch = check_int("epoch", epoch, minimum=0)
-
-    def _order(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        return shard_order(
-            len(self.labels),
-            generator,
-            shuffle=self.train,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
 
     def __len__(self) -> int:
         per_rank = -(-len(self.labels) // self.world_size)
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
-        full, original = self._order(generator)
+        generator, full, original = self._epoch_order(len(self.labels))
         # Draw every epoch's augmentation for the whole data set in data-set order, then
         # take this rank's share: the draws do not depend on the number of ranks.
         total = len(self.labels)
@@ -242,11 +249,7 @@ class DeviceBatches:
             # model given another gets gradients in it, which DDP then copies each step.
             images = images.contiguous(memory_format=layout)
             x = ((images.float() - self._mean) / self._std).to(self.dtype)
-            y = self.labels[index]
-            if self.partition is None:
-                yield x, y
-            else:
-                yield x, y, self.partition.t()[y]
+            yield self._batch(x, self.labels[index])
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -298,7 +301,7 @@ def shard_order(
     return order[rank::world_size], original[rank::world_size]
 
 
-class LoaderBatches:
+class LoaderBatches(_Batches):
     """Batches of a map-style dataset through a ``DataLoader``, for data too large to live on
     the device (ImageNet-size images): the same interface and the same epoch order as
     [`DeviceBatches`][auxtransfer.experiments.batches.DeviceBatches].
@@ -342,35 +345,15 @@ class LoaderBatches:
                 f"but got {describe(dataset)}."
             )
         self.dataset = dataset
-        self.batch_size = check_int("batch_size", batch_size, minimum=1)
-        self.world_size = check_int("world_size", world_size, minimum=1)
-        self.rank = check_int("rank", rank, minimum=0)
-        if self.rank >= self.world_size:
-            raise ValueError(f"Expected `rank` to be in [0, {self.world_size}), but got {rank}.")
-        self.seed = check_seed("seed", seed)
+        self._setup(batch_size, device, seed, partition, rank, world_size, train, channels_last)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
-        self.train = _check_bool("train", train)
-        self.channels_last = _check_bool("channels_last", channels_last)
-        self.device = torch.device(device)
-        self.partition = None if partition is None else as_partition(partition).to(self.device)
-        self.epoch = 0
-        #: For the batch last yielded: True where a sample is no wrap-around repeat (DDP).
-        self.last_batch_original = torch.ones(0, dtype=torch.bool)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration uses."""
-        self.epoch = check_int("epoch", epoch, minimum=0)
 
     def __len__(self) -> int:
         per_rank = math.ceil(len(self.dataset) / self.world_size)
         return math.ceil(per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
-        order, original = shard_order(
-            len(self.dataset), generator, shuffle=self.train, rank=self.rank,
-            world_size=self.world_size,
-        )  # fmt: skip
+        generator, order, original = self._epoch_order(len(self.dataset))
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,
@@ -384,8 +367,4 @@ class LoaderBatches:
             x = x.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = torch.as_tensor(y).to(self.device, torch.long, non_blocking=True)
-            if self.partition is None:
-                yield x, y
-            else:
-                yield x, y, self.partition.t()[y]
+            yield self._batch(x, torch.as_tensor(y).to(self.device, torch.long, non_blocking=True))

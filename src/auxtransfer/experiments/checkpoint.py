@@ -105,19 +105,10 @@ def save_checkpoint(
         metrics: The rows of ``metrics.csv`` up to ``epoch``: a resume rewrites the file
             from them, so a row torn by a kill mid-write comes back whole.
     """
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "config": dict(config),
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_states,
-    }
+    extra: dict[str, Any] = {"optimizer": optimizer.state_dict(), "rng": rng_states}
     if metrics is not None:  # as metrics.csv holds them: text
-        state["metrics"] = [
-            {k: "" if v is None else str(v) for k, v in row.items()} for row in metrics
-        ]
-    replace_atomically(Path(path), lambda tmp: torch.save(state, tmp))
+        extra["metrics"] = [{k: "" if v is None else str(v) for k, v in r.items()} for r in metrics]
+    _save(path, CHECKPOINT_FORMAT, config, epoch, model, **extra)
 
 
 def save_weights(
@@ -137,14 +128,13 @@ def save_weights(
         test_error: Their test error, in percent.
         model: The model, unwrapped from DDP and ``torch.compile``.
     """
-    state = {
-        "format": WEIGHTS_FORMAT,
-        "config": dict(config),
-        "epoch": epoch,
-        "test_error": test_error,
-        "model": model.state_dict(),
-    }
-    replace_atomically(Path(path), lambda tmp: torch.save(state, tmp))
+    _save(path, WEIGHTS_FORMAT, config, epoch, model, test_error=test_error)
+
+
+def _save(path: Any, tag: str, config: Mapping[str, Any], epoch: int, model: nn.Module,
+          **extra: Any) -> None:  # fmt: skip
+    state = {"format": tag, "config": dict(config), "epoch": epoch, "model": model.state_dict()}
+    replace_atomically(Path(path), lambda tmp: torch.save({**state, **extra}, tmp))
 
 
 def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:

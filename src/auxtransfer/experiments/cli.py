@@ -38,7 +38,7 @@ from ..freezing import BN_POLICIES
 from . import plan as plans
 from . import protocols
 from .data_flags import CifarData, DataFlags, FlagError, ImageNetData, given
-from .rundir import as_json, differing_keys, replace_atomically
+from .rundir import as_json, differing_keys, write_json
 from .sources import DataSource
 from .submit import CLUSTERS
 from .torchrun import report_to_torchrun, write_torchrun_error
@@ -479,8 +479,7 @@ class Example:
         path = Path(args.out) / DATA_RECORD
         if record is not None and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(record, indent=2) + "\n"
-            replace_atomically(path, lambda tmp: tmp.write_text(text))
+            write_json(path, record)
 
     def _execute(
         self, args: argparse.Namespace, plan: plans.Plan, source: DataSource, device: torch.device

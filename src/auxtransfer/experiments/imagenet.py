@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from .._checks import check_int, check_seed
 from .._rng import SplitMix64
-from .splits import limit_per_class, split_classes, subset_classes
+from .splits import limit_per_class, side_classes, subset_classes
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -259,16 +259,7 @@ class ImageNet100:
         relabelled ``0 .. 49`` (``"all"``: every class), ``per_class`` training images of
         each drawn with its ``seed``; augmented for training, centre-cropped for testing."""
         train, val = self.load()
-        side, split_seed = config.side, config.split_seed
-        if side == "all":
-            kept = list(range(self.num_classes))
-        elif side in ("A", "B"):
-            if split_seed is None:
-                raise ValueError(f"Expected a `split_seed` for side={side!r}, but got None.")
-            a_classes, b_classes = split_classes(self.num_classes, seed=split_seed)
-            kept = a_classes if side == "A" else b_classes
-        else:
-            raise ValueError(f"Expected `side` to be 'A', 'B' or 'all', but got {side!r}.")
+        kept = side_classes(self.num_classes, config.side, config.split_seed)
         train, val = _subset(train, kept), _subset(val, kept)
         if config.per_class is not None:
             labels = torch.tensor([label for _, label in train])

@@ -593,16 +593,12 @@ def expand(experiment: Experiment, values: Values, options: RunOptions) -> Plan:
 
 def _check_addresses(options: RunOptions, addresses: Sequence[str], name: str) -> None:
     """Every address (but ``"0"``) names layers of the model before its head."""
-    import timm
-
-    from .. import models  # noqa: F401  (registers the CIFAR models)
     from ..layers import layer_map
+    from .transfer import timm_model
 
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = timm.create_model(
-            options.model, pretrained=False, num_classes=SIDE_CLASSES, **dict(options.model_kwargs)
-        )
+        model = timm_model(options.model, SIDE_CLASSES, options.model_kwargs)
     layers = layer_map(model)
     groups = layers.groups
     for address in addresses:

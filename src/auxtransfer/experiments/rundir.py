@@ -86,6 +86,12 @@ def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON in ``path``, through ``replace_atomically``."""
+    text = json.dumps(data, indent=2) + "\n"
+    replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
 def as_json(data: Mapping[str, Any]) -> Any:
     """``data`` as it reads back from JSON (tuples become lists), to compare settings."""
     return json.loads(json.dumps(data))
@@ -244,9 +250,7 @@ class RunDir:
     def write_config(self, config: Mapping[str, Any]) -> None:
         """Create the folder and save ``config`` as ``config.json``."""
         self.path.mkdir(parents=True, exist_ok=True)
-        replace_atomically(
-            self.config_path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n")
-        )
+        write_json(self.config_path, config)
 
     def append_metrics(self, row: Mapping[str, Any], *, fresh: bool) -> None:
         """Add one epoch's row to ``metrics.csv`` (``fresh``: start the file anew)."""
@@ -316,9 +320,7 @@ class RunDir:
 
     def write_results(self, results: Mapping[str, Any]) -> None:
         """Save ``results.json``, which marks the run finished."""
-        replace_atomically(
-            self.results_path, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n")
-        )
+        write_json(self.results_path, results)
 
     def read_results(self) -> Any:
         """The content of ``results.json``."""

@@ -33,7 +33,7 @@ from .._checks import check_int, check_seed
 from ..models import CIFAR100_MEAN, CIFAR100_STD
 from ..partition import class_partition, group_partition
 from .cifar import cifar100_superclasses, load_cifar100
-from .splits import limit_per_class, split_classes, subset_classes
+from .splits import limit_per_class, side_classes, subset_classes
 
 __all__ = [
     "Cifar100",
@@ -227,19 +227,13 @@ def run_data(
         (100, 50, 49)
     """
     train, test = data
-    if side == "all":
-        if split_seed is not None:
-            raise ValueError(
-                f"Expected `split_seed` to be None for side='all' (every class), but got {split_seed}."
-            )
-    elif side in ("A", "B"):
-        if split_seed is None:
-            raise ValueError(f"Expected a `split_seed` for side={side!r}, but got None.")
-        a_classes, b_classes = split_classes(num_classes, seed=split_seed)
-        kept = a_classes if side == "A" else b_classes
+    if side == "all" and split_seed is not None:
+        raise ValueError(
+            f"Expected `split_seed` to be None for side='all' (every class), but got {split_seed}."
+        )
+    if side != "all":
+        kept = side_classes(num_classes, side, split_seed)
         train, test = (_subset(images, labels, kept) for images, labels in (train, test))
-    else:
-        raise ValueError(f"Expected `side` to be 'A', 'B' or 'all', but got {side!r}.")
     if per_class is not None:
         chosen = limit_per_class(train[1], per_class, seed=seed)
         train = train[0][chosen], train[1][chosen]
@@ -303,8 +297,5 @@ def run_partition_for(config: Any, source: DataSource) -> Tensor | None:
             f"Expected `num_groups` to be the {groups} coarse classes of {source!r}, but got "
             f"{config.num_groups}."
         )
-    classes = None
-    if config.side in ("A", "B"):
-        a_classes, b_classes = split_classes(source.num_classes, seed=config.split_seed)
-        classes = a_classes if config.side == "A" else b_classes
+    classes = side_classes(source.num_classes, config.side, config.split_seed)
     return group_partition(coarse, num_groups=groups, classes=classes)

@@ -18,7 +18,7 @@ from torch import Tensor
 from .._checks import as_tensor, check_int, check_seed, describe
 from .._rng import SplitMix64
 
-__all__ = ["ClassSubset", "limit_per_class", "split_classes", "subset_classes"]
+__all__ = ["ClassSubset", "limit_per_class", "side_classes", "split_classes", "subset_classes"]
 
 # split_classes and limit_per_class draw from SplitMix64 streams of their own, so that the
 # same seed given to them and to class_partition does not tie A's classes, the kept images
@@ -76,6 +76,18 @@ def split_classes(
         )
     order = SplitMix64((seed + _SPLIT_STREAM) % 2**64).permutation(num_classes)
     return sorted(order[:num_a]), sorted(order[num_a:])
+
+
+def side_classes(num_classes: int, side: str, split_seed: int | None) -> list[int]:
+    """The classes of ``side``: ``"A"`` or ``"B"`` of ``split_classes(num_classes,
+    seed=split_seed)``, or ``"all"``."""
+    if side == "all":
+        return list(range(num_classes))
+    if side not in ("A", "B"):
+        raise ValueError(f"Expected `side` to be 'A', 'B' or 'all', but got {side!r}.")
+    if split_seed is None:
+        raise ValueError(f"Expected a `split_seed` for side={side!r}, but got None.")
+    return split_classes(num_classes, seed=split_seed)[side == "B"]
 
 
 def subset_classes(labels: Tensor, classes: Sequence[int]) -> ClassSubset:

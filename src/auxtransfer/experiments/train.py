@@ -42,6 +42,7 @@ from .transfer import (
     check_source,
     resolve_run,
     set_learning_rates,
+    timm_model,
     transfer_groups,
 )
 
@@ -252,11 +253,7 @@ def _labels(data: tuple[Tensor, Tensor] | Dataset[Any]) -> Tensor | None:
 
 
 def _timm_model(config: RunConfig) -> nn.Module:
-    import timm
-
-    return timm.create_model(
-        config.model, pretrained=False, num_classes=config.num_classes, **config.model_kwargs
-    )
+    return timm_model(config.model, config.num_classes, config.model_kwargs)
 
 
 def _build_model(

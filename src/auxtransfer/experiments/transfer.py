@@ -79,7 +79,7 @@ def load_backbone(
         for name, tensor in state.items()
         if not (name == "partition" or name.startswith("aux_head."))
     }
-    model = _timm_model(config["model"], config["num_classes"], config.get("model_kwargs", {}))
+    model = timm_model(config["model"], config["num_classes"], config.get("model_kwargs", {}))
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
@@ -154,7 +154,7 @@ def check_source(config: Mapping[str, Any], source: Path) -> None:
             )
 
 
-def _timm_model(name: str, num_classes: int, kwargs: Mapping[str, Any]) -> nn.Module:
+def timm_model(name: str, num_classes: int, kwargs: Mapping[str, Any]) -> nn.Module:
     import timm
 
     from .. import models  # noqa: F401  (registers the CIFAR models)
@@ -172,7 +172,7 @@ def build_transfer_model(
     if reset == "0":
         # Nothing kept: a fresh model, as a run from scratch would start.
         torch.manual_seed(seed)
-        model = _timm_model(config["model"], config["num_classes"], config["model_kwargs"])
+        model = timm_model(config["model"], config["num_classes"], config["model_kwargs"])
         return model, None
     model = load_backbone(
         source,

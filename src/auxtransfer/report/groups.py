@@ -311,6 +311,6 @@ def split_order(split: int | None) -> tuple[bool, int]:
     return (split is not None, split or 0)
 
 
-def split_label(split: int | None) -> str:
+def split_label(split: object) -> str:
     """``"split 3"``, or ``"no split"`` for runs without ``split_seed``."""
     return "no split" if split is None else f"split {split}"

@@ -144,17 +144,8 @@ def _per_split_table(section: Mapping[str, Any]) -> list[str]:
         ["split", "condition", "runs", "A: test error (%)", "B: final test error (%)"]
     )
     for r in section["per_split"]:
-        lines.append(
-            _row(
-                [
-                    split_label(r["split"]),
-                    r["condition"],
-                    str(r["n"]),
-                    error(r["a_mean"]),
-                    error(r["b_mean"]),
-                ]
-            )
-        )
+        lines.append(_row([split_label(r["split"]), r["condition"], str(r["n"]),
+                           error(r["a_mean"]), error(r["b_mean"])]))  # fmt: skip
     return lines
 
 
@@ -167,15 +158,8 @@ def _sweep_table(sweep: Mapping[str, Any], head: str) -> list[str]:
     for r in rows:
         by_split = {p["split"]: p["mean"] for p in r["per_split"]}
         label = f"{r['weight']:g}" if head == "binary weight" else r["condition"]
-        lines.append(
-            _row(
-                [
-                    label,
-                    *[error(by_split.get(s)) for s in splits],
-                    error(r["mean_over_common_splits"]),
-                ]
-            )
-        )
+        means = [error(by_split.get(s)) for s in splits]
+        lines.append(_row([label, *means, error(r["mean_over_common_splits"])]))
     return lines
 
 
@@ -186,18 +170,8 @@ def _long_tail(section: Mapping[str, Any]) -> list[str]:
     lines += _table_head(["split", "condition", "replications", "mean", "sd", "paper"])
     for r in section["long_tail"]:
         split = f"{split_label(r['split'])} (#{r['split_number']})"
-        lines.append(
-            _row(
-                [
-                    split,
-                    r["condition"],
-                    str(r["replications"]),
-                    error(r["mean"]),
-                    error(r["sd"]),
-                    error(r["paper"]),
-                ]
-            )
-        )
+        lines.append(_row([split, r["condition"], str(r["replications"]), error(r["mean"]),
+                           error(r["sd"]), error(r["paper"])]))  # fmt: skip
     lines += ["", "The paper's splits 1 and 2 are other random class splits than ours: compare "
               "the size of the numbers and of the gaps, not split by split. The paper reports "
               "Baseline 1 31.81, Binary 1 38.86, Baseline 2 35.57, Binary 2 37.12 (60 images "

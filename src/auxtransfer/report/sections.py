@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -204,21 +204,26 @@ def _mean_curves(family: Family) -> list[dict[str, Any]]:
     return curves
 
 
-def _per_split(family: Family) -> list[dict[str, Any]]:
-    rows = []
+def _split_cells(family: Family) -> Iterator[tuple[int, int | None, Condition, list[Transfer]]]:
+    """Per split (numbered from 1) and condition, its runs, where it has any."""
     splits = sorted({t.split for t in family.transfers}, key=split_order)
-    for split in splits:
+    for number, split in enumerate(splits, 1):
         for condition in family.conditions:
             runs = [t for t in family.at(None, condition) if t.split == split]
-            if not runs:
-                continue
-            a = [t.source_error for t in runs]
-            b = [t.run.final_error for t in runs]
-            rows.append({
-                "split": split, "condition": condition.name, "n": len(runs),
-                "runs": [t.run.id for t in runs], "a_errors": a, "b_errors": b,
-                "a_mean": _mean(a), "b_mean": _mean(b),
-            })  # fmt: skip
+            if runs:
+                yield number, split, condition, runs
+
+
+def _per_split(family: Family) -> list[dict[str, Any]]:
+    rows = []
+    for _, split, condition, runs in _split_cells(family):
+        a = [t.source_error for t in runs]
+        b = [t.run.final_error for t in runs]
+        rows.append({
+            "split": split, "condition": condition.name, "n": len(runs),
+            "runs": [t.run.id for t in runs], "a_errors": a, "b_errors": b,
+            "a_mean": _mean(a), "b_mean": _mean(b),
+        })  # fmt: skip
     return rows
 
 
@@ -272,25 +277,17 @@ def _long_tail(family: Family) -> list[dict[str, Any]]:
     paper's value beside the first two splits (its splits are other random ones)."""
     rows = []
     comparable = family.setting.get("per_class") == PAPER_LONG_TAIL_PER_CLASS
-    splits = sorted({t.split for t in family.transfers}, key=split_order)
-    for number, split in enumerate(splits, 1):
-        for condition in family.conditions:
-            errors = [t.run.final_error for t in family.at(None, condition) if t.split == split]
-            if not errors:
-                continue
-            paper_name = (
-                "baseline"
-                if condition.is_baseline
-                else "binary"
-                if condition == PAPER_BINARY
-                else None
-            )
-            rows.append({
-                "split": split, "split_number": number, "condition": condition.name,
-                "replications": len(errors), "mean": _mean(errors),
-                "sd": statistics.stdev(errors) if len(errors) > 1 else None,
-                "paper": PAPER_LONG_TAIL.get((number, paper_name or "")) if comparable else None,
-            })  # fmt: skip
+    for number, split, condition, runs in _split_cells(family):
+        errors = [t.run.final_error for t in runs]
+        paper_name = (
+            "baseline" if condition.is_baseline else "binary" if condition == PAPER_BINARY else None
+        )
+        rows.append({
+            "split": split, "split_number": number, "condition": condition.name,
+            "replications": len(errors), "mean": _mean(errors),
+            "sd": statistics.stdev(errors) if len(errors) > 1 else None,
+            "paper": PAPER_LONG_TAIL.get((number, paper_name or "")) if comparable else None,
+        })  # fmt: skip
     return rows
 
 

@@ -15,6 +15,8 @@ import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 
+from .groups import split_label
+
 __all__ = [
     "MIN_WILCOXON_PAIRS",
     "PairedTest",
@@ -289,15 +291,11 @@ def _too_few(n: int, splits: Sequence[Hashable] | None) -> tuple[str | None, str
         )
     if splits is not None and len(set(splits)) == 1:
         note = (
-            f"cannot test: all {n} pair(s) are on {_split_name(splits[0])}, so a difference cannot be "
+            f"cannot test: all {n} pair(s) are on {split_label(splits[0])}, so a difference cannot be "
             f"told apart from that split's own luck; pair runs on at least 2 splits"
         )
         return note, note
     return None, None
-
-
-def _split_name(split: Hashable) -> str:
-    return "no split" if split is None else f"split {split}"
 
 
 def _with_note(result: VarianceDecomposition, note: str) -> VarianceDecomposition:
