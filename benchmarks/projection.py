@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{'model':<16} {'experiment':<13} {'runs':>5} {'epochs':>7} {'images':>13}  wall-clock")
     for model, setup in SETUPS.items():
         rate = rates.get(model)
-        for experiment in setup.experiments:
+        for experiment in setup.offered():
             runs, epochs, images = work(experiment, setup)
             clock = f"{images / rate[0] / 3600:6.1f} h" if rate else "(no speed)"
             print(f"{model:<16} {experiment:<13} {runs:>5} {epochs:>7} {images:>13,.0f}  {clock}")
