@@ -201,6 +201,26 @@ class LayerMap:
 
         return sorted(self.names, key=key)
 
+    def output_module(self, address: str) -> str:
+        """The module whose output ends ``address``: of the outermost modules whose tensors
+        all lie in it, the one whose tensors the forward pass uses last (a full module
+        name: that module). Features "at an address" are its output."""
+        if self._is_module(address):
+            return address
+        tensors = set(self.groups[self.resolve(address)].tensors)
+        inside = [
+            name for name, held in self._modules.items() if name and held and set(held) <= tensors
+        ]
+        outermost = [n for n in inside if not any(n.startswith(o + ".") for o in inside)]
+        if not outermost:
+            raise ValueError(
+                f"Expected `address` to hold a whole module, but {address!r} holds parts of "
+                f"modules only ({', '.join(sorted(tensors)[:3])}, ...): name a module instead."
+            )
+        return max(
+            outermost, key=lambda n: max(self._positions.get(t, -1) for t in self._modules[n])
+        )
+
     def _is_module(self, address: str) -> bool:
         # Where the map has them, "stem" and "head" mean its own: timm's module `head` is
         # only the last layer of its "head" group, a module called `stem` may not hold all
