@@ -25,6 +25,12 @@ its goal and whether the goal holds; ``--json FILE`` saves it.
                        N of --jobs-counts but 1 (no goal: without NVIDIA MPS the processes'
                        kernels take turns on one GPU, and a graphed step keeps the GPU
                        busy, so expect about 1.0-1.3x; the JSON says whether MPS ran)
+    logme              auxtransfer.probe.logme / a float64 numpy implementation of the same
+                       algorithm (the authors'), 50,000 x 1,024 features, 50 classes, on
+                       the CPU (goal <= 1.0) or the device (goal none)
+    features_vs_forward
+                       probe.features at every address but the head / a plain no-grad
+                       forward pass of the steps' model and batch (no goal)
 
 On CUDA the model steps and our loops run in bf16 autocast with channels-last (the setting
 of the GPU goals; ``--fp32``: neither). The images/s table adds, on CUDA, both CIFAR models
@@ -92,12 +98,14 @@ from auxtransfer import (
     binary_relabel,
     class_partition,
     freeze_until,
+    layer_names,
 )
 from auxtransfer.experiments import DeviceBatches, GraphTrainer
 from auxtransfer.experiments.loop import train_one_epoch
 from auxtransfer.experiments.processes import job_devices, job_threads
 from auxtransfer.experiments.rundir import replace_atomically
 from auxtransfer.models import CIFAR100_MEAN, CIFAR100_STD  # (and registers the CIFAR models)
+from auxtransfer.probe import features, logme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preflight import checked_device, mps_running
@@ -106,7 +114,7 @@ NUM_CLASSES = 50  # one half of CIFAR-100, as A and B are
 MEAN, STD = CIFAR100_MEAN, CIFAR100_STD
 ROWS = (
     "aux_step", "relabel_epoch", "frozen_step", "batches", "loop_vs_reference", "graph_vs_eager",
-    "jobs",
+    "jobs", "logme", "features",
 )  # fmt: skip
 TV_DENSENET = "torchvision_densenet_bc_100"
 
@@ -164,6 +172,9 @@ class Sizes:
     jobs_images: int  # per epoch, per worker
     jobs_timeout: float  # seconds for all the workers of one jobsN to report
     step_size: int = 32  # pixels of the steps' square images
+    # LogME: samples, feature width, classes (the issue's 50,000 x 1,024 with 50 classes).
+    logme_shape: tuple[int, int, int] = (50_000, 1_024, 50)
+    logme_repeats: int = 3
 
 
 CIFAR_MODELS = ((DENSENET, 64), (WRN, 128))
@@ -178,6 +189,7 @@ def sizes_for(preset: str, device: torch.device) -> Sizes:
             data_images=256, data_batch=64, data_repeats=2,
             model_rates=((TINY_DENSENET, 16),), model_images=64, model_repeats=2,
             jobs_model=TINY_DENSENET, jobs_batch=16, jobs_images=64, jobs_timeout=300,
+            logme_shape=(600, 32, 5), logme_repeats=2,
         )  # fmt: skip
     if device.type == "cuda":
         if preset == "quick":
@@ -186,7 +198,7 @@ def sizes_for(preset: str, device: torch.device) -> Sizes:
                 loop_model=DENSENET, loop_images=1_536, loop_batch=64, loop_repeats=2,
                 data_images=3_840, data_batch=128, data_repeats=2,
                 model_rates=CIFAR_MODELS, model_images=1_024, model_repeats=2,
-                jobs_model=DENSENET, jobs_batch=64, jobs_images=1_600, jobs_timeout=150,
+                jobs_model=DENSENET, jobs_batch=64, jobs_images=1_600, jobs_timeout=150, logme_repeats=1,
             )  # fmt: skip
         # About 2 minutes on an H100, at ~950 images/s for an eager DenseNet-BC-100 step at
         # batch 64 (launch-bound; the fp32 reference loop about the same), ~6,000 through
@@ -203,7 +215,7 @@ def sizes_for(preset: str, device: torch.device) -> Sizes:
             loop_model=DENSENET, loop_images=3_200, loop_batch=64, loop_repeats=3,
             data_images=6_400, data_batch=128, data_repeats=3,
             model_rates=CIFAR_MODELS, model_images=1_792, model_repeats=3,
-            jobs_model=DENSENET, jobs_batch=64, jobs_images=4_800, jobs_timeout=180,
+            jobs_model=DENSENET, jobs_batch=64, jobs_images=4_800, jobs_timeout=180, logme_repeats=1,
         )  # fmt: skip
     if preset == "quick":
         # A DenseNet-BC-100 step at batch 8 takes about half a second on 2 quiet cores; an
@@ -216,6 +228,7 @@ def sizes_for(preset: str, device: torch.device) -> Sizes:
             data_images=4_000, data_batch=128, data_repeats=5,
             model_rates=(), model_images=0, model_repeats=0,
             jobs_model=SMALL_DENSENET, jobs_batch=32, jobs_images=256, jobs_timeout=900,
+            logme_shape=(20_000, 512, 50),
         )  # fmt: skip
     return Sizes(
         step_model=DENSENET, step_batch=64, step_repeats=15,
@@ -253,6 +266,7 @@ GOALS = {
     "frozen_step": Goal("<=", 0.55),
     "batches": Goal(">=", 5.0, ("cpu",)),
     "loop_vs_reference": Goal(">=", 10.0, ("cuda",)),
+    "logme": Goal("<=", 1.0, ("cpu",)),
 }
 
 
@@ -703,6 +717,79 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
 
 
+def logme_numpy(f: Any, y: Any) -> float:
+    """LogME's fixed-point algorithm in float64 numpy, class by class, as its authors' code
+    runs it: the reference ``probe.logme`` is timed against."""
+    import numpy as np
+
+    f = np.asarray(f, dtype=np.float64)
+    n, d = f.shape
+    if n > d:
+        _, sv2, vt = np.linalg.svd(f.T @ f)
+        sv = np.sqrt(sv2)
+        k = int((sv > 1e-10).sum())
+        sv, vt = sv[:k], vt[:k]
+        u = (f @ vt.T) / sv
+    else:
+        u, sv, _ = np.linalg.svd(f, full_matrices=False)
+    sigma = sv**2
+    scores = []
+    for c in range(int(y.max()) + 1):
+        target = (y == c).astype(np.float64)
+        x2 = (u.T @ target) ** 2
+        rest = target @ target - x2.sum()
+        alpha = beta = 1.0
+        for _ in range(11):
+            t = alpha / beta
+            gamma = np.sum(sigma / (sigma + t))
+            m2 = np.sum(sigma * x2 / (t + sigma) ** 2)
+            res2 = np.sum(x2 / (1 + sigma / t) ** 2) + rest
+            alpha, beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
+            if abs(alpha / beta - t) / t <= 1e-3:
+                break
+        scores.append(
+            (d / 2 * np.log(alpha) + n / 2 * np.log(beta)
+             - 0.5 * np.sum(np.log(alpha + beta * sigma)) - beta / 2 * res2 - alpha / 2 * m2
+             - n / 2 * np.log(2 * np.pi)) / n
+        )  # fmt: skip
+    return float(np.mean(scores))
+
+
+def measure_logme(sizes: Sizes, device: torch.device) -> tuple[float, float, float]:
+    """Seconds of ``probe.logme`` on ``device`` and of the numpy reference (CPU) on the same
+    float64 features, and how far their scores differ (relative)."""
+    n, d, classes = sizes.logme_shape
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % classes
+    centres = torch.randn(classes, d, generator=generator, dtype=torch.float64)
+    f = centres[labels] + 2 * torch.randn(n, d, generator=generator, dtype=torch.float64)
+    ours, reference = (f.to(device), labels.to(device)), (f.numpy(), labels.numpy())
+    ours_s, numpy_s = interleaved(
+        [lambda: logme(*ours), lambda: logme_numpy(*reference)], sizes.logme_repeats
+    )
+    expected = logme_numpy(*reference)
+    return ours_s, numpy_s, abs(logme(*ours) - expected) / abs(expected)
+
+
+def measure_features(sizes: Sizes, device: torch.device, fast: bool) -> tuple[float, float, int]:
+    """Seconds of a forward pass of the steps' model on its batch, plain and through
+    ``probe.features`` at every address but the head; the number of addresses."""
+    model = on_device(sizes.step_model.build(), device, fast).eval()
+    x, _ = step_batch(sizes, device, fast)
+    addresses = layer_names(model)[:-1]
+
+    def plain() -> None:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+            model(x)
+
+    def hooked() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+            features(model, x, addresses, batch_size=len(x))
+
+    plain_s, features_s = interleaved([plain, hooked], sizes.step_repeats)
+    return plain_s, features_s, len(addresses)
+
+
 def measure(sizes: Sizes, args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     """The rows of ``args.only``: ratios, images/s, settings, goals and what failed."""
     device, workers, only = args.device, args.workers, args.only
@@ -795,6 +882,27 @@ def measure(sizes: Sizes, args: argparse.Namespace, log: Callable[[str], None]) 
         for count in counts:
             if count != 1 and 1 in counts:
                 settings[f"jobs{count}_vs_jobs1"] = f"jobs{count} / jobs1 images/s"
+
+    if "logme" in only:
+        log("logme ...")
+        ours_s, numpy_s, differ = measure_logme(sizes, device)
+        n, d, classes = sizes.logme_shape
+        ratios["logme"] = ours_s / numpy_s
+        settings["logme"] = (
+            f"probe.logme on {device.type} / float64 numpy (the authors' algorithm), "
+            f"{n:,} x {d:,} features, {classes} classes, median of {sizes.logme_repeats}; "
+            f"scores differ by {differ:.1e} (relative)"
+        )
+
+    if "features" in only:
+        log("features ...")
+        plain_s, features_s, count = measure_features(sizes, device, fast)
+        ratios["features_vs_forward"] = features_s / plain_s
+        rates["forward"] = sizes.step_batch / plain_s
+        rates["features"] = sizes.step_batch / features_s
+        settings["features_vs_forward"] = (
+            f"probe.features at {count} addresses / a plain forward pass (no_grad, eval), {step}"
+        )
 
     # Every ratio, measured or failed, in the order measured.
     names = [name for name in settings if name in ratios or name in failed]

@@ -20,12 +20,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "run.py"
-JUDGED = {"aux_step", "relabel_epoch", "frozen_step", "batches", "loop_vs_reference"}
+JUDGED = {"aux_step", "relabel_epoch", "frozen_step", "batches", "loop_vs_reference", "logme"}
 # The tiny preset measures its tiny DenseNet-BC eager and through GraphTrainer on the CPU
 # too; --jobs-counts 1 2 adds the concurrent runs. These ratios have no goal.
-INFORMATION = {"graph_vs_eager_densenet", "jobs2_vs_jobs1"}
+INFORMATION = {"graph_vs_eager_densenet", "jobs2_vs_jobs1", "features_vs_forward"}
 RATIOS = JUDGED | INFORMATION
 RATES = {
+    "forward",
+    "features",
     "plain_step",
     "head_step",
     "full_step",
@@ -248,3 +250,15 @@ def test_bad_flags_end_with_one_line_before_measuring(bench, capsys, args, flag)
     out, err = capsys.readouterr()
     assert err.strip().splitlines()[-1].startswith("run.py: error: argument " + flag), err[-2000:]
     assert out == ""
+
+
+def test_the_logme_reference_of_the_table_agrees_with_probe(bench):
+    """The numpy LogME the table times ours against computes the same score."""
+    from auxtransfer.probe import logme
+
+    generator = torch.Generator().manual_seed(1)
+    for n, d in ((300, 20), (40, 60)):
+        f = torch.randn(n, d, generator=generator, dtype=torch.float64)
+        y = torch.arange(n) % 4
+        f[:, :4] += torch.nn.functional.one_hot(y, 4) * 3
+        assert bench.logme_numpy(f.numpy(), y.numpy()) == pytest.approx(logme(f, y), rel=1e-9)
