@@ -275,3 +275,15 @@ def test_features_at_every_address_and_layer_scores():
         features(model, x, "layer4", pool="max")
     with pytest.raises(ValueError, match="`score` to be one of logme, hscore"):
         layer_scores(model, x, y, score="leep")
+
+
+def test_the_docs_example_prints_what_it_shows(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "measuring.md").read_text()
+    code = re.search(r"<!-- example: probe -->\n```python\n(.*?)\n```", text, re.S)
+    shown = re.search(r"<!-- output: probe -->\n```text\n(.*?)\n```", text, re.S)
+    assert code and shown
+    exec(code.group(1), {})
+    assert capsys.readouterr().out == shown.group(1) + "\n"
