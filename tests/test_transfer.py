@@ -279,3 +279,60 @@ def test_freeze_zero_freezes_nothing(pretrained):
     _run(_transfer(pretrained, freeze="0", epochs=1, lr_table=FINETUNE[:1]), out)
     rates = parse_learning_rates(_rows(out)[0]["lr_groups"])
     assert rates == {"stem..3.1": 0.01, "head": 0.1}
+
+
+def test_a_transfer_run_records_its_scores_before_training_on_b(pretrained):
+    """scores.json: LogME and H-score of B's training features at the classifier's input,
+    LEEP and NCE of A's classifier, as the probe functions give them on features taken by
+    hand from A's network (nothing is re-initialised, so the transferred features are A's)."""
+    import json
+
+    from auxtransfer import find_classifier
+    from auxtransfer.probe import hscore, leep, logme, nce
+
+    run, _ = pretrained
+    out = run.parent / "scored"
+    config = _transfer(pretrained)
+    _run(config, out)
+    saved = json.loads((out / "scores.json").read_text())
+    images, labels = _data(32, 0, 3)
+    x = (images.float() / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[
+        :, None, None
+    ]
+    source = load_backbone(run).eval()
+    taken = []
+    source.get_submodule(find_classifier(source)).register_forward_pre_hook(
+        lambda m, a: taken.append(a[0])
+    )
+    with torch.no_grad():
+        probs = source(x).double().softmax(-1)
+    f = taken[0].double()
+    assert saved["samples"] == 32
+    assert saved["logme"] == pytest.approx(logme(f, labels), rel=1e-4)
+    assert saved["hscore"] == pytest.approx(hscore(f, labels), rel=1e-3)
+    assert saved["leep"] == pytest.approx(leep(probs, labels), rel=1e-4)
+    assert saved["nce"] == pytest.approx(nce(probs.argmax(1), labels), rel=1e-6)
+
+
+def test_scoring_draws_no_random_numbers(tmp_path, monkeypatch):
+    """A transfer run that scores trains exactly as one that does not: a WRN with dropout,
+    whose masks come from the global generator that building A's network would advance."""
+    import json
+
+    from auxtransfer.experiments import train as train_module
+
+    wrn = {
+        "model": "cifar_wrn_28_10",
+        "model_kwargs": {"depth": 10, "widen_factor": 1, "drop_rate": 0.3},
+    }
+    pre = RunConfig(**wrn, num_classes=5, epochs=1, lr=0.1, batch_size=8, side="A")
+    _run(pre, tmp_path / "pretrain")
+    config = RunConfig(**wrn, num_classes=3, epochs=2, batch_size=8, lr_table=FINETUNE[:2],
+                       transfer_from="../pretrain", side="B")  # fmt: skip
+    _run(config, tmp_path / "scored")
+    assert json.loads((tmp_path / "scored" / "scores.json").read_text())["samples"] == 32
+    monkeypatch.setattr(train_module, "load_backbone", lambda *a, **k: torch.nn.Identity())
+    monkeypatch.setattr(train_module, "transfer_scores", lambda *a: {})
+    _run(config, tmp_path / "unscored")
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(_rows(tmp_path / "unscored")) == drop(_rows(tmp_path / "scored"))

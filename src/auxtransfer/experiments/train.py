@@ -36,10 +36,12 @@ from .loop import (
     train_one_epoch,
 )
 from .rundir import RunDir, format_learning_rates, summarise_metrics
+from .scores import transfer_scores, write_scores
 from .settings import RunConfig, Schedule
 from .transfer import (
     build_transfer_model,
     check_source,
+    load_backbone,
     resolve_run,
     set_learning_rates,
     timm_model,
@@ -141,6 +143,14 @@ def train_run(
             # Rows of epochs after the checkpoint (a run stopped between writing its
             # metrics and its checkpoint) are dropped: those epochs run again.
             run.truncate_metrics(before=start_epoch)
+    if rank == 0 and source is not None and start_epoch == 1:
+        # Before the first epoch on B: what the transferred features promise. No random
+        # numbers are drawn (models are built on a forked generator), so the run trains as
+        # it would without.
+        a_net = load_backbone(source, which=config.transfer_weights).to(device)
+        scored = _batches(train_data, config, device, mean, std, train=False)
+        write_scores(run.path, transfer_scores(net, a_net, scored))
+        del a_net
     logged = (saved_rows or run.read_metrics()) if rank == 0 and start_epoch > 1 else []
     best_error = min((float(row["test_error"]) for row in logged), default=math.inf)
 
