@@ -6,6 +6,7 @@ import json
 import math
 import re
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -678,3 +679,55 @@ def test_a_pretraining_with_a_head_plots_its_class_loss_against_the_test_loss(wr
         run["curves"]["train_loss"]
     )
     assert lines["test"] == pytest.approx(run["curves"]["test_loss"])  # the loss panel's
+
+
+def test_rank_correlation_is_scipys_with_a_seeded_bootstrap():
+    from scipy import stats as scipy_stats
+
+    from auxtransfer.report.stats import rank_correlation
+
+    x = [0.1, 0.4, 0.35, 0.8, 0.9, 0.2, 0.5]
+    y = [30.0, 28.0, 29.5, 25.0, 24.0, 31.0, 27.0]
+    found = rank_correlation(x, y)
+    assert found.kendall == pytest.approx(scipy_stats.kendalltau(x, y).statistic)
+    assert found.spearman == pytest.approx(scipy_stats.spearmanr(x, y).statistic)
+    assert found.kendall_ci[0] <= found.kendall <= found.kendall_ci[1] <= 1
+    assert found.spearman < -0.9 and found.spearman_ci[1] < 0
+    assert rank_correlation(x, y) == found  # seeded
+    assert rank_correlation([1.0, 2.0], [3.0, 4.0]).note.startswith("cannot test: 2 run(s)")
+
+
+def test_the_report_sets_the_scores_beside_b_error(tmp_path):
+    """The smoke paired sweep on three splits: every transfer run's scores.json, per split
+    and condition in report.md and report.json, and each score's rank correlation."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "cifar100_densenet.py"), "--smoke", "--device",
+         "cpu", "--splits", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = write_report(out, tmp_path / "report", format="json", run_curves=False)
+    (section,) = report["sections"]
+    scores = section["scores"]
+    assert [(r["split"], r["condition"]) for r in scores["rows"]] == [
+        (s, c) for s in (0, 1, 2) for c in ("baseline", "binary 0.4")
+    ]
+    saved = json.loads((out / "split1/binary/finetune/scores.json").read_text())
+    row = next(r for r in scores["rows"] if (r["split"], r["condition"]) == (1, "binary 0.4"))
+    assert row["logme"] == pytest.approx(saved["logme"]) and row["nce"] == pytest.approx(
+        saved["nce"]
+    )
+    for name in ("logme", "hscore", "leep", "nce"):
+        assert scores["correlations"][name]["n"] == 6
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "### Transferability scores, measured before training on B" in text
+    on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert on_disk["sections"][0]["scores"]["rows"][0]["logme"] == pytest.approx(
+        scores["rows"][0]["logme"]
+    )

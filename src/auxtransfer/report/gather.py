@@ -21,6 +21,9 @@ from typing import Any
 
 from ..experiments.rundir import METRIC_FIELDS, RUN_FILES
 
+#: A transfer run's scores, measured before its first epoch on B (``experiments.scores``).
+SCORES_FILE = "scores.json"
+
 __all__ = ["RUN_FILES", "Gathered", "Run", "Skipped", "gather", "natural_key"]
 
 
@@ -39,6 +42,8 @@ class Run:
         epochs: Each row's epoch, from ``metrics.csv``.
         metrics: Each numeric column of ``metrics.csv``, one value per row (None where empty).
         results: ``results.json``.
+        scores: A transfer run's ``scores.json`` (its numeric entries), where it has one
+            that reads; None otherwise.
     """
 
     id: str
@@ -47,6 +52,7 @@ class Run:
     epochs: tuple[int, ...]
     metrics: Mapping[str, tuple[float | None, ...]]
     results: Mapping[str, Any]
+    scores: Mapping[str, float | None] | None = None
 
     @property
     def smoke(self) -> bool:
@@ -174,7 +180,17 @@ def _read_run(run_id: str, path: Path) -> Run | Skipped:
     if isinstance(parsed, str):
         return Skipped(run_id, parsed)
     epochs, metrics = parsed
-    return Run(run_id, path, config, epochs, metrics, results)
+    return Run(run_id, path, config, epochs, metrics, results, _read_scores(path))
+
+
+def _read_scores(path: Path) -> dict[str, float | None] | None:
+    """The scores of ``scores.json`` (finite numbers, or None), if it reads."""
+    if not (path / SCORES_FILE).exists():
+        return None
+    data = _read_json(path / SCORES_FILE)
+    if isinstance(data, str):
+        return None
+    return {k: float(v) if _is_number(v) else None for k, v in data.items() if k != "samples"}
 
 
 def _read_json(path: Path) -> dict[str, Any] | str:

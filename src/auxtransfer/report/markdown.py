@@ -90,6 +90,8 @@ def _section(section: Mapping[str, Any]) -> list[str]:
             lines += ["", *_long_tail(section)]
     for figure in section["figures"]:
         lines += ["", f"![{figure['title']}]({figure['file']})"]
+    if section.get("scores"):
+        lines += ["", *_scores(section["scores"])]
     lines += ["", "### Paired statistics: condition - baseline, B's final test error", ""]
     if not section["comparisons"]:
         lines.append("cannot test: no condition with an auxiliary head in this setting")
@@ -248,3 +250,32 @@ def _table_head(columns: Sequence[str]) -> list[str]:
 
 def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def _scores(scores: Mapping[str, Any]) -> list[str]:
+    """The transferability scores each transfer run measured before training on B, beside
+    B's final error, and how well each orders the runs by that error."""
+    names = ("logme", "hscore", "leep", "nce")
+    lines = ["### Transferability scores, measured before training on B", "",
+             "LogME and H-score of B's training features at the penultimate layer, LEEP and NCE "
+             "of A's classifier on B's training images (higher: predicted to transfer better), "
+             "mean per split and condition:", ""]  # fmt: skip
+    lines += _table_head(["split", "condition", "runs", "B: final test error (%)", "LogME", "H-score", "LEEP", "NCE"])  # fmt: skip
+    for r in scores["rows"]:
+        cells = [_DASH if r[n] is None else f"{r[n]:.4g}" for n in names]
+        lines.append(_row([split_label(r["split"]), r["condition"], str(r["n"]), error(r["b_mean"]), *cells]))  # fmt: skip
+    lines += ["", "Rank correlation of each score with B's final error over the runs (a score "
+              "that predicts well correlates negatively), 95 % bootstrap intervals:", ""]  # fmt: skip
+    lines += _table_head(["score", "runs", "Kendall tau", "Spearman rho"])
+    for name, label in zip(names, ("LogME", "H-score", "LEEP", "NCE"), strict=True):
+        c = scores["correlations"][name]
+        if c["note"]:
+            lines.append(_row([label, str(c["n"]), c["note"], c["note"]]))
+            continue
+        cells = []
+        for key in ("kendall", "spearman"):
+            ci = c[f"{key}_ci"]
+            shown = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "no interval"
+            cells.append(f"{c[key]:+.2f} {shown}")
+        lines.append(_row([label, str(c["n"]), *cells]))
+    return lines

@@ -20,7 +20,7 @@ from typing import Any
 
 from .gather import Run
 from .groups import Condition, Family, Transfer, pair, split_label, split_order
-from .stats import paired_test, variance_decomposition
+from .stats import paired_test, rank_correlation, variance_decomposition
 
 __all__ = [
     "PAPER_EPOCHS",
@@ -119,7 +119,44 @@ def section(family: Family) -> dict[str, Any]:
         data["heads"] = _heads(family) if per_class is None else None
         data["long_tail"] = _long_tail(family) if per_class is not None else None
     data["comparisons"] = _comparisons(family)
+    data["scores"] = _scores(family)
     return data
+
+
+#: The transferability scores a transfer run records (``scores.json``).
+SCORE_NAMES = ("logme", "hscore", "leep", "nce")
+
+
+def _scores(family: Family) -> dict[str, Any] | None:
+    """Per split and condition the mean of each score beside B's final error, and each
+    score's rank correlation with B's error over the runs that have it (None: no run has
+    scores)."""
+    scored = [t for t in family.transfers if t.run.scores]
+    if not scored:
+        return None
+
+    def values(runs: Sequence[Transfer], name: str) -> list[tuple[float, float]]:
+        """(score, B's final error) of each run that has the score."""
+        found = []
+        for t in runs:
+            value = (t.run.scores or {}).get(name)
+            if value is not None:
+                found.append((value, t.run.final_error))
+        return found
+
+    rows = []
+    for _, split, condition, runs in _split_cells(family):
+        have = [t for t in runs if t.run.scores]
+        if have:
+            means = {name: _mean([v for v, _ in values(have, name)]) for name in SCORE_NAMES}
+            rows.append({"split": split, "condition": condition.name, "n": len(have),
+                         "b_mean": _mean([t.run.final_error for t in have]), **means})  # fmt: skip
+    correlations = {}
+    for name in SCORE_NAMES:
+        pairs = values(scored, name)
+        result = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs])
+        correlations[name] = asdict(result)
+    return {"rows": rows, "correlations": correlations}
 
 
 def run_entry(run: Run, condition: Condition | None = None) -> dict[str, Any]:

@@ -20,8 +20,10 @@ from .groups import split_label
 __all__ = [
     "MIN_WILCOXON_PAIRS",
     "PairedTest",
+    "RankCorrelation",
     "VarianceDecomposition",
     "paired_test",
+    "rank_correlation",
     "variance_decomposition",
 ]
 
@@ -300,3 +302,56 @@ def _too_few(n: int, splits: Sequence[Hashable] | None) -> tuple[str | None, str
 
 def _with_note(result: VarianceDecomposition, note: str) -> VarianceDecomposition:
     return replace(result, note=note)
+
+
+@dataclass(frozen=True)
+class RankCorrelation:
+    """How well one number orders runs as another does: Kendall's tau and Spearman's rho
+    with bootstrap intervals (runs resampled with replacement), or a note."""
+
+    n: int
+    kendall: float | None
+    spearman: float | None
+    kendall_ci: tuple[float, float] | None
+    spearman_ci: tuple[float, float] | None
+    note: str | None
+
+
+def rank_correlation(
+    x: Sequence[float], y: Sequence[float], *, resamples: int = 2000, seed: int = 0,
+    confidence: float = 0.95,
+) -> RankCorrelation:  # fmt: skip
+    """Kendall's tau and Spearman's rho of ``x`` and ``y`` (``scipy.stats``), each with a
+    percentile bootstrap interval over ``resamples`` resamples of the pairs (numpy's
+    generator seeded with ``seed``; resamples without spread in either are left out).
+    Needs 3 pairs with some spread in both."""
+    n = len(x)
+    if len(y) != n:
+        raise ValueError(f"Expected as many `y` as `x` ({n}), but got {len(y)}.")
+    if n < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        why = f"{n} run(s)" if n < 3 else "no spread"
+        return RankCorrelation(n, None, None, None, None, f"cannot test: {why}; needs 3 runs with some spread")  # fmt: skip
+    import numpy as np
+    from scipy import stats
+
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    rng = np.random.default_rng(seed)
+    taus, rhos = [], []
+    for _ in range(resamples):
+        pick = rng.integers(0, n, n)
+        if len(set(a[pick])) > 1 and len(set(b[pick])) > 1:
+            taus.append(stats.kendalltau(a[pick], b[pick]).statistic)
+            rhos.append(stats.spearmanr(a[pick], b[pick]).statistic)
+    tail = (1 - confidence) / 2 * 100
+
+    def interval(values: list[float]) -> tuple[float, float] | None:
+        kept = [v for v in values if math.isfinite(v)]
+        if not kept:
+            return None
+        low, high = np.percentile(kept, [tail, 100 - tail])
+        return float(low), float(high)
+
+    return RankCorrelation(
+        n, float(stats.kendalltau(a, b).statistic), float(stats.spearmanr(a, b).statistic),
+        interval(taus), interval(rhos), None,
+    )  # fmt: skip
