@@ -731,3 +731,27 @@ def test_the_report_sets_the_scores_beside_b_error(tmp_path):
     assert on_disk["sections"][0]["scores"]["rows"][0]["logme"] == pytest.approx(
         scores["rows"][0]["logme"]
     )
+
+
+def test_a_freeze_sweep_reports_as_logme_where_each_point_ends(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "cifar100_densenet.py"), "--smoke", "--device",
+         "cpu", "--experiment", "freeze", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = build_report(out)
+    (section,) = report["sections"]
+    profile = {(r["condition"], r["point"]): r for r in section["scores"]["profile"]}
+    assert {point for _, point in profile} == {"0", "2.1", "3"}
+    for condition, run in (("baseline", "split0/baseline"), ("binary 0.4", "split0/binary")):
+        layers = json.loads((out / f"{run}/freeze-2.1/scores.json").read_text())["layers"]
+        assert profile[(condition, "2.1")]["a_logme"] == pytest.approx(layers["2.1"])
+        assert profile[(condition, "3")]["a_logme"] == pytest.approx(layers["3.1"])
+        assert profile[(condition, "0")]["a_logme"] is None

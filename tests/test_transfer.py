@@ -288,7 +288,7 @@ def test_a_transfer_run_records_its_scores_before_training_on_b(pretrained):
     import json
 
     from auxtransfer import find_classifier
-    from auxtransfer.probe import hscore, leep, logme, nce
+    from auxtransfer.probe import hscore, layer_scores, leep, logme, nce
 
     run, _ = pretrained
     out = run.parent / "scored"
@@ -312,6 +312,10 @@ def test_a_transfer_run_records_its_scores_before_training_on_b(pretrained):
     assert saved["hscore"] == pytest.approx(hscore(f, labels), rel=1e-3)
     assert saved["leep"] == pytest.approx(leep(probs, labels), rel=1e-4)
     assert saved["nce"] == pytest.approx(nce(probs.argmax(1), labels), rel=1e-6)
+    # LogME at every address of A's network but the head, as layer_scores gives it.
+    by_layer = layer_scores(source, x, labels)
+    assert list(saved["layers"]) == list(by_layer)
+    assert saved["layers"] == pytest.approx(by_layer, rel=1e-4)
 
 
 def test_scoring_draws_no_random_numbers(tmp_path, monkeypatch):

@@ -4,8 +4,8 @@
 transferred network (its classifier's input: the penultimate features) and through A's own
 network (its softmax), and gives LogME and H-score of those features and LEEP and NCE of
 A's classifier ([`auxtransfer.probe`][auxtransfer.probe]). ``train_run`` writes them to
-``scores.json`` in the run directory when the run starts; the report sets them beside the
-run's error on B.
+``scores.json`` in the run directory when the run starts, with LogME at every address of
+A's network (``layers``); the report sets them beside the run's error on B.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..classifier import find_classifier
-from ..probe import hscore, leep, logme, nce
+from ..probe import features, hscore, leep, logme, nce
 from .rundir import replace_atomically
 
 __all__ = ["SCORES_FILE", "transfer_scores", "write_scores"]
@@ -30,9 +30,10 @@ SCORES_FILE = "scores.json"
 
 def transfer_scores(net: nn.Module, source: nn.Module, batches: Iterable[Any]) -> dict[str, Any]:
     """LogME and H-score of ``net``'s penultimate features, LEEP and NCE of ``source``'s
-    classifier, on the ``(x, y, ...)`` ``batches`` of B's training images. A score the data
-    cannot give (H-score with a class of one sample) is None. Every module's mode is
-    restored."""
+    classifier, on the ``(x, y, ...)`` ``batches`` of B's training images (iterated twice),
+    and ``layers``: LogME of ``source``'s features at each address but the head. A score
+    the data cannot give (H-score with a class of one sample) is None. Every module's mode
+    is restored."""
     inputs: list[Tensor] = []
     module = net.get_submodule(find_classifier(net))
     handle = module.register_forward_pre_hook(
@@ -55,6 +56,11 @@ def transfer_scores(net: nn.Module, source: nn.Module, batches: Iterable[Any]) -
             m.train(training)
     f, p, y = torch.cat(inputs), torch.cat(probs), torch.cat(labels)
     found: dict[str, Any] = {"samples": len(y)}
+    try:  # where along A's network the features already separate B's classes
+        at_layers = features(source, batches)
+        found["layers"] = {address: logme(f_at, y) for address, f_at in at_layers.items()}
+    except ValueError:
+        found["layers"] = None
     for name, score in (("logme", lambda: logme(f, y)), ("hscore", lambda: hscore(f, y)),
                         ("leep", lambda: leep(p, y)), ("nce", lambda: nce(p.argmax(1), y))):  # fmt: skip
         try:

@@ -42,8 +42,8 @@ class Run:
         epochs: Each row's epoch, from ``metrics.csv``.
         metrics: Each numeric column of ``metrics.csv``, one value per row (None where empty).
         results: ``results.json``.
-        scores: A transfer run's ``scores.json`` (its numeric entries), where it has one
-            that reads; None otherwise.
+        scores: A transfer run's ``scores.json`` (its scores, and ``layers``: LogME at
+            each address of A's network), where it has one that reads; None otherwise.
     """
 
     id: str
@@ -52,7 +52,7 @@ class Run:
     epochs: tuple[int, ...]
     metrics: Mapping[str, tuple[float | None, ...]]
     results: Mapping[str, Any]
-    scores: Mapping[str, float | None] | None = None
+    scores: Mapping[str, Any] | None = None
 
     @property
     def smoke(self) -> bool:
@@ -183,14 +183,22 @@ def _read_run(run_id: str, path: Path) -> Run | Skipped:
     return Run(run_id, path, config, epochs, metrics, results, _read_scores(path))
 
 
-def _read_scores(path: Path) -> dict[str, float | None] | None:
+def _read_scores(path: Path) -> dict[str, Any] | None:
     """The scores of ``scores.json`` (finite numbers, or None), if it reads."""
     if not (path / SCORES_FILE).exists():
         return None
     data = _read_json(path / SCORES_FILE)
     if isinstance(data, str):
         return None
-    return {k: float(v) if _is_number(v) else None for k, v in data.items() if k != "samples"}
+    found: dict[str, Any] = {
+        k: float(v) if _is_number(v) else None
+        for k, v in data.items()
+        if k not in ("samples", "layers")
+    }
+    layers = data.get("layers")
+    if isinstance(layers, dict):
+        found["layers"] = {a: float(v) for a, v in layers.items() if _is_number(v)}
+    return found
 
 
 def _read_json(path: Path) -> dict[str, Any] | str:

@@ -264,6 +264,13 @@ def _scores(scores: Mapping[str, Any]) -> list[str]:
     for r in scores["rows"]:
         cells = [_DASH if r[n] is None else f"{r[n]:.4g}" for n in names]
         lines.append(_row([split_label(r["split"]), r["condition"], str(r["n"]), error(r["b_mean"]), *cells]))  # fmt: skip
+    if scores.get("profile"):
+        lines += ["", "LogME of A's features on B's training images where each point ends, beside "
+                  "B's final error there (mean over runs):", ""]  # fmt: skip
+        lines += _table_head(["point", "condition", "runs", "LogME of A at the point", "B: final test error (%)"])  # fmt: skip
+        for r in scores["profile"]:
+            shown = _DASH if r["a_logme"] is None else f"{r['a_logme']:.4g}"
+            lines.append(_row([r["point"], r["condition"], str(r["n"]), shown, error(r["b_mean"])]))  # fmt: skip
     lines += ["", "Rank correlation of each score with B's final error over the runs (a score "
               "that predicts well correlates negatively), 95 % bootstrap intervals:", ""]  # fmt: skip
     lines += _table_head(["score", "runs", "Kendall tau", "Spearman rho"])

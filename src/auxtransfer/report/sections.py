@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -156,7 +156,32 @@ def _scores(family: Family) -> dict[str, Any] | None:
         pairs = values(scored, name)
         result = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs])
         correlations[name] = asdict(result)
-    return {"rows": rows, "correlations": correlations}
+    profile = []
+    if family.kind in ("freeze", "reset"):
+        for condition in family.conditions:
+            for point in family.points:
+                runs = family.at(point, condition)
+                at = [
+                    v
+                    for t in runs
+                    if (v := _at_point((t.run.scores or {}).get("layers"), point)) is not None
+                ]
+                profile.append({
+                    "condition": condition.name, "point": point, "n": len(runs),
+                    "a_logme": _mean(at), "b_mean": _mean([t.run.final_error for t in runs]),
+                })  # fmt: skip
+    return {"rows": rows, "correlations": correlations, "profile": profile}
+
+
+def _at_point(layers: Mapping[str, float] | None, point: str) -> float | None:
+    """LogME of A's features where ``point`` ends: the address itself, or the last one
+    within it (a block); None for ``"0"`` (nothing kept) or where it was not measured."""
+    if not layers:
+        return None
+    if point in layers:
+        return layers[point]
+    inside = [a for a in layers if a.startswith(point + ".")]
+    return layers[inside[-1]] if inside else None
 
 
 def run_entry(run: Run, condition: Condition | None = None) -> dict[str, Any]:
