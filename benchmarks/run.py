@@ -108,6 +108,7 @@ from auxtransfer.models import CIFAR100_MEAN, CIFAR100_STD  # (and registers the
 from auxtransfer.probe import features, logme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from logme_reference import logme_numpy
 from preflight import checked_device, mps_running
 
 NUM_CLASSES = 50  # one half of CIFAR-100, as A and B are
@@ -715,44 +716,6 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
     return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
-
-
-def logme_numpy(f: Any, y: Any) -> float:
-    """LogME's fixed-point algorithm in float64 numpy, class by class, as its authors' code
-    runs it: the reference ``probe.logme`` is timed against."""
-    import numpy as np
-
-    f = np.asarray(f, dtype=np.float64)
-    n, d = f.shape
-    if n > d:
-        _, sv2, vt = np.linalg.svd(f.T @ f)
-        sv = np.sqrt(sv2)
-        k = int((sv > 1e-10).sum())
-        sv, vt = sv[:k], vt[:k]
-        u = (f @ vt.T) / sv
-    else:
-        u, sv, _ = np.linalg.svd(f, full_matrices=False)
-    sigma = sv**2
-    scores = []
-    for c in range(int(y.max()) + 1):
-        target = (y == c).astype(np.float64)
-        x2 = (u.T @ target) ** 2
-        rest = target @ target - x2.sum()
-        alpha = beta = 1.0
-        for _ in range(11):
-            t = alpha / beta
-            gamma = np.sum(sigma / (sigma + t))
-            m2 = np.sum(sigma * x2 / (t + sigma) ** 2)
-            res2 = np.sum(x2 / (1 + sigma / t) ** 2) + rest
-            alpha, beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
-            if abs(alpha / beta - t) / t <= 1e-3:
-                break
-        scores.append(
-            (d / 2 * np.log(alpha) + n / 2 * np.log(beta)
-             - 0.5 * np.sum(np.log(alpha + beta * sigma)) - beta / 2 * res2 - alpha / 2 * m2
-             - n / 2 * np.log(2 * np.pi)) / n
-        )  # fmt: skip
-    return float(np.mean(scores))
 
 
 def measure_logme(sizes: Sizes, device: torch.device) -> tuple[float, float, float]:

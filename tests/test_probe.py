@@ -1,6 +1,9 @@
 """auxtransfer.probe: every score against an independent float64 numpy implementation, the
 features against forward hooks taken by hand, and bad input named."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -14,42 +17,13 @@ from ._tiny_hf import build as build_hf
 
 # ---------------------------------------------------------------- references (numpy, float64)
 
-
-def logme_reference(f, y):
-    """LogME's fixed-point algorithm (arXiv 2110.10545), class by class, written from the
-    paper's update equations: SVD of f (for N > D through f^T f, keeping singular values
-    above 1e-10), then at most 11 updates of alpha and beta per class."""
-    f = np.asarray(f, dtype=np.float64)
-    n, d = f.shape
-    if n > d:
-        _, sv2, vt = np.linalg.svd(f.T @ f)
-        s = np.sqrt(sv2)
-        k = int((s > 1e-10).sum())
-        s, vt = s[:k], vt[:k]
-        u = (f @ vt.T) / s
-    else:
-        u, s, _ = np.linalg.svd(f, full_matrices=False)
-    sigma = s**2
-    scores = []
-    for c in range(int(y.max()) + 1):
-        t_y = (y == c).astype(np.float64)
-        x2 = (u.T @ t_y) ** 2
-        rest = t_y @ t_y - x2.sum()
-        alpha = beta = 1.0
-        for _ in range(11):
-            t = alpha / beta
-            gamma = np.sum(sigma / (sigma + t))
-            m2 = np.sum(sigma * x2 / (t + sigma) ** 2)
-            res2 = np.sum(x2 / (1 + sigma / t) ** 2) + rest
-            alpha, beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
-            if abs(alpha / beta - t) / t <= 1e-3:
-                break
-        evidence = (
-            d / 2 * np.log(alpha) + n / 2 * np.log(beta) - 0.5 * np.sum(np.log(alpha + beta * sigma))
-            - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * np.log(2 * np.pi)
-        )  # fmt: skip
-        scores.append(evidence / n)
-    return float(np.mean(scores))
+# LogME: the benchmark's numpy implementation, class by class (benchmarks/logme_reference.py).
+_SPEC = importlib.util.spec_from_file_location(
+    "logme_reference", Path(__file__).resolve().parents[1] / "benchmarks" / "logme_reference.py"
+)
+_REFERENCE = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_REFERENCE)
+logme_numpy = _REFERENCE.logme_numpy
 
 
 def hscore_reference(f, y):
@@ -127,13 +101,13 @@ CASES = [(n, d, c) for n, d in ((400, 20), (100, 300)) for c in (2, 5, 50)]
 @pytest.mark.parametrize(("n", "d", "classes"), CASES)
 def test_feature_scores_equal_the_reference(n, d, classes):
     f, y = _data(n, d, classes)
-    assert logme(f, y) == pytest.approx(logme_reference(f, y), rel=1e-6)
+    assert logme(f, y) == pytest.approx(logme_numpy(f, y), rel=1e-6)
     assert hscore(torch.from_numpy(f), torch.from_numpy(y)) == pytest.approx(
         hscore_reference(f, y), rel=1e-6
     )
     # float32 input: the same to 1e-3.
     f32 = torch.from_numpy(f).float()
-    assert logme(f32, y) == pytest.approx(logme_reference(f, y), rel=1e-3)
+    assert logme(f32, y) == pytest.approx(logme_numpy(f, y), rel=1e-3)
     assert hscore(f32, y) == pytest.approx(hscore_reference(f, y), rel=1e-3)
 
 

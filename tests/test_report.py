@@ -697,21 +697,25 @@ def test_rank_correlation_is_scipys_with_a_seeded_bootstrap():
     assert rank_correlation([1.0, 2.0], [3.0, 4.0]).note.startswith("cannot test: 2 run(s)")
 
 
-def test_the_report_sets_the_scores_beside_b_error(tmp_path):
-    """The smoke paired sweep on three splits: every transfer run's scores.json, per split
-    and condition in report.md and report.json, and each score's rank correlation."""
+def _smoke_sweep(out, *flags):
+    """``out`` after the DenseNet example's smoke sweep with ``flags``, in a process of its own."""
     import os
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path / "runs"
+    example = Path(__file__).resolve().parents[1] / "examples" / "cifar100_densenet.py"
     done = subprocess.run(
-        [sys.executable, str(root / "examples" / "cifar100_densenet.py"), "--smoke", "--device",
-         "cpu", "--splits", "3", "--out", str(out)],
+        [sys.executable, str(example), "--smoke", "--device", "cpu", *flags, "--out", str(out)],
         capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_the_report_sets_the_scores_beside_b_error(tmp_path):
+    """The smoke paired sweep on three splits: every transfer run's scores.json, per split
+    and condition in report.md and report.json, and each score's rank correlation."""
+    out = _smoke_sweep(tmp_path / "runs", "--splits", "3")
     report = write_report(out, tmp_path / "report", format="json", run_curves=False)
     (section,) = report["sections"]
     scores = section["scores"]
@@ -734,18 +738,7 @@ def test_the_report_sets_the_scores_beside_b_error(tmp_path):
 
 
 def test_a_freeze_sweep_reports_as_logme_where_each_point_ends(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path / "runs"
-    done = subprocess.run(
-        [sys.executable, str(root / "examples" / "cifar100_densenet.py"), "--smoke", "--device",
-         "cpu", "--experiment", "freeze", "--out", str(out)],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    out = _smoke_sweep(tmp_path / "runs", "--experiment", "freeze")
     report = build_report(out)
     (section,) = report["sections"]
     profile = {(r["condition"], r["point"]): r for r in section["scores"]["profile"]}

@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "METRIC_FIELDS",
     "RUN_FILES",
+    "SCORES_FILE",
     "RunDir",
     "as_json",
     "differing_keys",
@@ -34,6 +35,8 @@ __all__ = [
 #: a run directory (``auxtransfer.report`` reads these names from here).
 RUN_FILES = ("config.json", "metrics.csv", "results.json", "last.pt", "best.pt")
 CONFIG, METRICS, RESULTS, LAST, BEST = RUN_FILES
+#: A transfer run's scores, measured before its first epoch on B (``experiments.scores``).
+SCORES_FILE = "scores.json"
 
 #: The columns of ``metrics.csv``, in order. ``lr`` is the head's rate; ``lr_groups`` holds
 #: every parameter group's rate (see ``format_learning_rates``). ``train_loss`` is the loss

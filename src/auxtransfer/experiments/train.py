@@ -35,8 +35,8 @@ from .loop import (
     train_averages,
     train_one_epoch,
 )
-from .rundir import RunDir, format_learning_rates, summarise_metrics
-from .scores import transfer_scores, write_scores
+from .rundir import SCORES_FILE, RunDir, format_learning_rates, summarise_metrics, write_json
+from .scores import transfer_scores
 from .settings import RunConfig, Schedule
 from .transfer import (
     build_transfer_model,
@@ -149,7 +149,7 @@ def train_run(
         # it would without.
         a_net = load_backbone(source, which=config.transfer_weights).to(device)
         scored = _batches(train_data, config, device, mean, std, train=False)
-        write_scores(run.path, transfer_scores(net, a_net, scored))
+        write_json(run.path / SCORES_FILE, transfer_scores(net, a_net, scored))
         del a_net
     logged = (saved_rows or run.read_metrics()) if rank == 0 and start_epoch > 1 else []
     best_error = min((float(row["test_error"]) for row in logged), default=math.inf)

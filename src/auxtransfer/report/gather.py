@@ -19,10 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..experiments.rundir import METRIC_FIELDS, RUN_FILES
-
-#: A transfer run's scores, measured before its first epoch on B (``experiments.scores``).
-SCORES_FILE = "scores.json"
+from ..experiments.rundir import METRIC_FIELDS, RUN_FILES, SCORES_FILE
 
 __all__ = ["RUN_FILES", "Gathered", "Run", "Skipped", "gather", "natural_key"]
 
