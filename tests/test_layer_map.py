@@ -19,6 +19,7 @@ from torch import nn
 
 import auxtransfer.layers
 from auxtransfer import (
+    RandomPartitionHead,
     freeze_until,
     layer_groups,
     layer_map,
@@ -473,3 +474,34 @@ def test_the_layers_table_lists_a_tied_tensor_under_its_first_name():
 
     rows = [line.split()[0] for line in format_layers(TiedLinear()).splitlines()[1:-1]]
     assert rows == ["a", "b", "head"]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "size"),
+    [
+        ("vit_tiny_patch16_224", {"img_size": 32}, (3, 32, 32)),
+        ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4, "in_chans": 1}, (1, 32, 32)),
+        ("deit_tiny_patch16_224", {"img_size": 32}, (3, 32, 32)),
+        ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 2}, (3, 64, 64)),
+    ],
+)
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_timm_model_built_for_smaller_images_is_traced_at_its_own_size(
+    name, kwargs, size, wrapped
+):
+    # timm keeps pretrained_cfg["input_size"] at (3, 224, 224) whatever img_size it was given.
+    def build():
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+        return RandomPartitionHead(model, num_partitions=2) if wrapped else model
+
+    model, sized = build(), build()
+    assert model.pretrained_cfg["input_size"] == (3, 224, 224)
+    stated = layer_map(model)
+    assert stated.groups == layer_map(sized, input_size=size).groups
+    assert layer_names(model) == layer_names(sized, input_size=size)
+    address = stated.names[len(stated.names) // 2]
+    freeze_until(model, address)
+    freeze_until(sized, address, input_size=size)
+    assert _frozen(model) == _frozen(sized) != set()

@@ -126,9 +126,29 @@ def test_the_resumed_run_equals_one_trained_in_one_go(rerun, tmp_path):
     pretrain = "split0/baseline/pretrain"  # the run UNFINISHED transfers from
     shutil.copytree(FIXTURE / "out" / pretrain, fresh / pretrain)
     _example("--out", str(fresh), "--run", UNFINISHED)
-    assert _metrics(out / UNFINISHED) == _metrics(fresh / UNFINISHED)
+    # The fixture's first epoch was trained on another machine, whose CPU kernels may round
+    # the last bits differently: equal to 1e-6 (a resume that lost the optimizer, the
+    # schedule or the random state is off by far more).
+    resumed, whole = _metrics(out / UNFINISHED), _metrics(fresh / UNFINISHED)
+    assert [sorted(row) for row in resumed] == [sorted(row) for row in whole]
+    for row, expected in zip(resumed, whole, strict=True):
+        numbers = [k for k, v in expected.items() if _is_number(v)]
+        assert {k: v for k, v in row.items() if k not in numbers} == {
+            k: v for k, v in expected.items() if k not in numbers
+        }
+        assert [float(row[k]) for k in numbers] == pytest.approx(
+            [float(expected[k]) for k in numbers], rel=1e-6
+        )
     results = [json.loads((o / UNFINISHED / "results.json").read_text()) for o in (out, fresh)]
-    assert results[0] == results[1]
+    assert results[0] == pytest.approx(results[1], rel=1e-6)
+
+
+def _is_number(cell):
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def test_the_report_reads_every_run(rerun, tmp_path):

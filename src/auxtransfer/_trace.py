@@ -59,14 +59,14 @@ class TraceError(ValueError):
 
 
 def stated_input_size(model: nn.Module) -> tuple[int, ...] | None:
-    """The input size a model states: timm's ``pretrained_cfg``, a Hugging Face config's
-    ``num_channels`` and ``image_size``, torchvision's ``image_size`` with the channels of
-    its first convolution (of the model or of the outermost module inside it that has one:
-    a wrapped backbone)."""
+    """The input size a model states: timm's (the size its patch embedding was built for,
+    else ``pretrained_cfg``), a Hugging Face config's ``num_channels`` and ``image_size``,
+    torchvision's ``image_size`` with the channels of its first convolution (of the model
+    or of the outermost module inside it that has one: a wrapped backbone)."""
     for module in model.modules():
         cfg = getattr(module, "pretrained_cfg", None) or {}
         if cfg.get("input_size"):
-            return tuple(cfg["input_size"])
+            return _built_input_size(module) or tuple(cfg["input_size"])
         size = getattr(module, "image_size", None)
         if isinstance(size, int) and not isinstance(size, bool):
             conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
@@ -78,6 +78,24 @@ def stated_input_size(model: nn.Module) -> tuple[int, ...] | None:
         if isinstance(size, (tuple, list)) and len(size) == 2:
             return (int(getattr(config, "num_channels", 3)), *map(int, size))
     return None
+
+
+def _built_input_size(model: nn.Module) -> tuple[int, ...] | None:
+    """The input a timm model with a patch embedding was built for: ``patch_embed.img_size``
+    with the channels of its first convolution. timm leaves ``pretrained_cfg`` at the
+    pretrained size (3x224x224) when ``img_size=`` or ``in_chans=`` differ, and a strict
+    patch embedding refuses any other size."""
+    embeds = (getattr(m, "patch_embed", None) for m in model.modules())
+    embed = next((e for e in embeds if isinstance(e, nn.Module)), None)
+    if embed is None:
+        return None
+    conv = next((m for m in embed.modules() if isinstance(m, nn.Conv2d)), None)
+    size = getattr(embed, "img_size", None)
+    if isinstance(size, int):
+        size = (size, size)
+    if conv is None or not (isinstance(size, (tuple, list)) and len(size) == 2):
+        return None
+    return (conv.in_channels, *map(int, size))
 
 
 def _guessed_inputs(model: nn.Module) -> list[tuple[tuple[int, ...], torch.dtype | None]]:

@@ -262,26 +262,26 @@ def linear_cka(x: Any, y: Any, *, debiased: bool = False) -> float:
         raise ValueError(
             f"Expected `x` and `y` to hold the same examples, but they hold {len(a)} and {len(b)}."
         )
+    a, b = a - a.mean(0), b - b.mean(0)
     if not debiased:
-        a, b = a - a.mean(0), b - b.mean(0)
         cross = (b.T @ a).square().sum()
         return float(cross / ((a.T @ a).norm() * (b.T @ b).norm()))
     if len(a) < 4:
         raise ValueError(f"Expected at least 4 examples for the debiased CKA, but got {len(a)}.")
-    ka, kb = a @ a.T, b @ b.T
-    return float(_hsic1(ka, kb) / (_hsic1(ka, ka) * _hsic1(kb, kb)).sqrt())
+    return float(_hsic1(a, b) / (_hsic1(a, a) * _hsic1(b, b)).sqrt())
 
 
-def _hsic1(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741
-    """The unbiased HSIC estimator of two Gram matrices (Song et al. 2012)."""
-    n = len(k)
-    k, l = k.clone(), l.clone()  # noqa: E741
-    k.fill_diagonal_(0)
-    l.fill_diagonal_(0)
-    kl = k @ l
-    return (torch.trace(kl) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2 * kl.sum() / (n - 2)) / (
-        n * (n - 3)
-    )
+def _hsic1(a: Tensor, b: Tensor) -> Tensor:
+    """The unbiased HSIC estimator (Song et al. 2012) of the linear kernels of centred
+    features ``a`` and ``b``, in their own space: ``O(N D1 D2)``, never the ``N x N`` Gram
+    matrices. With ``K = a a^T`` and ``L = b b^T`` zero on their diagonals, and centred rows
+    (``K 1 = -diag``), ``tr(KL) = ||b^T a||^2 - sum(|a_i|^2 |b_i|^2)``, ``1^T K 1 =
+    -sum |a_i|^2`` and ``1^T K L 1 = sum |a_i|^2 |b_i|^2``."""
+    n = len(a)
+    sa, sb = a.square().sum(1), b.square().sum(1)
+    both = (sa * sb).sum()
+    trace = (b.T @ a).square().sum() - both
+    return (trace + sa.sum() * sb.sum() / ((n - 1) * (n - 2)) - 2 * both / (n - 2)) / (n * (n - 3))
 
 
 def _pooled(output: Any, pool: Pool, where: str) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from .._checks import check_int
-from . import processes
+from . import processes, similarity
 from .checkpoint import epochs_done
 from .plan import FINISHED_STATUSES, Plan, PlannedRun, RunFailedError, check_data, check_plan
 from .rundir import RunDir
@@ -150,10 +150,12 @@ def execute(
     check_data(plan, source, ids)
     if jobs > 1:
         _partitions(states, source)  # a coarse run that cannot have its table: now, not later
-        return _execute_jobs(
+        outcomes = _execute_jobs(
             states, Path(out), source, jobs=jobs, device=device, stop_after=stop_after,
             cuda_graphs=cuda_graphs, train=train, report=report, progress=progress,
         )  # fmt: skip
+        _similarities(plan, out, source, states, outcomes, device, report)
+        return outcomes
     # Epochs an unfinished run has logged, for the budget of stop_after.
     done = {
         run.id: epochs_done(Path(out) / run.id) for run, state in states if state == "unfinished"
@@ -228,7 +230,24 @@ def execute(
         outcomes.append(RunOutcome(run.id, status, results))
         if budget <= 0:
             break
+    if rank == 0:
+        _similarities(plan, out, source, states, outcomes, device, report)
     return outcomes
+
+
+def _similarities(
+    plan: Plan,
+    out: str | os.PathLike[str],
+    source: DataSource,
+    states: list[tuple[PlannedRun, str]],
+    outcomes: list[RunOutcome],
+    device: str | torch.device,
+    report: Callable[[str], None] | None,
+) -> None:
+    """Each finished pair's ``similarity.json``, once the call has reached every run it
+    was given: not when ``stop_after`` ended it (its time is up)."""
+    if len(outcomes) == len(states) and not any(o.status == "stopped" for o in outcomes):
+        similarity.write_pending(plan, out, source, device=device, report=report)
 
 
 def _partitions(states: list[tuple[PlannedRun, str]], source: DataSource) -> dict[str, Any]:

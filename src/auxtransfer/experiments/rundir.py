@@ -21,6 +21,7 @@ __all__ = [
     "METRIC_FIELDS",
     "RUN_FILES",
     "SCORES_FILE",
+    "SIMILARITY_FILE",
     "RunDir",
     "as_json",
     "differing_keys",
@@ -37,6 +38,8 @@ RUN_FILES = ("config.json", "metrics.csv", "results.json", "last.pt", "best.pt")
 CONFIG, METRICS, RESULTS, LAST, BEST = RUN_FILES
 #: A transfer run's scores, measured before its first epoch on B (``experiments.scores``).
 SCORES_FILE = "scores.json"
+#: An A run's similarity to its baseline, at every address (``experiments.similarity``).
+SIMILARITY_FILE = "similarity.json"
 
 #: The columns of ``metrics.csv``, in order. ``lr`` is the head's rate; ``lr_groups`` holds
 #: every parameter group's rate (see ``format_learning_rates``). ``train_loss`` is the loss

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..experiments.rundir import METRIC_FIELDS, RUN_FILES, SCORES_FILE
+from ..experiments.rundir import METRIC_FIELDS, RUN_FILES, SCORES_FILE, SIMILARITY_FILE
 
 __all__ = ["RUN_FILES", "Gathered", "Run", "Skipped", "gather", "natural_key"]
 
@@ -41,6 +41,9 @@ class Run:
         results: ``results.json``.
         scores: A transfer run's ``scores.json`` (its scores, and ``layers``: LogME at
             each address of A's network), where it has one that reads; None otherwise.
+        similarity: An A run's ``similarity.json`` (``baseline``: the baseline run's
+            directory relative to this one; ``layers``: linear CKA to it at each address),
+            where it has one that reads; None otherwise.
     """
 
     id: str
@@ -50,6 +53,7 @@ class Run:
     metrics: Mapping[str, tuple[float | None, ...]]
     results: Mapping[str, Any]
     scores: Mapping[str, Any] | None = None
+    similarity: Mapping[str, Any] | None = None
 
     @property
     def smoke(self) -> bool:
@@ -177,7 +181,9 @@ def _read_run(run_id: str, path: Path) -> Run | Skipped:
     if isinstance(parsed, str):
         return Skipped(run_id, parsed)
     epochs, metrics = parsed
-    return Run(run_id, path, config, epochs, metrics, results, _read_scores(path))
+    return Run(
+        run_id, path, config, epochs, metrics, results, _read_scores(path), _read_similarity(path)
+    )
 
 
 def _read_scores(path: Path) -> dict[str, Any] | None:
@@ -196,6 +202,19 @@ def _read_scores(path: Path) -> dict[str, Any] | None:
     if isinstance(layers, dict):
         found["layers"] = {a: float(v) for a, v in layers.items() if _is_number(v)}
     return found
+
+
+def _read_similarity(path: Path) -> dict[str, Any] | None:
+    """``similarity.json``'s baseline and CKA per address (finite numbers), if it reads."""
+    if not (path / SIMILARITY_FILE).exists():
+        return None
+    data = _read_json(path / SIMILARITY_FILE)
+    if isinstance(data, str) or not isinstance(data.get("layers"), dict):
+        return None
+    return {
+        "baseline": str(data.get("baseline")),
+        "layers": {a: float(v) for a, v in data["layers"].items() if _is_number(v)},
+    }
 
 
 def _read_json(path: Path) -> dict[str, Any] | str:

@@ -92,6 +92,8 @@ def _section(section: Mapping[str, Any]) -> list[str]:
         lines += ["", f"![{figure['title']}]({figure['file']})"]
     if section.get("scores"):
         lines += ["", *_scores(section["scores"])]
+    if section.get("similarity"):
+        lines += ["", *_similarity(section["similarity"])]
     lines += ["", "### Paired statistics: condition - baseline, B's final test error", ""]
     if not section["comparisons"]:
         lines.append("cannot test: no condition with an auxiliary head in this setting")
@@ -285,4 +287,27 @@ def _scores(scores: Mapping[str, Any]) -> list[str]:
             shown = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "no interval"
             cells.append(f"{c[key]:+.2f} {shown}")
         lines.append(_row([label, str(c["n"]), *cells]))
+    return lines
+
+
+def _similarity(similarity: Mapping[str, Any]) -> list[str]:
+    """Linear CKA between each condition's A networks and the baseline's, per address."""
+    conditions = list(dict.fromkeys(r["condition"] for r in similarity["summary"]))
+    cells = {(r["address"], r["condition"]): r for r in similarity["summary"]}
+    lines = ["### Where the auxiliary head changed A's features", "",
+             "Debiased linear CKA between each A network with an auxiliary head and the "
+             "baseline's A network of its split, on A's test images, at each address (1: the "
+             "same features up to rotation and scale); mean over splits, lowest and highest "
+             "in brackets:", ""]  # fmt: skip
+    lines += _table_head(["address", *conditions])
+    for address in dict.fromkeys(r["address"] for r in similarity["summary"]):
+        shown = []
+        for condition in conditions:
+            r = cells.get((address, condition))
+            shown.append(
+                _DASH
+                if r is None
+                else f"{r['mean']:.3f} [{r['min']:.3f}, {r['max']:.3f}] ({r['n']})"
+            )
+        lines.append(_row([address, *shown]))
     return lines

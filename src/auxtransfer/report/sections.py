@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from .gather import Run
+from .gather import Run, natural_key
 from .groups import Condition, Family, Transfer, pair, split_label, split_order
 from .stats import paired_test, rank_correlation, variance_decomposition
 
@@ -120,6 +121,7 @@ def section(family: Family) -> dict[str, Any]:
         data["long_tail"] = _long_tail(family) if per_class is not None else None
     data["comparisons"] = _comparisons(family)
     data["scores"] = _scores(family)
+    data["similarity"] = _similarity(family)
     return data
 
 
@@ -171,6 +173,30 @@ def _scores(family: Family) -> dict[str, Any] | None:
                     "a_logme": _mean(at), "b_mean": _mean([t.run.final_error for t in runs]),
                 })  # fmt: skip
     return {"rows": rows, "correlations": correlations, "profile": profile}
+
+
+def _similarity(family: Family) -> dict[str, Any] | None:
+    """Linear CKA between each A network with an auxiliary head and its split's baseline
+    A network at every address (the A run's ``similarity.json``): a row per A run, and per
+    condition and address the mean, lowest and highest over them (None: no A run of the
+    family has one)."""
+    rows: list[dict[str, Any]] = []
+    sources = {t.source.id: t for t in family.transfers if t.source.similarity}
+    for run_id, t in sorted(sources.items(), key=lambda item: natural_key(item[0])):
+        similarity = t.source.similarity or {}
+        baseline = posixpath.normpath(posixpath.join(run_id, similarity["baseline"]))
+        rows.append({"split": t.split, "condition": t.condition.name, "run": run_id,
+                     "baseline": baseline, "layers": dict(similarity["layers"])})  # fmt: skip
+    if not rows:
+        return None
+    summary = []
+    for condition in family.conditions:
+        mine = [r["layers"] for r in rows if r["condition"] == condition.name]
+        for address in dict.fromkeys(a for layers in mine for a in layers):
+            values = [layers[address] for layers in mine if address in layers]
+            summary.append({"condition": condition.name, "address": address, "n": len(values),
+                            "mean": _mean(values), "min": min(values), "max": max(values)})  # fmt: skip
+    return {"rows": rows, "summary": summary}
 
 
 def _at_point(layers: Mapping[str, float] | None, point: str) -> float | None:
