@@ -103,6 +103,10 @@ def execute(
     run that fails is reported with the end of its log and the others go on; the runs
     that need it are not started (``"failed"``, ``"blocked"``).
 
+    A call that reaches every run it was given then writes ``similarity.json`` for each
+    A run with an auxiliary head whose baseline has finished too and that has none
+    ([`similarity.write_pending`][auxtransfer.experiments.similarity.write_pending]).
+
     Args:
         plan: The plan.
         out: The output folder; run ``id`` lives in ``out/id``.
