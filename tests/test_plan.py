@@ -21,6 +21,10 @@ from auxtransfer.experiments.sources import Cifar100, SyntheticCifar100, run_dat
 from auxtransfer.experiments.splits import split_classes
 from auxtransfer.experiments.train import RunConfig
 
+# FakeTrain's weights are stand-ins that the similarity of paired A runs, measured after
+# the runs (experiments.similarity), cannot read; it says so, and that is not under test here.
+pytestmark = pytest.mark.filterwarnings("ignore:no similarity for:RuntimeWarning")
+
 
 def _config(**kwargs):
     return RunConfig(model="cifar_densenet_bc_100", num_classes=50, epochs=2, **kwargs)
@@ -49,6 +53,7 @@ class FakeTrain:
             return None
         results = {"epochs": config.epochs, "final_test_error": 50.0, "best_test_error": 50.0,
                    "best_epoch": 1}  # fmt: skip
+        (run.path / "best.pt").write_bytes(b"weights")  # what a transfer from it reads
         run.write_results(results)
         return results
 

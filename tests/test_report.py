@@ -427,7 +427,7 @@ def test_empty_broken_and_half_written_runs_are_reported_and_skipped(tmp_path, c
             for step in ("pretrain", "finetune")]  # fmt: skip
     (section,) = json.loads((root / "report.json").read_text())["sections"]
     assert section["id"].startswith("finetune-cifar_densenet_bc_100-")
-    figures = [f"fig-{section['id']}-splits.png", f"fig-{section['id']}-weights.png"]
+    figures = [f"fig-{section['id']}-splits.png"]  # two weights: no weight sweep
     assert _files(root) - before == {"report.md", "report.json", ".report-files", *figures, *runs}
     assert all((root / name).read_bytes()[:8] == PNG for name in runs)
     assert f"[curves]({runs[0]})" in text
@@ -513,10 +513,16 @@ def test_every_kind_of_auxiliary_labels_is_paired_with_the_baseline_of_its_split
         test = comparison["test"]
         assert test["mean_difference"] == pytest.approx(statistics.mean(gap.values()), abs=1e-9)
         assert test["t_pvalue"] == pytest.approx(stats.ttest_rel(other, base).pvalue, rel=1e-9)
-    # Fig. 4's sweep is of binary weights only: the other kinds are not weights of it.
-    assert [r["condition"] for r in section["weight_sweep"]["rows"]] == names[:2]
+    # Fig. 4's sweep is of binary weights only (the other kinds are not weights of it), and
+    # two weights are the pair the section shows already: no two-point sweep.
+    assert section["weight_sweep"] is None
     assert section["heads"] is None
     text = (tmp_path / "report.md").read_text()
+    assert "by binary weight" not in text and "against the binary weight" not in text
+    # B's runs have no auxiliary head: the settings table lists no settings of one.
+    settings = text[text.index("<details>") : text.index("</details>")]
+    for name in ("aux_labels", "binary_weight", "num_groups", "num_partitions"):
+        assert f"| {name} |" not in settings
     for name in names[1:]:
         assert f"**{name} - baseline**" in text
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -668,6 +674,21 @@ def test_the_splits_figure_joins_no_conditions(written):
     figure = FIGURES["splits"](_section(report, "finetune"))
     assert all(not ax.get_lines() for ax in figure.axes)  # markers (scatter) only
     assert all(ax.collections for ax in figure.axes)
+
+
+def test_run_figure_legends_lie_outside_the_curves(written):
+    """Each panel's legend below its axes: inside, it covered the curves it names."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    report = written[2]
+    run = next(r for r in report["runs"] if r["id"].endswith("binary/pretrain"))
+
+    fig = run_figure(run)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for ax in fig.axes:
+        legend, area = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert legend.y1 < area.y0, (legend, area)
+        assert fig.bbox.x0 <= legend.x0 and legend.x1 <= fig.bbox.x1 and legend.y0 >= fig.bbox.y0
 
 
 def test_a_pretraining_with_a_head_plots_its_class_loss_against_the_test_loss(written):

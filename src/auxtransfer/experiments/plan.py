@@ -20,6 +20,7 @@ import functools
 import os
 import posixpath
 import re
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,8 +196,11 @@ def check_plan(
     Raises:
         ValueError: An id is not in the plan (``Plan.select``), or a selected run transfers
             from a run that is neither finished nor selected.
-        RunDirConflictError: A run directory holds a run with other settings, or a finished
-            run whose results.json does not parse.
+        RunDirConflictError: A run directory holds a run with other settings, a finished
+            run whose results.json does not parse, a started run without a config.json
+            that reads, an unfinished run whose last.pt is damaged, or a finished run
+            without the weights a selected transfer starts from. The message names the
+            file and what to do; nothing is written.
     """
     selected = plan.select(ids)
     out = Path(out)
@@ -213,8 +217,15 @@ def check_plan(
                 f"{run.id!r} again would overwrite them. Move the run directory away (or "
                 f"delete its metrics.csv) to train the run again."
             )
+        if state == "unfinished" and _cut_short(RunDir(out / run.id).checkpoint_path):
+            raise RunDirConflictError(
+                f"Expected {RunDir(out / run.id).checkpoint_path} to be the checkpoint of the "
+                f"unfinished run {run.id!r}, but it is damaged (empty, or a zip archive cut "
+                f"short): move the run directory away (or delete its last.pt and metrics.csv) "
+                f"to train the run again from its start."
+            )
         if state != "new":
-            saved = RunDir(out / run.id).read_config()
+            saved = _saved_config(RunDir(out / run.id), run.id, state)
             differ = differing_keys(
                 saved, as_json(run.config.to_json()), missing_as=RunConfig.defaults()
             )
@@ -235,8 +246,43 @@ def check_plan(
                 f"run {run.id!r} transfers from {needed!r}, which has not finished under {out}: "
                 f"run {needed!r} first, or select it too."
             )
+        if needed is not None and state != "finished" and run_state(out / needed) == "finished":
+            weights = out / needed / f"{run.config.transfer_weights}.pt"
+            if not weights.exists() or _cut_short(weights):
+                why = "is damaged" if weights.exists() else "is missing"
+                raise RunDirConflictError(
+                    f"{out / needed} has finished (results.json), but {weights}, which "
+                    f"{run.id!r} transfers from, {why}: restore it, or move the run directory "
+                    f"away to train {needed!r} again."
+                )
         states.append((run, state))
     return states
+
+
+def _cut_short(path: Path) -> bool:
+    """Whether the file ``torch.save`` wrote is empty or a zip archive cut short (its
+    directory, at the end, is gone); a file in another format is left to its reader."""
+    with open(path, "rb") as file:
+        start = file.read(4)
+    return not start or (start == b"PK\x03\x04" and not zipfile.is_zipfile(path))
+
+
+def _saved_config(run: RunDir, run_id: str, state: str) -> Any:
+    """The settings a started run saved, or a ``RunDirConflictError`` that names the file."""
+    started = "results.json" if state == "finished" else "last.pt"
+    again = "restore it, or move the run directory away to train the run again."
+    try:
+        return run.read_config()
+    except FileNotFoundError:
+        raise RunDirConflictError(
+            f"{run.path} holds a{' finished' if state == 'finished' else 'n unfinished'} run of "
+            f"{run_id!r} ({started}) but no {run.config_path} to check it against: {again}"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise RunDirConflictError(
+            f"Expected {run.config_path} to hold the settings of the run of {run_id!r}, but it "
+            f"does not parse ({error}): {again}"
+        ) from None
 
 
 def _check_results(run: RunDir) -> None:

@@ -69,9 +69,14 @@ def load_backbone(
     config = run.read_config()
     path = run.path / f"{which}.pt"
     if not path.exists():
+        why = (
+            "the run has finished (results.json), so it is lost: restore it, or train the run "
+            "again"
+            if run.is_finished()
+            else "is the run finished?"
+        )
         raise FileNotFoundError(
-            f"Expected {path} with the run's {which} weights, but it does not exist: is the run "
-            f"finished?"
+            f"Expected {path} with the run's {which} weights, but it does not exist: {why}"
         )
     state = read_weights(path) if which == "best" else read_checkpoint(path)["model"]
     weights = {

@@ -278,7 +278,11 @@ def run_figure(run: Mapping[str, Any]) -> Figure:
         ax.set_ylabel(measure + unit)
         ax.set_title(f"{measure} per epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        # Below the panel: inside it, the legend hid the curves it names.
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14),
+                  frameon=False)  # fmt: skip
+    fig.set_figheight(6.2)
+    fig.subplots_adjust(bottom=0.33, top=0.85)
     what = ", ".join(x for x in (side.replace("on ", "side "), run["condition"]) if x)
     title = (
         f"run {run['id']}"

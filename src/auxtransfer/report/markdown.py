@@ -102,10 +102,16 @@ def _section(section: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+#: The settings of an auxiliary head (A's are in each condition's name).
+_AUX_SETTINGS = ("aux_labels", "binary_weight", "num_groups", "num_partitions")
+
+
 def _setting(setting: Mapping[str, Any], kind: str) -> list[str]:
     """The settings of the B runs and of the A runs they start from, side by side."""
     source = setting.get("pretrain") or {}
     names = sorted((set(setting) | set(source) | {kind} & {"freeze", "reset"}) - {"pretrain"})
+    if not setting.get("binary_weight"):  # B's runs have no auxiliary head: no settings of one
+        names = [n for n in names if n not in _AUX_SETTINGS or n in source]
     lines = _table_head(["setting", "fine-tuning on B", "pre-training on A"])
     for name in names:
         cells = [_compact(where[name]) if name in where else _DASH for where in (setting, source)]

@@ -342,9 +342,10 @@ def _sweep(family: Family, conditions: Sequence[Condition]) -> dict[str, Any]:
 
 
 def _weight_sweep(family: Family) -> dict[str, Any] | None:
-    """Fig. 4: the single-head binary conditions, when there are at least two weights."""
+    """Fig. 4: the single-head binary conditions, when there are at least three weights
+    (the baseline's 0 among them); two are the paired comparison the section already shows."""
     single = [c for c in family.conditions if c.heads == 1 and c.is_binary]
-    if len(single) < 2:
+    if len(single) < 3:
         return None
     return _sweep(family, single)
 
