@@ -255,6 +255,15 @@ def test_cli_prints_the_version_from_its_one_source(capsys):
     assert importlib.metadata.version("auxtransfer") == auxtransfer.__version__
 
 
+def test_cli_help_is_plain_text(capsys):
+    for argv in (["--help"], ["layers", "--help"]):
+        with pytest.raises(SystemExit) as stop:
+            cli(argv)
+        assert stop.value.code == 0
+        shown = capsys.readouterr().out
+        assert "python -m auxtransfer" in shown and "``" not in shown and "`" not in shown
+
+
 def test_cli_builds_any_importable_model(capsys):
     # A factory by import path (called with num_classes=), a Hugging Face class from its
     # default config; both on the meta device.

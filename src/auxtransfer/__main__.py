@@ -126,7 +126,10 @@ def format_layers(model: nn.Module, input_size: Sequence[int] | None = None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m auxtransfer", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m auxtransfer",
+        description="Print a model's layer map: python -m auxtransfer layers <model>.",
+    )
     parser.add_argument("--version", action="version", version=f"auxtransfer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     layers = commands.add_parser("layers", help="print the address table of a model")
