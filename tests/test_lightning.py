@@ -4,6 +4,8 @@ computation, unfreezing with layer-wise rates, and a resumed fit equal to an uni
 one."""
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -233,3 +235,268 @@ def test_unfreezing_is_refused_under_ddp():
     FreezeUntil("2").setup(
         SimpleNamespace(world_size=2, strategy=None), module, "fit"
     )  # freezing alone is fine
+
+
+# --- Hugging Face backbones, every argument checked, checkpoints, `backbone`, eval mode ---
+
+
+def _hf(name, num_labels=5):
+    pytest.importorskip("transformers")
+    from ._tiny_hf import build
+
+    torch.manual_seed(0)
+    return build(name, num_labels=num_labels)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.4], ids=["weight-0", "weight-0.4"])
+@pytest.mark.parametrize("name", ["ViTForImageClassification", "ResNetForImageClassification"])
+def test_a_hugging_face_backbone_trains_and_validates(tmp_path, name, weight):
+    # Their forward returns an ImageClassifierOutput, not a tensor.
+    module = AuxTransferModule(_hf(name), num_classes=5, weight=weight, lr=0.0, momentum=0.0)
+    batch = next(iter(_loader()))
+    out = copy.deepcopy(module.model).train()(batch[0])
+    main = F.cross_entropy(out.logits, batch[1])
+    trainer = _trainer(tmp_path, 1, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(module, _loader(), _loader())
+    logged = trainer.logged_metrics
+    assert logged["train/main_loss_step" if weight else "train/loss_step"].item() == (
+        pytest.approx(main.item(), rel=1e-5)
+    )
+    assert {"val/loss", "val/acc"} <= set(logged)
+    module.eval()
+    with torch.no_grad():
+        expected = F.cross_entropy(module.model(batch[0]).logits, batch[1])
+    assert logged["val/loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"until": "2", "unfreeze_at_epoch": 1, "lr": 0.1, "decay": 3}, ValueError,
+         r"^Expected `decay` to be a float in \(0, 1\] .*, but got 3\.$"),
+        ({"until": "2", "unfreeze_at_epoch": 1, "lr": 0.1, "decay": 0}, ValueError,
+         r"^Expected `decay` to be a float in \(0, 1\] .*, but got 0\.$"),
+        ({"until": "2", "unfreeze_at_epoch": 1, "lr": 0.1, "decay": "0.5"}, TypeError,
+         r"^Expected `decay` to be a float in \(0, 1\] .*, but got '0.5' \(str\)\.$"),
+        ({"until": "2", "lr": 0.1}, ValueError,
+         r"^Expected `unfreeze_at_epoch` with `lr` \(0.1\).*, but got None\.$"),
+        ({"until": "2", "decay": 0.5}, ValueError,
+         r"^Expected `unfreeze_at_epoch` with `decay` \(0.5\).*, but got None\.$"),
+        ({"until": "2", "unfreeze_at_epoch": 1.5, "lr": 0.1}, TypeError,
+         r"^Expected `unfreeze_at_epoch` to be an int >= 0, but got 1.5 \(float\)\.$"),
+        ({"until": "2", "module": 3}, TypeError,
+         r"^Expected `module` to be an attribute name \(str\) or None, but got 3 \(int\)\.$"),
+        ({"until": ""}, TypeError, r"^Expected `until` to be a layer address \(str\), but got ''"),
+        ({"until": 2}, TypeError, r"^Expected `until` to be a layer address \(str\), but got 2"),
+    ],
+)  # fmt: skip
+def test_every_callback_argument_is_checked_when_it_is_made(kwargs, error, match):
+    with pytest.raises(error, match=match) as caught:
+        FreezeUntil(**kwargs)
+    assert "\n" not in str(caught.value)
+
+
+_PARTITION = torch.tensor([[0, 1, 0, 1, 1]])
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.4], ids=["weight-0", "weight-0.4"])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"backbone": "resnet18"}, TypeError,
+         r"^Expected `backbone` to be an nn.Module, but got 'resnet18' \(str\)\.$"),
+        ({"num_classes": 5.0}, TypeError, r"^Expected `num_classes` to be an int >= 2, but got 5.0"),
+        ({"weight": 1.5}, ValueError, r"^Expected `weight` to be a float in \[0, 1\], but got 1.5"),
+        ({"num_partitions": 0}, ValueError, r"^Expected `num_partitions` to be an int >= 1, but got 0"),
+        ({"num_groups": 1}, ValueError, r"^Expected `num_groups` to be an int >= 2, but got 1"),
+        ({"num_groups": 6}, ValueError, r"`num_groups`.* 6"),
+        ({"partition": torch.tensor([[0, 1, 0, 1]])}, ValueError,
+         r"^Expected `partition` to have 5 columns"),
+        ({"partition": _PARTITION, "num_partitions": 2}, ValueError,
+         r"^Expected `num_partitions` to match the 1 rows of `partition`, but got 2\.$"),
+        ({"partition": _PARTITION, "num_groups": 3}, ValueError,
+         r"^Expected `num_groups` to match the 2 groups of `partition`, but got 3\.$"),
+        ({"seed": -1}, ValueError, r"^Expected `seed` to be an int >= 0, but got -1\.$"),
+        ({"lr": float("nan")}, ValueError, r"^Expected `lr` to be a finite float >= 0"),
+        ({"momentum": 1.0}, ValueError, r"^Expected `momentum` to be in \[0, 1\)"),
+        ({"weight_decay": -1e-4}, ValueError, r"^Expected `weight_decay` to be a finite float >= 0"),
+        ({"nesterov": "yes"}, TypeError,
+         r"^Expected `nesterov` to be a bool, but got 'yes' \(str\)\.$"),
+        ({"nesterov": True, "momentum": 0.0}, ValueError,
+         r"^Expected `momentum` > 0 with `nesterov=True`, but got 0.0\.$"),
+        ({"milestones": 100}, TypeError,
+         r"^Expected `milestones` to be a sequence of epochs \(ints >= 1\), but got 100 \(int\)\.$"),
+        ({"milestones": [0, 10]}, ValueError, r"^Expected `milestones` to be an int >= 1, but got 0"),
+        ({"milestones": [10], "gamma": 0}, ValueError,
+         r"^Expected `gamma` to be a float in \(0, 1\], but got 0"),
+        ({"milestones": [10], "gamma": 10}, ValueError,
+         r"^Expected `gamma` to be a float in \(0, 1\], but got 10"),
+        ({"gamma": "0.1"}, TypeError,
+         r"^Expected `gamma` to be a float in \(0, 1\], but got '0.1' \(str\)\.$"),
+    ],
+)  # fmt: skip
+def test_every_module_argument_is_checked_when_it_is_made(kwargs, error, match, weight):
+    arguments = {"backbone": _backbone(), "num_classes": 5, "weight": weight, **kwargs}
+    with pytest.raises(error, match=match) as caught:
+        AuxTransferModule(**arguments)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.4], ids=["weight-0", "weight-0.4"])
+def test_num_classes_is_checked_against_the_classifier(weight):
+    with pytest.raises(ValueError, match=r"^Expected `num_classes` to match the 5 classes of"):
+        AuxTransferModule(_backbone(), num_classes=7, weight=weight)
+    with pytest.raises(ValueError, match=r"^Expected `num_classes` to match the 5 classes of"):
+        AuxTransferModule(_hf("ResNetForImageClassification"), num_classes=3, weight=weight)
+
+
+def test_num_classes_is_checked_on_the_first_batch_where_no_classifier_is_found(tmp_path):
+    # No `fc`, `classifier` or `head`: the logits' width is checked when they come.
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 5))
+    module = AuxTransferModule(backbone, num_classes=7, weight=0.0)
+    with pytest.raises(
+        ValueError, match=r"^Expected `num_classes` \(7\) .* got logits of shape \(8, 5\)"
+    ):
+        _trainer(tmp_path, 1, limit_train_batches=1, limit_val_batches=0).fit(module, _loader())
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.4], ids=["weight-0", "weight-0.4"])
+def test_a_label_outside_the_classes_is_named(tmp_path, weight):
+    images, labels = _data().tensors
+    labels = labels.clone()
+    labels[3] = 7
+    module = AuxTransferModule(_backbone(), num_classes=5, weight=weight)
+    loader = _loader(TensorDataset(images, labels))
+    with pytest.raises(ValueError, match=r"hold class indices in \[0, 5\), but got 7\.$"):
+        _trainer(tmp_path, 1, limit_train_batches=1, limit_val_batches=0).fit(module, loader)
+    with pytest.raises(ValueError, match=r"hold class indices in \[0, 5\), but got 7\.$"):
+        _trainer(tmp_path, 1).validate(module, loader)
+
+
+def _equal(a, b):
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    return a == b
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.4], ids=["weight-0", "weight-0.4"])
+def test_a_checkpoint_loads_with_its_hyperparameters(tmp_path, weight):
+    settings = {"num_classes": 5, "weight": weight, "lr": 0.05, "milestones": [1], "seed": 3}
+    if weight:
+        settings["partition"] = _PARTITION
+    module = AuxTransferModule(_backbone(), **settings)
+    trainer = _trainer(tmp_path, 1, limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(module, _loader())
+    path = tmp_path / "module.ckpt"
+    trainer.save_checkpoint(path)
+    # A backbone built as for training; its weights come from the checkpoint.
+    torch.manual_seed(1)
+    fresh = cifar_densenet_bc_100(num_classes=5, depth=10, growth_rate=4)
+    loaded = AuxTransferModule.load_from_checkpoint(path, backbone=fresh)
+    assert loaded.model.state_dict().keys() == module.model.state_dict().keys()
+    for name, value in module.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value), name
+    assert loaded.aux == module.aux == bool(weight)
+    if weight:
+        assert torch.equal(loaded.model.partition, _PARTITION)
+    assert set(loaded.hparams) == set(module.hparams) == set(settings) | {
+        "num_partitions", "num_groups", "partition", "momentum", "weight_decay", "nesterov",
+        "gamma", "classifier",
+    }  # fmt: skip
+    for name in module.hparams:
+        assert _equal(loaded.hparams[name], module.hparams[name]), name
+    assert "backbone" not in loaded.hparams
+    with pytest.raises(TypeError, match="backbone"):
+        AuxTransferModule.load_from_checkpoint(path)
+
+
+class _Finetune(L.LightningModule):
+    """A LightningModule of its own, its network under `backbone` (or other names)."""
+
+    def __init__(self, **modules):
+        super().__init__()
+        for name, module in modules.items():
+            setattr(self, name, module)
+        self.trains = next(iter(modules))
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(getattr(self, self.trains)(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+
+
+@pytest.mark.parametrize("name", ["model", "backbone"])
+def test_the_default_module_is_model_or_backbone(tmp_path, name):
+    pl_module = _Finetune(**{name: _backbone()})
+    callback = FreezeUntil("2.1")
+    _trainer(tmp_path, 1, [callback], limit_train_batches=1).fit(pl_module, _loader())
+    expected = _backbone()
+    freeze_until(expected, "2.1")
+    frozen = {n for n, p in getattr(pl_module, name).named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, p in expected.named_parameters() if not p.requires_grad}
+    assert frozen
+    assert callback.model_of(pl_module) is getattr(pl_module, name)
+
+
+@pytest.mark.parametrize(
+    ("modules", "match"),
+    [
+        ({"net": None}, r"^Expected _Finetune to hold its model as `model` or `backbone`, the "
+                        r"attributes FreezeUntil's default `module` looks for, but it has neither"),
+        ({"model": None, "backbone": None}, r"^Expected _Finetune to hold one model as `model` "
+                                            r"or `backbone`, .* but it has both"),
+    ],
+)  # fmt: skip
+def test_the_default_module_refuses_neither_and_both(tmp_path, modules, match):
+    pl_module = _Finetune(**{name: _backbone() for name in modules})
+    with pytest.raises(ValueError, match=match) as caught:
+        _trainer(tmp_path, 1, [FreezeUntil("2.1")], limit_train_batches=1).fit(pl_module, _loader())
+    assert "\n" not in str(caught.value)
+    # Named, either works.
+    callback = FreezeUntil("2.1", module=next(iter(modules)))
+    _trainer(tmp_path, 1, [callback], limit_train_batches=1).fit(pl_module, _loader())
+    assert callback.summary is not None
+
+
+def test_the_norm_layers_held_in_eval_mode_are_explained_not_warned_about(tmp_path):
+    import logging
+    import warnings
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    def fit(module):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            _trainer(tmp_path, 1, [FreezeUntil("2.1", bn="freeze")], limit_train_batches=1,
+                     limit_val_batches=0).fit(module, _loader())  # fmt: skip
+        return [str(w.message) for w in record if "in eval mode at the start" in str(w.message)]
+
+    handler = Lines()
+    logger = logging.getLogger("lightning.pytorch")
+    logger.addHandler(handler)
+    try:
+        assert fit(AuxTransferModule(_backbone(), num_classes=5, weight=0.4)) == []
+        # A module of the user's own in eval mode is still warned about, all 7 counted.
+        module = AuxTransferModule(_backbone(), num_classes=5, weight=0.4)
+        module.model.backbone.classifier.eval()
+        assert [w[:30] for w in fit(module)] == ["Found 7 module(s) in eval mode"]
+    finally:
+        logger.removeHandler(handler)
+    # Each fit logs what was frozen, and that the 6 norm layers stay in eval mode on purpose.
+    lines = [line for line in handler.lines if line.startswith("FreezeUntil")]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("FreezeUntil on `model`: froze 3 layer groups (stem ... 2.1): ")
+    assert "These 6 stay in eval mode while the rest trains, by design" in lines[0]
+    # The line the docs show.
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "lightning.md").read_text()
+    shown = re.search(r"<!-- output: freeze-info -->\n```text\n(.*?)\n```", docs, re.S)
+    assert shown and shown.group(1) == lines[0]
+    # Nothing is left in the warning filters.
+    assert not [f for f in warnings.filters if "in eval mode" in str(f[1])]
