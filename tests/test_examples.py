@@ -1,6 +1,7 @@
 """The example command lines: help, --list, bad input, --smoke of every experiment of the
-DenseNet and WRN examples, torchrun, the SLURM script, and every command docs/experiments.md
-shows (the ImageNet example's own data and smoke run: test_imagenet.py)."""
+DenseNet, WRN and digits examples, torchrun, the SLURM script, and every command
+docs/experiments.md shows (the ImageNet example's own data and smoke run: test_imagenet.py;
+the digits example's data, network and report: test_digits.py)."""
 
 import argparse
 import importlib.util
@@ -23,7 +24,7 @@ DOCS = ROOT / "docs" / "experiments.md"
 REPRODUCING = ROOT / "docs" / "reproducing.md"
 # One thread per process: the runs are tiny, and the test machine is shared.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-NAMES = ["cifar100_densenet", "cifar100_wrn", "imagenet100_densenet121"]
+NAMES = ["cifar100_densenet", "cifar100_wrn", "imagenet100_densenet121", "digits"]
 
 
 def load_example(name):
@@ -583,7 +584,11 @@ def test_doc_commands_work_as_written(
     needs_data = "--smoke" not in words and "--list" not in words
     stdout = _main(capsys, *words[2:], *(["--list"] if needs_data else []), example=example)
     if "--smoke" in words and "--run" not in words:
-        experiment = words[words.index("--experiment") + 1] if "--experiment" in words else "paired"
+        experiment = (
+            words[words.index("--experiment") + 1]
+            if "--experiment" in words
+            else example.experiments[0]
+        )
         out = tmp_path / words[words.index("--out") + 1]
         check_smoke(experiment, out, stdout, example.setup)
     else:
@@ -620,7 +625,11 @@ def test_reproducing_commands_plan_what_the_page_says(entry, tmp_path, capsys, m
     words = shlex.split(command)
     example = EXAMPLES[Path(words[1]).stem]
     ids = _main(capsys, *words[2:], "--list", example=example).splitlines()
-    experiment = words[words.index("--experiment") + 1] if "--experiment" in words else "paired"
+    experiment = (
+        words[words.index("--experiment") + 1]
+        if "--experiment" in words
+        else example.experiments[0]
+    )
     plan = protocols.build(experiment, setup=example.setup)
     assert ids == plan.ids and len(ids) == runs
     assert sum(run.config.epochs for run in plan) == epochs

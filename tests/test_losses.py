@@ -787,3 +787,20 @@ def test_k_group_targets_out_of_range_are_refused():
         combined_loss((logits, aux_logits), y, torch.tensor([[0], [1], [2], [3]]), 0.4)
     with pytest.raises(ValueError, match=r"\[4, 1, 3\] or \[4, 3\] \(3-group probabilities\)"):
         combined_loss((logits, aux_logits), y, torch.rand(4, 1, 2), 0.4)
+
+
+def test_an_output_with_logits_and_aux_logits_is_taken_as_the_pair():
+    """A Hugging Face backbone's ModelOutput, which RandomPartitionHead keeps with
+    ``aux_logits`` added, gives the loss of the (logits, aux_logits) pair."""
+    from transformers.modeling_outputs import ImageClassifierOutput
+
+    g = torch.Generator().manual_seed(0)
+    logits, aux_logits = torch.randn(6, 5, generator=g), torch.randn(6, 2, generator=g)
+    y, y_b = torch.randint(5, (6,), generator=g), torch.randint(2, (6,), generator=g)
+    output = ImageClassifierOutput(logits=logits)
+    output["aux_logits"] = aux_logits
+    expected = 0.6 * F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux_logits, y_b)
+    assert torch.equal(
+        combined_loss(output, y, y_b, 0.4), combined_loss((logits, aux_logits), y, y_b, 0.4)
+    )
+    assert combined_loss(output, y, y_b, 0.4) == pytest.approx(float(expected), rel=1e-6)

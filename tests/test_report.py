@@ -769,3 +769,21 @@ def test_a_freeze_sweep_reports_as_logme_where_each_point_ends(tmp_path):
         assert profile[(condition, "2.1")]["a_logme"] == pytest.approx(layers["2.1"])
         assert profile[(condition, "3")]["a_logme"] == pytest.approx(layers["3.1"])
         assert profile[(condition, "0")]["a_logme"] is None
+
+
+def test_the_papers_table_1_values_stand_only_beside_its_own_setting(tmp_path, written):
+    """A long tail of 60 images per class on another network gets no paper column."""
+    for split in (0, 1):
+        for name, weight in (("baseline", 0.0), ("binary", 0.4)):
+            prefix = f"split{split}/{name}"
+            _pretrain(tmp_path, prefix, weight, split)
+            _transfer(tmp_path, prefix, "longtail", 30.0 + weight, split, per_class=60)
+    for config in tmp_path.rglob("config.json"):
+        config.write_text(config.read_text().replace("cifar_densenet_bc_100", "digits_cnn"))
+    write_report(tmp_path, run_curves=False)
+    text = (tmp_path / "report.md").read_text()
+    assert "over replications:" in text and "| mean | sd |\n" in text
+    assert "paper" not in text.split("Table 1")[1].split("###")[0]
+    theirs = (written[0] / "report.md").read_text()  # the paper's own setting: beside it
+    assert "with the paper's value beside its splits 1 and 2" in theirs
+    assert "Baseline 1 31.81" in theirs

@@ -107,16 +107,17 @@ def literal_defaults(name, root=SRC):
 @pytest.mark.parametrize(
     ("name", "defined"),
     [("bn", ("freezing.py", "freeze")), ("momentum", ("optim.py", 0.9)),
-     ("weight_decay", ("optim.py", 1e-4))],
+     ("weight_decay", ("optim.py", 1e-4)), ("pad", ("experiments/settings.py", 4)),
+     ("flip", ("experiments/settings.py", True))],
 )  # fmt: skip
 def test_each_default_is_written_once(name, defined):
     """A grep over the package for the setting's value written out finds its one
-    definition, and besides it only the paper's choices for its setups."""
+    definition, and besides it only the setups' own choices (the paper's, the digits')."""
     found = literal_defaults(name)
     where = [(place.split(":")[0], value) for place, value in found]
     assert where.count(defined) == 1, found
     others = [f for f, w in zip(found, where, strict=True) if w != defined]
-    paper = {"bn": [("update",)], "weight_decay": [(5e-4,)]}.get(name, [])
+    paper = {"bn": [("update",)], "weight_decay": [(5e-4,)], "pad": [(1,)], "flip": [(False,)]}.get(name, [])  # fmt: skip
     assert [(value,) for _, value in others] == paper, others
     assert all(place.startswith("experiments/protocols.py") for place, _ in others)
 
@@ -130,6 +131,10 @@ def test_each_default_is_written_once(name, defined):
         (lambda: RunOptions(momentum=1.0), "Expected `momentum` to be in [0, 1), but got 1.0"),
         (lambda: RunConfig("m", 2, 1, momentum=1.0).check(), "Expected `momentum` to be in [0, 1)"),
         (lambda: RunConfig("m", 2, 1, weight_decay=-1.0).check(), "Expected `weight_decay` to be a finite float >= 0"),
+        (lambda: RunOptions(pad=-1), "Expected `pad` to be an int >= 0, but got -1."),
+        (lambda: RunConfig("m", 2, 1, pad=-1).check(), "Expected `pad` to be an int >= 0, but got -1."),
+        (lambda: RunOptions(flip=1), "Expected `flip` to be a bool, but got 1 (int)."),
+        (lambda: RunConfig("m", 2, 1, flip=1).check(), "Expected `flip` to be a bool, but got 1 (int)."),
     ],
 )  # fmt: skip
 def test_one_check_says_the_same_through_every_door(make, message):

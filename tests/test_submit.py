@@ -3,6 +3,7 @@ call does, a second submission skips it, SLURM arrays are chained by dependency,
 bad flags are one line naming them."""
 
 import json
+import re
 import sys
 from typing import ClassVar
 
@@ -32,12 +33,22 @@ def test_a_smoke_plan_through_the_local_executor_ends_as_a_plain_call(tmp_path, 
     EXAMPLE.main([*flags, "--out", str(submitted), "--launcher", "submitit",
                   "--submitit-cluster", "local"])  # fmt: skip
     out = capsys.readouterr().out
-    assert "submitted 2 run(s) as job array" in out
-    assert out.count("submitted 2 run(s)") == 2  # the pre-trainings, then the transfers
+    said = [
+        line for line in out.splitlines() if line.startswith("submitted 2 run(s) as local jobs: ")
+    ]
+    assert len(said) == 2  # the pre-trainings, then the transfers
+    # Each job id said is the folder of that run's logs; no folder named "%j" is left.
+    jobs = [re.findall(r"(\S+) \(job (\w+)\)", line) for line in said]
+    assert [run for level in jobs for run, _ in level] == [
+        "split0/baseline/pretrain", "split0/binary/pretrain",
+        "split0/baseline/finetune", "split0/binary/finetune",
+    ]  # fmt: skip
+    folders = {p.name for p in (submitted / "submitit").iterdir()}
+    assert folders == {job for level in jobs for _, job in level}
     plain, through = _results(tmp_path / "plain"), _results(submitted)
     assert len(plain) == 4 and through == plain
     summary = out.splitlines()[-6:]  # as a plain call's: smoke runs are said to be
-    assert summary[0] == "smoke runs: a tiny model on synthetic data, every step once; not results"
+    assert summary[0] == "smoke runs: tiny, every step once; not results"  # (EXAMPLE's smoke)
     assert summary[1].split()[:2] == ["run", "data"]
     assert summary[-1].startswith("split0/binary/finetune")
     logs = sorted(p.name for p in (submitted / "submitit").rglob("*.out"))

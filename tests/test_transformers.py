@@ -37,7 +37,6 @@ def _x(batch=4, seed=0):
 
 
 def _expected_names(model):
-    blocks = _blocks(model)
     two_levels = ["stem", "0.0", "1.0", "1.1", "2.0", "3.0", "head"]
     return {
         "resnet": two_levels,
@@ -55,8 +54,9 @@ def _expected_names(model):
             "convnext.layernorm",
             "head",
         ],
-        "vit": ["stem", f"{blocks}.0", f"{blocks}.1", f"{blocks}.2", "vit.layernorm", "head"],
-        "beit": ["stem", f"{blocks}.0", f"{blocks}.1", f"{blocks}.2", "beit.pooler", "head"],
+        # One numbered level: the block's number, whatever the release calls the list.
+        "vit": ["stem", "0", "1", "2", "vit.layernorm", "head"],
+        "beit": ["stem", "0", "1", "2", "beit.pooler", "head"],
         "swin": ["stem", "0.0", "0.downsample", "1.0", "1.1", "swin.layernorm", "head"],
     }
 
@@ -229,3 +229,213 @@ def test_a_wrapped_model_is_traced_at_its_own_input_size():
     frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
     assert f"{block}.layernorm_before.weight" in frozen  # runs before the attention
     assert f"{block}.layernorm_after.weight" not in frozen
+
+
+# ---------------------------------------------------------------------------------------
+# The wrapper on a Hugging Face backbone: its ModelOutput, its loss, its save and load.
+
+
+_TINY_VIT = dict(
+    image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+    intermediate_size=32,
+)  # fmt: skip
+
+
+def _tiny(num_labels=10):
+    """A tiny ViT (three blocks, 32x32 images), built from its config."""
+    import transformers
+
+    config = transformers.ViTConfig(**_TINY_VIT, num_labels=num_labels)
+    return transformers.ViTForImageClassification(config)
+
+
+def test_a_hf_backbone_keeps_its_model_output_beside_the_aux_logits():
+    torch.manual_seed(0)
+    backbone = _tiny().eval()
+    net = RandomPartitionHead(backbone, seed=0)
+    x, labels = _x(), torch.tensor([0, 3, 5, 9])
+    out = net(pixel_values=x, labels=labels)
+    own = backbone(pixel_values=x, labels=labels)
+    assert isinstance(out, type(own))  # the backbone's own output class, and its fields
+    assert list(out.keys()) == ["loss", "logits", "aux_logits"]
+    assert torch.equal(out.loss, own.loss)  # labels alone: the backbone's own loss
+    assert torch.equal(out.logits, own.logits)
+    assert out["aux_logits"].shape == out.aux_logits.shape == (4, 1, 2)
+    assert out.to_tuple()[1:] == (out.logits, out.aux_logits)
+    # The backbone's other outputs come through, as asked for.
+    out = net(x, output_hidden_states=True)
+    assert out.loss is None
+    assert len(out.hidden_states) == len(backbone(x, output_hidden_states=True).hidden_states)
+    # The partition labels need the wrapper only: the combined loss from the output.
+    loss = CombinedLoss(0.4)((out.logits, out.aux_logits), labels, net.relabel(labels))
+    loss.backward()
+    assert net.aux_head.weight.grad is not None
+
+
+def test_the_output_keeps_any_output_class_and_travels_like_it():
+    import pickle
+
+    import transformers
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    # DeiT with a teacher: its own output class, without a loss field of its own use.
+    config = transformers.DeiTConfig(**_TINY_VIT, num_labels=10)
+    backbone = transformers.DeiTForImageClassificationWithTeacher(config).eval()
+    net = RandomPartitionHead(backbone, classifier="cls_classifier")
+    with torch.no_grad():
+        out = net(_x())
+        own = backbone(_x())
+    assert isinstance(out, type(own))
+    assert list(out.keys()) == ["logits", "cls_logits", "distillation_logits", "aux_logits"]
+    assert all(torch.equal(out[k], own[k]) for k in own)
+    # Pickled (DataLoader workers, Accelerate's gather), and flattened as a pytree, the way
+    # DDP hands outputs through its synchronisation.
+    for copy in (pickle.loads(pickle.dumps(out)), tree_unflatten(*tree_flatten(out))):
+        assert type(copy) is type(out) and list(copy.keys()) == list(out.keys())
+        assert torch.equal(copy.aux_logits, out.aux_logits)
+    net = RandomPartitionHead(_tiny(), aux_weight=0.4)
+    with pytest.raises(RuntimeError, match=r"ModelOutput.*return_dict=False"):
+        net(_x(), labels=torch.tensor([0, 1, 2, 3]), return_dict=False)
+
+
+def test_plain_tensor_backbones_still_get_an_aux_output():
+    import timm
+    import torchvision
+
+    from auxtransfer import AuxOutput
+
+    for backbone in (torchvision.models.resnet18(num_classes=4), timm.create_model("test_resnet", num_classes=4)):  # fmt: skip
+        out = RandomPartitionHead(backbone, seed=0)(torch.randn(2, 3, 32, 32))
+        assert type(out) is AuxOutput
+        logits, aux_logits = out
+        assert logits.shape == (2, 4) and aux_logits.shape == (2, 1, 2)
+
+
+def test_aux_weight_makes_the_output_loss_the_combined_loss_computed_once():
+    torch.manual_seed(0)
+    backbone = _tiny()
+    seen = []
+    backbone.register_forward_pre_hook(lambda m, a, kw: seen.append(sorted(kw)), with_kwargs=True)
+    net = RandomPartitionHead(backbone, seed=0, aux_weight=0.4)
+    x, labels = _x(), torch.tensor([0, 3, 5, 9])
+    out = net(pixel_values=x, labels=labels)
+    assert seen == [["pixel_values"]]  # no labels: the backbone computes no loss of its own
+    expected = CombinedLoss(0.4)((out.logits, out.aux_logits), labels, net.relabel(labels))
+    assert torch.equal(out.loss, expected)
+    out.loss.backward()
+    assert net.aux_head.weight.grad is not None
+    # Trainer's gradient accumulation: the sum over the batch, divided by its count.
+    out = net(pixel_values=x, labels=labels, num_items_in_batch=torch.tensor(8))
+    total = CombinedLoss(0.4, reduction="sum")((out.logits, out.aux_logits), labels, net.relabel(labels))  # fmt: skip
+    torch.testing.assert_close(out.loss, total / 8)
+    assert net.accepts_loss_kwargs
+    # Soft labels (mixup, cutmix): the group probabilities are made inside too.
+    soft = F.one_hot(labels, 10).float() * 0.5 + 0.05
+    out = net(pixel_values=x, labels=soft)
+    torch.testing.assert_close(
+        out.loss, CombinedLoss(0.4)((out.logits, out.aux_logits), soft, net.relabel(soft))
+    )
+
+
+def test_aux_weight_and_labels_are_checked():
+    import torchvision
+
+    with pytest.raises(ValueError, match=r"`aux_weight` .* Hugging Face backbone.*ResNet"):
+        RandomPartitionHead(torchvision.models.resnet18(num_classes=4), aux_weight=0.4)
+    with pytest.raises(ValueError, match=r"`aux_weight` to be a float in \[0, 1\], but got 1.5"):
+        RandomPartitionHead(_tiny(), aux_weight=1.5)
+    regression = _tiny()
+    regression.config.problem_type = "multi_label_classification"
+    with pytest.raises(ValueError, match=r"single_label_classification.*multi_label"):
+        RandomPartitionHead(regression, aux_weight=0.4)
+    net = RandomPartitionHead(_tiny(), aux_weight=0.4)
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        net(labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"labels=.*positional"):
+        net(_x(), torch.tensor([0, 1, 2, 3]))  # ViT's forward(pixel_values, labels)
+
+
+def test_save_pretrained_round_trip_keeps_the_partition_and_the_head(tmp_path):
+    import transformers
+
+    torch.manual_seed(0)
+    net = RandomPartitionHead(_tiny(), num_partitions=3, num_groups=3, seed=4, aux_weight=0.3)
+    with torch.no_grad():
+        net.aux_head.weight.add_(1.0)  # as training leaves it: not the seed's initial values
+    assert net.config is net.backbone.config
+    net.save_pretrained(tmp_path)
+    assert {"config.json", "model.safetensors", "auxtransfer.safetensors"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    loaded = RandomPartitionHead.from_pretrained(tmp_path)
+    assert type(loaded.backbone) is type(net.backbone)
+    assert loaded.aux_weight == 0.3 and loaded.seed == 4
+    assert torch.equal(loaded.partition, net.partition)
+    before, after = net.state_dict(), loaded.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    x = _x()
+    assert torch.equal(loaded.eval()(x).aux_logits, net.eval()(x).aux_logits)
+    # The folder is the backbone's own as well: the transfer step loads it as it is.
+    plain = transformers.ViTForImageClassification.from_pretrained(tmp_path)
+    assert all(torch.equal(v, net.backbone.state_dict()[k]) for k, v in plain.state_dict().items())
+    assert not hasattr(plain.config, "auxtransfer")
+
+
+def test_save_pretrained_needs_a_hf_backbone_and_from_pretrained_its_file(tmp_path):
+    import torchvision
+
+    with pytest.raises(TypeError, match=r"save_pretrained.*ResNet.*state_dict"):
+        RandomPartitionHead(torchvision.models.resnet18(num_classes=4)).save_pretrained(tmp_path)
+    _tiny().save_pretrained(tmp_path)  # a plain backbone, without the head's file
+    with pytest.raises(ValueError, match=r"auxtransfer.safetensors"):
+        RandomPartitionHead.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# Addresses of numbered blocks: the same under transformers 4 and 5 names.
+
+
+def _with_transformers_4_names(model):
+    """The tiny ViT as transformers 4 names it: its blocks at ``vit.encoder.layer.N``
+    (transformers 5: ``vit.layers.N``). The forward still finds them as ``vit.layers``."""
+    vit = model.vit
+    blocks = vit._modules.pop("layers")
+    vit.encoder = nn.Module()
+    vit.encoder.layer = blocks
+    object.__setattr__(vit, "layers", blocks)  # not registered: named only as encoder.layer
+    return model
+
+
+def test_numbered_blocks_have_the_same_address_under_transformers_4_and_5():
+    import torchvision
+    import transformers
+
+    from auxtransfer import layer_groups
+
+    torch.manual_seed(0)
+    new = _tiny()
+    old = _with_transformers_4_names(_tiny())
+    assert "vit.encoder.layer.1.mlp.fc1.weight" in dict(old.named_parameters())
+    assert "vit.layers.1.mlp.fc1.weight" in dict(new.named_parameters())
+    expected = ["stem", "0", "1", "2", "vit.layernorm", "head"]
+    assert layer_names(new) == layer_names(old) == expected
+    rename = {f"vit.encoder.layer.{i}.": f"vit.layers.{i}." for i in range(3)}
+
+    def renamed(tensor):
+        return next((new + tensor[len(o):] for o, new in rename.items() if tensor.startswith(o)), tensor)  # fmt: skip
+
+    for a, b in zip(layer_groups(new), layer_groups(old), strict=True):
+        assert a.address == b.address
+        assert list(a.tensors) == [renamed(t) for t in b.tensors]
+    freeze_until(new, "1")
+    freeze_until(old, "1")
+    frozen = {n for n, p in new.named_parameters() if not p.requires_grad}
+    assert {renamed(n) for n, p in old.named_parameters() if not p.requires_grad} == frozen
+    # The numbers torchvision's ViT gives its blocks, and a real transformers 5 family that
+    # keeps the transformers 4 names (encoder.layer.N).
+    tv = torchvision.models.VisionTransformer(32, 8, 3, 2, 16, 32, num_classes=10)
+    assert layer_names(tv)[:4] == ["stem", "0", "1", "2"]
+    dinov2 = transformers.Dinov2ForImageClassification(transformers.Dinov2Config(**_TINY_VIT))
+    assert "dinov2.encoder.layer.2.norm1.weight" in dict(dinov2.named_parameters())
+    assert layer_names(dinov2) == ["stem", "0", "1", "2", "dinov2.layernorm", "head"]

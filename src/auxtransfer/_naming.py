@@ -4,7 +4,10 @@ Three sources name the groups, in this order of preference:
 
 1. timm's ``group_matcher`` (``coarse=False``), where a model has one;
 2. a table for the torchvision families, in the same format;
-3. otherwise the block finder of ``_blocks``: one address per repeated block.
+3. otherwise the block finder of ``_blocks``: one address per repeated block. A Hugging
+   Face model's blocks of one numbered level (``vit.layers.N``, ``vit.encoder.layer.N``
+   under transformers 4) are numbered ``"N"``, as timm and torchvision number theirs, so
+   an address does not change with the release that names the modules.
 
 The classifier that ``find_classifier`` finds is always ``"head"``, as is anything a
 matcher leaves unmatched. These groups are only names: the layer map then moves every
@@ -20,7 +23,8 @@ from typing import Any
 
 from torch import nn
 
-from ._blocks import block_units, unit_addresses
+from ._blocks import Unit, _is_composite, block_units, unit_addresses
+from ._twin import is_transformers_model
 
 __all__: list[str] = []
 
@@ -183,6 +187,8 @@ def _by_blocks(
     tensors go with its first unit, the root's with the stem."""
     units = block_units(model, order)
     addresses = unit_addresses(units)
+    if is_transformers_model(model):
+        addresses = _numbered_blocks(model, units, addresses)
     index = {unit.path: i for i, unit in enumerate(units)}
     # A module the map descended into: its own tensors join its first unit.
     first: dict[str, int] = {}
@@ -206,6 +212,37 @@ def _by_blocks(
         else:
             keyed.append(((1, found), addresses[found], name))
     return keyed
+
+
+def _numbered_blocks(model: nn.Module, units: list[Unit], addresses: list[str]) -> list[str]:
+    """The addresses with the blocks of one numbered level numbered ``"N"``.
+
+    Where the block finder gave full module names (no two numbered levels), the blocks of
+    the one container whose items are all numbered composite blocks (ViT's
+    ``vit.layers.N``, transformers 4's ``vit.encoder.layer.N``) take their number; the
+    other units keep their names. Anything less clear-cut is left as it is.
+    """
+    if any(a not in ("stem", u.path) for a, u in zip(addresses, units, strict=True)):
+        return addresses  # numbered already, two levels deep
+    containers = {u.levels[0][0] for u in units if len(u.levels) == 1}
+    if len(containers) != 1:
+        return addresses
+    inside = [i for i, u in enumerate(units) if u.levels]
+    if not all(
+        len(units[i].levels) == 1
+        and units[i].levels[0][1].isdigit()
+        and addresses[i] != "stem"
+        and _is_composite(model.get_submodule(units[i].path))
+        for i in inside
+    ):
+        return addresses
+    numbered = list(addresses)
+    for i in inside:
+        numbered[i] = units[i].levels[0][1]
+    others = {a for i, a in enumerate(addresses) if i not in inside}
+    if others & {numbered[i] for i in inside}:
+        return addresses
+    return numbered
 
 
 def _name_callable_groups(merged: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
+import json
 import math
+import os
+import sys
 import uuid
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -15,9 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ._checks import check_int, check_labels, check_seed, describe
+from ._checks import check_int, check_labels, check_seed, check_unit_float, describe
+from ._twin import is_transformers_model
 from .classifier import classifier_layers, classifier_widths, find_classifier
 from .layers import SubmoduleMatcher, layer_map
+from .losses import combined_loss
 from .partition import as_partition, class_partition
 
 __all__ = ["AuxOutput", "RandomPartitionHead"]
@@ -26,10 +33,22 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 # Prefix of the attribute through which the classifier's pre-hook hands its input back.
 _STORE = "_auxtransfer_inputs"
+#: The file that ``save_pretrained`` writes beside the backbone's own: the auxiliary
+#: head's weights, the partition and the wrapper's settings.
+AUX_WEIGHTS_NAME = "auxtransfer.safetensors"
+# Arguments of from_pretrained that say where to find a file on the Hub.
+_HUB_ARGUMENTS = (
+    "cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder",
+)  # fmt: skip
 
 
 class AuxOutput(NamedTuple):
-    """What [`RandomPartitionHead`][auxtransfer.RandomPartitionHead] returns.
+    """What [`RandomPartitionHead`][auxtransfer.RandomPartitionHead] returns for a backbone
+    that returns a tensor or a tuple (timm, torchvision, your own).
+
+    A Hugging Face backbone's ``ModelOutput`` is kept instead, with ``aux_logits`` added
+    (see [`RandomPartitionHead`][auxtransfer.RandomPartitionHead]); both have ``logits``
+    and ``aux_logits``.
 
     Attributes:
         logits: The backbone's own class logits, ``[B, C]``.
@@ -91,9 +110,22 @@ class RandomPartitionHead(nn.Module):
     layer named with ``classifier=`` or found by timm's ``get_classifier()`` only has to
     have the shape, so models that scale or average their logits can be wrapped.
 
+    On a Hugging Face backbone the wrapper is a Hugging Face model as far as training
+    loops need: it returns the backbone's own ``ModelOutput`` (its class and fields, such
+    as ``hidden_states``) with ``aux_logits`` added; ``labels=`` go to the backbone, whose
+    ``loss`` comes back as it computes it. With ``aux_weight``, the wrapper computes the
+    combined loss instead, once: the labels are not passed on, ``outputs.loss`` is
+    [`combined_loss`][auxtransfer.combined_loss] of the output with the labels and their
+    groups ([`relabel`][auxtransfer.RandomPartitionHead.relabel] is applied inside), so
+    ``transformers.Trainer`` and Accelerate loops train with it as they are.
+    ``save_pretrained`` and ``from_pretrained`` save and load the backbone the way it does,
+    with the auxiliary head beside it; ``config`` is the backbone's. The documentation's
+    Hugging Face page has the recipes for ``Trainer`` and Accelerate.
+
     Args:
-        backbone: Any classification model: a timm model, a torchvision model, or any module
-            whose classifier ``classifier=`` names.
+        backbone: Any classification model: a timm model, a torchvision model, a Hugging
+            Face ``transformers`` model, or any module whose classifier ``classifier=``
+            names.
         num_partitions: Number of auxiliary heads ``n``, each with its own partition.
             Defaults to 1, or to the number of rows of ``partition``.
         num_groups: Number of groups ``K`` of a drawn partition, from 2 (the default) to
@@ -107,11 +139,17 @@ class RandomPartitionHead(nn.Module):
             [`find_classifier`][auxtransfer.find_classifier] does not find it. A container
             names its layers: the input width comes from its first Linear/Conv, the class
             count from its last.
+        aux_weight: For a Hugging Face backbone: the weight ``w`` of the auxiliary term in
+            the loss the wrapper returns when it is given ``labels`` (the paper used 0.4).
+            ``None`` (the default): ``labels`` go to the backbone and ``loss`` is its own.
+            Kept as the attribute ``aux_weight``, and saved by ``save_pretrained``.
 
     Shape:
-        - Input: whatever the backbone takes.
+        - Input: whatever the backbone takes, and ``labels`` (``[B]`` class indices or
+          ``[B, C]`` class probabilities) for a Hugging Face backbone.
         - Output: [`AuxOutput`][auxtransfer.AuxOutput] with ``logits`` ``[B, C]`` and
-          ``aux_logits`` ``[B, n, K]``.
+          ``aux_logits`` ``[B, n, K]``; for a backbone that returns a ``ModelOutput``,
+          that output with ``aux_logits`` added (and ``loss``).
 
     Examples:
         >>> import torch, torchvision
@@ -124,6 +162,17 @@ class RandomPartitionHead(nn.Module):
         >>> net = RandomPartitionHead(torchvision.models.resnet18(num_classes=10), num_groups=3)
         >>> net(torch.randn(2, 3, 32, 32)).aux_logits.shape
         torch.Size([2, 1, 3])
+
+        A Hugging Face backbone keeps its output, and returns the combined loss:
+
+        >>> import transformers
+        >>> config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16],
+        ...                                    depths=[1, 1], num_labels=10)
+        >>> backbone = transformers.ResNetForImageClassification(config)
+        >>> net = RandomPartitionHead(backbone, seed=0, aux_weight=0.4)
+        >>> out = net(pixel_values=torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 7]))
+        >>> type(out).__name__, list(out.keys())
+        ('ImageClassifierOutputWithNoAttention', ['loss', 'logits', 'aux_logits'])
     """
 
     partition: Tensor
@@ -139,6 +188,7 @@ class RandomPartitionHead(nn.Module):
         seed: int = 0,
         partition: Tensor | Sequence[Sequence[int]] | None = None,
         classifier: str | None = None,
+        aux_weight: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, nn.Module):
@@ -146,6 +196,8 @@ class RandomPartitionHead(nn.Module):
                 f"Expected `backbone` to be an nn.Module, but got {describe(backbone)}."
             )
         seed = check_seed("seed", seed)
+        if aux_weight is not None:
+            aux_weight = _check_aux_weight(backbone, aux_weight)
         self._explicit = classifier is not None
         if classifier is None:
             classifier = find_classifier(backbone)
@@ -205,6 +257,7 @@ class RandomPartitionHead(nn.Module):
         )
         self.register_buffer("partition", torch.empty_like(table, device=device))
         self.seed = seed
+        self.aux_weight = aux_weight
         # The partition on the CPU, so reset_parameters can fill the buffer after
         # to_empty(); a loaded state dict replaces it (see _load_from_state_dict).
         self._table = table
@@ -291,13 +344,30 @@ class RandomPartitionHead(nn.Module):
         """Number of groups ``K`` of every partition (2 for the paper's binary heads)."""
         return self._num_groups
 
-    def forward(self, *args: Any, **kwargs: Any) -> AuxOutput:
-        """Run the backbone once; return its logits and the binary heads' logits."""
+    def forward(self, *args: Any, labels: Tensor | None = None, **kwargs: Any) -> Any:
+        """Run the backbone once; return its logits and the binary heads' logits.
+
+        ``labels`` go to the backbone, unless ``aux_weight`` is set: then the wrapper keeps
+        them and returns the combined loss as ``loss``, divided by ``num_items_in_batch``
+        where one is given (``transformers.Trainer``'s count of label entries over the
+        accumulated batch: one per image for class indices, ``C`` for probabilities) and
+        averaged over the batch otherwise.
+        """
         if self._hooks is None:
             raise RuntimeError(
                 "Expected a RandomPartitionHead that wraps a backbone, but this one was "
                 "unwrapped; call its former `backbone` directly."
             )
+        own_loss = labels is not None and self.aux_weight is not None
+        num_items = kwargs.pop("num_items_in_batch", None) if own_loss else None
+        if labels is not None and not args and not kwargs:
+            raise ValueError(
+                "Expected the backbone's inputs (such as `pixel_values`) beside `labels`, but "
+                "got `labels` only. transformers.Trainer drops the inputs of a wrapped model "
+                "unless it is given TrainingArguments(remove_unused_columns=False)."
+            )
+        if labels is not None and not own_loss:
+            kwargs["labels"] = labels
         names = [self.classifier_name]
         if self.pooling_head_name is not None:
             names.append(self.pooling_head_name)
@@ -349,7 +419,37 @@ class RandomPartitionHead(nn.Module):
                 f"features as `classifier=`."
             )
         aux_logits = self.aux_head(features).unflatten(-1, (self.num_partitions, self.num_groups))
-        return AuxOutput(logits, aux_logits)
+        if isinstance(output, Tensor) or not _is_model_output(output):
+            if own_loss:
+                raise RuntimeError(
+                    f"Expected the backbone to return a ModelOutput, where the loss goes, but "
+                    f"it returned {describe(output)}; do not pass `return_dict=False`."
+                )
+            return AuxOutput(logits, aux_logits)
+        loss = None
+        if own_loss:
+            assert labels is not None and self.aux_weight is not None
+            loss = self._loss(logits, aux_logits, labels, num_items)
+        elif self.aux_weight is not None and getattr(output, "loss", None) is not None:
+            raise ValueError(
+                "Expected the labels as `labels=` with `aux_weight` set, but the backbone got "
+                "labels another way (as a positional argument?) and computed its own loss, "
+                "which has no auxiliary term."
+            )
+        return _with_aux_logits(output, aux_logits, loss)
+
+    def _loss(self, logits: Tensor, aux_logits: Tensor, labels: Tensor, num_items: Any) -> Tensor:
+        """The combined loss of ``aux_weight``, averaged over the batch or the count given."""
+        assert self.aux_weight is not None
+        output = (logits, aux_logits)
+        if num_items is None:
+            return combined_loss(output, labels, self.relabel(labels), self.aux_weight)
+        total = combined_loss(
+            output, labels, self.relabel(labels), self.aux_weight, reduction="sum"
+        )
+        # Trainer counts label entries: C of them for each row of class probabilities.
+        per_sample = labels[0].numel() if labels.dim() > 0 and len(labels) else 1
+        return total * per_sample / num_items
 
     def _verify(self, features: Tensor, produced: Any, logits: Tensor) -> None:
         """Check, once, that the wrapped classifier is the layer that makes the logits."""
@@ -471,6 +571,162 @@ class RandomPartitionHead(nn.Module):
         check_labels("target", target, self.num_classes)
         return self.partition.to(target.device).t()[target]
 
+    # Hugging Face's model protocol: what Trainer, Accelerate and scripts read or call.
+    @property
+    def config(self) -> Any:
+        """The backbone's Hugging Face ``config`` (an AttributeError for other backbones)."""
+        config = getattr(self.backbone, "config", None)
+        if config is None:
+            raise AttributeError(
+                f"Expected a backbone with a `config`, as Hugging Face models have, but "
+                f"{type(self.backbone).__name__} has none."
+            )
+        return config
+
+    @property
+    def accepts_loss_kwargs(self) -> bool:
+        """Whether ``forward`` takes ``num_items_in_batch`` for its loss, as Trainer asks.
+
+        True with ``aux_weight`` (the wrapper scales its loss by it); otherwise the
+        backbone's own answer, which gets the count with the labels.
+        """
+        if self.aux_weight is not None:
+            return True
+        accepts = getattr(self.backbone, "accepts_loss_kwargs", None)
+        if isinstance(accepts, bool):
+            return accepts
+        parameters = inspect.signature(self.backbone.forward).parameters.values()
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> None:
+        """Save a Hugging Face backbone as it saves itself, and the auxiliary head beside it.
+
+        The folder is the backbone's own ``save_pretrained`` folder (``config.json``, its
+        weights; ``kwargs`` such as ``is_main_process`` and ``save_function`` go to it),
+        plus ``auxtransfer.safetensors``: the auxiliary head's weights, the partition,
+        ``seed``, ``aux_weight`` and the classifier's name. So
+        [`from_pretrained`][auxtransfer.RandomPartitionHead.from_pretrained] restores the
+        wrapper, and the backbone's class alone loads the folder for the transfer step
+        (``AutoModelForImageClassification.from_pretrained(folder)``). The backbone's
+        config is not changed.
+
+        Args:
+            save_directory: The folder to write, as the backbone's ``save_pretrained``
+                takes it.
+            **kwargs: Passed to the backbone's ``save_pretrained``; ``push_to_hub`` is
+                refused (upload the folder with ``huggingface_hub.upload_folder``).
+
+        Raises:
+            TypeError: If the backbone has no ``save_pretrained`` (save ``state_dict()``).
+        """
+        save = getattr(self.backbone, "save_pretrained", None)
+        if not callable(save):
+            raise TypeError(
+                f"Expected a backbone with save_pretrained(), as Hugging Face models have, but "
+                f"{type(self.backbone).__name__} has none; save the wrapper's state_dict() "
+                f"with torch.save instead."
+            )
+        if kwargs.get("push_to_hub"):
+            raise ValueError(
+                "Expected `push_to_hub` to be False: the backbone would upload its files "
+                f"without {AUX_WEIGHTS_NAME}. Save to a folder, then upload the whole folder "
+                "with huggingface_hub.upload_folder."
+            )
+        save(save_directory, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
+        from safetensors.torch import save_file
+
+        tensors = {
+            "partition": self.partition,
+            "aux_head.weight": self.aux_head.weight,
+            "aux_head.bias": self.aux_head.bias,
+        }
+        settings = {
+            "format": 1,
+            "backbone": type(self.backbone).__name__,
+            "classifier": self.classifier_name,
+            "explicit_classifier": self._explicit,
+            "seed": self.seed,
+            "aux_weight": self.aux_weight,
+        }
+        save_file(
+            {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+            str(Path(save_directory) / AUX_WEIGHTS_NAME),
+            metadata={"format": "pt", "auxtransfer": json.dumps(settings)},
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *model_args: Any,
+        backbone_class: type[nn.Module] | None = None,
+        **kwargs: Any,
+    ) -> RandomPartitionHead:
+        """Load what [`save_pretrained`][auxtransfer.RandomPartitionHead.save_pretrained] saved.
+
+        The backbone loads with its class's own ``from_pretrained`` (``model_args`` and
+        ``kwargs`` go to it: ``dtype``, ``device_map``, ...), then the auxiliary head,
+        the partition, ``seed`` and ``aux_weight`` come from ``auxtransfer.safetensors``.
+
+        Args:
+            pretrained_model_name_or_path: A folder that ``save_pretrained`` wrote, or a
+                Hub repository holding one.
+            backbone_class: The backbone's class, where it is not a class of
+                ``transformers`` (whose name the file records).
+            *model_args: Passed to the backbone's ``from_pretrained``.
+            **kwargs: Passed to the backbone's ``from_pretrained``.
+
+        Returns:
+            The wrapper, on the backbone's device and in its dtype.
+
+        Examples:
+            >>> import tempfile, transformers
+            >>> config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16],
+            ...                                    depths=[1, 1], num_labels=10)
+            >>> net = RandomPartitionHead(transformers.ResNetForImageClassification(config))
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     net.save_pretrained(folder)
+            ...     loaded = RandomPartitionHead.from_pretrained(folder)
+            >>> torch.equal(loaded.partition, net.partition)
+            True
+        """
+        from safetensors import safe_open
+
+        path = _head_file(pretrained_model_name_or_path, kwargs)
+        with safe_open(path, framework="pt") as stored:
+            metadata = stored.metadata() or {}
+            state = {key: stored.get_tensor(key) for key in stored.keys()}  # noqa: SIM118
+        settings = json.loads(metadata.get("auxtransfer", "{}"))
+        if backbone_class is None:
+            import transformers
+
+            backbone_class = getattr(transformers, str(settings.get("backbone")), None)
+            if backbone_class is None:
+                raise ValueError(
+                    f"Expected `backbone_class` for a backbone that is not a class of "
+                    f"transformers, but {path} names {settings.get('backbone')!r}."
+                )
+        load = getattr(backbone_class, "from_pretrained", None)
+        if not callable(load):
+            raise TypeError(
+                f"Expected `backbone_class` to have from_pretrained(), but got "
+                f"{describe(backbone_class)}."
+            )
+        backbone = load(pretrained_model_name_or_path, *model_args, **kwargs)
+        net = cls(
+            backbone,
+            partition=state["partition"],
+            seed=settings.get("seed", 0),
+            classifier=settings["classifier"] if settings.get("explicit_classifier") else None,
+            aux_weight=settings.get("aux_weight"),
+        )
+        net.aux_head.load_state_dict(
+            {"weight": state["aux_head.weight"], "bias": state["aux_head.bias"]}
+        )
+        return net
+
     def unwrap(self) -> nn.Module:
         """Remove the hook from the classifier and return the plain backbone.
 
@@ -508,3 +764,106 @@ def _main_logits(output: Any) -> Tensor:
             f"Expected the backbone to return logits of shape [B, C], but got {tuple(logits.shape)}."
         )
     return logits
+
+
+def _check_aux_weight(backbone: nn.Module, aux_weight: Any) -> float:
+    weight = check_unit_float("aux_weight", aux_weight)
+    if not is_transformers_model(backbone):
+        raise ValueError(
+            f"Expected `aux_weight` only with a Hugging Face backbone, whose output carries "
+            f"the loss, but the backbone is a {type(backbone).__name__}; compute the loss with "
+            f"CombinedLoss({weight}) instead."
+        )
+    problem = getattr(getattr(backbone, "config", None), "problem_type", None)
+    if problem not in (None, "single_label_classification"):
+        raise ValueError(
+            f"Expected a backbone whose config.problem_type is single_label_classification "
+            f"(or unset) for `aux_weight`, as the combined loss is a cross entropy, but it is "
+            f"{problem!r}."
+        )
+    return weight
+
+
+def _is_model_output(output: Any) -> bool:
+    """Whether ``output`` is a ``transformers`` ``ModelOutput`` (without importing it)."""
+    transformers = sys.modules.get("transformers")
+    return transformers is not None and isinstance(output, transformers.utils.ModelOutput)
+
+
+# ModelOutput class -> the same with aux_logits, made once per class.
+_AUX_OUTPUTS: dict[type, type] = {}
+
+
+def _aux_output_class(base: type) -> type:
+    """``base`` (a ModelOutput dataclass) with an ``aux_logits`` field after its own."""
+    made = _AUX_OUTPUTS.get(base)
+    if made is None:
+        made = _AUX_OUTPUTS[base] = _make_aux_output_class(base)
+    return made
+
+
+@torch.compiler.disable
+def _make_aux_output_class(base: type) -> type:
+    # Never traced: a class is made once, outside any compiled graph.
+    name = base.__name__
+    cls = dataclasses.make_dataclass(
+        name,
+        [("aux_logits", "torch.FloatTensor | None", dataclasses.field(default=None))],
+        bases=(base,),
+        namespace={
+            "__reduce__": _reduce_aux_output,
+            "__doc__": f"{name} with the auxiliary heads' logits ``aux_logits`` added.",
+        },
+    )
+    cls.__module__ = __name__
+    cls.__qualname__ = base.__qualname__
+    return cls
+
+
+def _reduce_aux_output(output: Any) -> tuple[Any, ...]:
+    # Pickles by its base class, which is importable where the made class is not.
+    base = type(output).__mro__[1]
+    return _make_aux_output, (
+        base,
+        {f.name: getattr(output, f.name) for f in dataclasses.fields(output)},
+    )
+
+
+def _make_aux_output(base: type, values: dict[str, Any]) -> Any:
+    return _aux_output_class(base)(**values)
+
+
+def _with_aux_logits(output: Any, aux_logits: Tensor, loss: Tensor | None) -> Any:
+    """The backbone's ``ModelOutput`` with ``aux_logits`` (and the wrapper's ``loss``)."""
+    values = {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
+    if loss is not None:
+        if "loss" not in values:
+            raise RuntimeError(
+                f"Expected the backbone's output to have a `loss` field, but "
+                f"{type(output).__name__} has none; leave `aux_weight` unset and compute the "
+                f"loss with CombinedLoss."
+            )
+        values["loss"] = loss
+    base: Any = type(output)
+    return _aux_output_class(base)(**values, aux_logits=aux_logits)
+
+
+def _head_file(path: str | os.PathLike[str], kwargs: dict[str, Any]) -> str:
+    """The path of ``auxtransfer.safetensors`` in a folder, or in a Hub repository."""
+    folder = Path(path) / kwargs.get("subfolder", "")
+    if folder.is_dir():
+        found = folder / AUX_WEIGHTS_NAME
+        if not found.is_file():
+            raise ValueError(
+                f"Expected `pretrained_model_name_or_path` to hold {AUX_WEIGHTS_NAME}, as "
+                f"RandomPartitionHead.save_pretrained writes it, but {folder} has none; load "
+                f"a plain backbone with its own from_pretrained and wrap it."
+            )
+        return str(found)
+    from transformers.utils import cached_file
+
+    hub = {k: kwargs[k] for k in _HUB_ARGUMENTS if k in kwargs}
+    found_file = cached_file(str(path), AUX_WEIGHTS_NAME, **hub)
+    if found_file is None:  # pragma: no cover - cached_file raises by default
+        raise ValueError(f"Expected {path} to hold {AUX_WEIGHTS_NAME}, but found none.")
+    return str(found_file)

@@ -245,6 +245,11 @@ def _unpack(output: Any) -> tuple[Tensor, Tensor]:
         and all(isinstance(t, Tensor) for t in output)
     ):
         logits, aux_logits = output
+    elif isinstance(getattr(output, "logits", None), Tensor) and isinstance(
+        getattr(output, "aux_logits", None), Tensor
+    ):
+        # RandomPartitionHead's output on a Hugging Face backbone: its ModelOutput.
+        logits, aux_logits = output.logits, output.aux_logits
     else:
         raise TypeError(
             f"Expected `output` to be an AuxOutput or a (logits, aux_logits) pair of tensors, "

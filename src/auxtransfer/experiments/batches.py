@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._checks import check_int, check_seed, describe
 from ..partition import as_partition
+from .settings import RunConfig
 
 __all__ = ["DeviceBatches", "LoaderBatches", "crop_flip", "shard_order"]
 
@@ -128,8 +129,9 @@ class DeviceBatches(_Batches):
         std: Per-channel standard deviation, in 0-1 pixel units.
         train: Shuffle and augment; otherwise keep the order and only normalise.
         seed: Seeds the order and the augmentation.
-        pad: Padding of the random crop (4 for CIFAR); 0 turns cropping off.
-        flip: Random horizontal flips.
+        pad: Padding of the random crop (4 for CIFAR, a run's ``pad``); 0 turns cropping
+            off.
+        flip: Random horizontal flips (a run's ``flip``).
         drop_last: Drop the last incomplete batch.
         partition: A ``[n, C]`` partition: batches then also carry the binary labels ``[B, n]``.
         rank: This process's rank in a DDP job.
@@ -159,8 +161,8 @@ class DeviceBatches(_Batches):
         device: torch.device | str = "cpu",
         train: bool = True,
         seed: int = 0,
-        pad: int = 4,
-        flip: bool = True,
+        pad: int = RunConfig.pad,
+        flip: bool = RunConfig.flip,
         drop_last: bool = False,
         partition: Tensor | None = None,
         rank: int = 0,

@@ -1,7 +1,7 @@
 """The command line the example scripts share: their flags, checks and main loop.
 
 An example is an ``Example``: a network with its defaults (a ``protocols.Setup``) and its
-data flags (``CifarData``, ``ImageNetData``). The script is that and one call::
+data flags (``CifarData``, ``ImageNetData``, ``DigitsData``). The script is that and one call::
 
     EXAMPLE = Example(protocols.WRN_CIFAR, CifarData(), __doc__,
                       smoke="a WRN of depth 10 and width 1, synthetic CIFAR-shaped data")
@@ -37,13 +37,13 @@ import torch.distributed as dist
 from ..freezing import BN_POLICIES
 from . import plan as plans
 from . import protocols
-from .data_flags import CifarData, DataFlags, FlagError, ImageNetData, given
+from .data_flags import CifarData, DataFlags, DigitsData, FlagError, ImageNetData, given
 from .rundir import as_json, differing_keys, write_json
 from .sources import DataSource
 from .submit import CLUSTERS
 from .torchrun import report_to_torchrun, write_torchrun_error
 
-__all__ = ["CifarData", "DataFlags", "Example", "FlagError", "ImageNetData"]
+__all__ = ["CifarData", "DataFlags", "DigitsData", "Example", "FlagError", "ImageNetData"]
 
 #: Where an output folder records what its runs' configs do not say about their data.
 DATA_RECORD = "data.json"
@@ -76,8 +76,11 @@ class Example:
             its smoke model).
         data: The data flags and the source they make.
         description: The script's docstring, shown by ``--help``.
-        smoke: What ``--smoke`` trains on, for ``--help``.
+        smoke: What ``--smoke`` trains on, for ``--help`` and the summary.
         figures: The paper's figures or tables of each experiment, for ``--help``.
+        one_thread: Train with one torch thread unless ``OMP_NUM_THREADS`` is set, as
+            ``--smoke`` always does: for a network so small that a second thread makes it
+            slower (the digits' CNN).
     """
 
     setup: protocols.Setup
@@ -85,6 +88,7 @@ class Example:
     description: str
     smoke: str
     figures: Mapping[str, str] = field(default_factory=dict)
+    one_thread: bool = False
 
     @property
     def experiments(self) -> tuple[str, ...]:
@@ -292,7 +296,7 @@ class Example:
             parser.error(f"argument --device: {error}")
         if device.type == "cuda" and not torch.cuda.is_available() and args.launcher == "here":
             parser.error(f"argument --device: {args.device!r}, but CUDA is not available here")
-        if args.smoke and "OMP_NUM_THREADS" not in os.environ:
+        if (args.smoke or self.one_thread) and "OMP_NUM_THREADS" not in os.environ:
             # Tiny models: a second thread saves little, and on a busy CPU threads that wait
             # for each other make a run many times slower.
             torch.set_num_threads(1)
@@ -425,7 +429,7 @@ class Example:
         task = RunTask(self, argparse.Namespace(**{**vars(args), "device": device}), plan)
         failed = submit_plan(task, states, cluster=cluster, folder=folder, parameters=parameters)
         if cluster != "slurm":  # waited for: the summary a plain call ends with
-            _print_summary(args, plan)
+            _print_summary(args, plan, self.smoke)
         return failed
 
     def _checked_source(
@@ -443,6 +447,8 @@ class Example:
             parser.error(f"argument {error.flag}: {error}")
         except (FileNotFoundError, ValueError) as error:
             parser.error(f"argument --data-root: {error}")
+        except ImportError as error:  # a package the data needs (scikit-learn's digits)
+            parser.error(str(error))
         try:
             plans.check_data(plan, source, args.run)
         except ValueError as error:
@@ -501,7 +507,7 @@ class Example:
         )  # fmt: skip
         failed = [o.id for o in outcomes if o.status == "failed"]
         if rank == 0:
-            _print_summary(args, plan)
+            _print_summary(args, plan, self.smoke)
             stopped = [o.id for o in outcomes if o.status == "stopped"]
             finished = sum(o.status in plans.FINISHED_STATUSES for o in outcomes)
             left = len(plan.select(args.run)) - finished
@@ -519,10 +525,11 @@ class Example:
         return failed
 
 
-def _print_summary(args: argparse.Namespace, plan: plans.Plan) -> None:
-    """The table a call ends with: each selected run's state and errors."""
+def _print_summary(args: argparse.Namespace, plan: plans.Plan, smoke: str) -> None:
+    """The table a call ends with: each selected run's state and errors (after a line
+    saying what ``--smoke`` trains, when it was given)."""
     if args.smoke:
-        print("smoke runs: a tiny model on synthetic data, every step once; not results")
+        print(f"smoke runs: {smoke}, every step once; not results")
     print(plans.format_summary(plans.summarise(plan, args.out, args.run)))
 
 

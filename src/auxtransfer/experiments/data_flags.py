@@ -1,8 +1,9 @@
 """The data flags of the example scripts: added to their parser, read into a data source.
 
-``CifarData`` (CIFAR-100 under ``--data-root``, synthetic images with ``--smoke``) and
+``CifarData`` (CIFAR-100 under ``--data-root``, synthetic images with ``--smoke``),
 ``ImageNetData`` (ImageNet-100 from an ImageFolder tree, a generated folder with
-``--smoke``); ``FlagError`` is a flag's value that is wrong, named by ``parser.error``.
+``--smoke``) and ``DigitsData`` (scikit-learn's digits, ``--smoke`` too: no flags);
+``FlagError`` is a flag's value that is wrong, named by ``parser.error``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from types import MappingProxyType
 from typing import Any
 
 from .imagenet import ImageNet100, write_smoke_folder
-from .sources import Cifar100, DataSource, SyntheticCifar100
+from .sources import Cifar100, DataSource, Digits, SyntheticCifar100
 
-__all__ = ["CifarData", "DataFlags", "FlagError", "ImageNetData", "given"]
+__all__ = ["CifarData", "DataFlags", "DigitsData", "FlagError", "ImageNetData", "given"]
 
 
 class FlagError(ValueError):
@@ -78,6 +79,17 @@ class CifarData(DataFlags):
         if args.smoke:
             return SyntheticCifar100()
         return Cifar100(args.data_root, download=args.download)
+
+
+class DigitsData(DataFlags):
+    """scikit-learn's digits (``Digits``), with and without ``--smoke``: they ship inside
+    scikit-learn, and are small enough to smoke on. No flags."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """None: the data is fixed."""
+
+    def source(self, args: argparse.Namespace, scratch: contextlib.ExitStack) -> DataSource:
+        return Digits()
 
 
 class ImageNetData(DataFlags):

@@ -29,6 +29,7 @@ from typing import Any
 from .rundir import RunDir, as_json, differing_keys
 from .settings import RunConfig
 from .sources import DataSource
+from .splits import side_classes
 
 __all__ = [
     "FINISHED_STATUSES",
@@ -309,11 +310,20 @@ def check_data(plan: Plan, source: DataSource, ids: Sequence[str] | None = None)
 
     Raises:
         FileNotFoundError: The data is missing and will not be downloaded.
-        ValueError: A run keeps more images per class than the data has, or learns coarse
-            labels the data does not have.
+        ValueError: A run classifies another number of classes than its side of the data
+            has, keeps more images per class than the data has, or learns coarse labels the
+            data does not have.
     """
     source.check()
     for run in plan.select(ids):
+        config = run.config
+        classes = len(side_classes(source.num_classes, config.side, config.split_seed))
+        if config.num_classes != classes:
+            raise ValueError(
+                f"Expected `num_classes` of run {run.id!r} to be the {classes} classes of "
+                f"side {config.side} of {source!r} ({source.num_classes} in all), but got "
+                f"{config.num_classes}."
+            )
         coarse = run.config.binary_weight > 0 and run.config.aux_labels == "coarse"
         if coarse and getattr(source, "coarse_labels", None) is None:
             raise ValueError(

@@ -8,7 +8,9 @@ parameter is a row of ``PARAMETERS``: its one check, and the flag the examples g
 ``build(experiment, setup=..., **parameters)`` expands an experiment into a
 [`Plan`][auxtransfer.experiments.plan.Plan]; adding an experiment is adding a row. A
 ``Setup`` replaces some defaults for another network or data set: ``WRN_CIFAR``
-(WRN-28-10, Fig. 6) and ``DENSENET121_IMAGENET`` (DenseNet-121 on ImageNet-100, Fig. 15).
+(WRN-28-10, Fig. 6), ``DENSENET121_IMAGENET`` (DenseNet-121 on ImageNet-100, Fig. 15) and
+``DIGITS`` (a small CNN on scikit-learn's 8x8 digits, 5 + 5 classes: every run classifies
+the ``side_classes`` of its setup).
 
 A *test* is one A/B class split (``splits``) and one replication on it
 (``replications``); per test every condition pre-trains on A once, and every step of that
@@ -38,6 +40,8 @@ __all__ = [
     "AUX_KINDS",
     "DENSENET121_IMAGENET",
     "DENSENET_CIFAR",
+    "DIGITS",
+    "DIGITS_PRETRAIN",
     "EXPERIMENTS",
     "FINETUNE_40",
     "FINETUNE_100",
@@ -66,10 +70,6 @@ __all__ = [
     "defaults",
     "smoke_parameters",
 ]
-
-#: The data's 100 classes (CIFAR-100, ImageNet-100) split in two halves of 50 classes.
-NUM_CLASSES = 100
-SIDE_CLASSES = NUM_CLASSES // 2
 
 #: Pre-training on A: 175 epochs, 0.1 / 0.01 / 0.001 from epochs 1 / 126 / 151.
 PRETRAIN = Schedule(175, (126, 151), ((0.1, 0.01, 0.001),))
@@ -311,10 +311,6 @@ def _aux_kinds(values: Values) -> list[Condition]:
     w, k, kinds = values["aux_weight"], values["num_groups"], values["aux"]
     if "random" in kinds and k < 3:
         raise ValueError(f"Expected `num_groups` to be an int >= 3 (random groups that are not the binary condition), but got {k}.")  # fmt: skip
-    if k > SIDE_CLASSES:
-        raise ValueError(
-            f"Expected `num_groups` to be at most the {SIDE_CLASSES} classes of A, but got {k}."
-        )
     made = {
         "binary": Condition("binary", w),
         "random": Condition(f"random{k}", w, num_groups=k),
@@ -379,6 +375,8 @@ class Setup:
             ones (freeze and reset points of the tiny model).
         experiments: The experiments it offers, names of ``EXPERIMENTS`` (default: every
             row of ``EXPERIMENTS``, those added later included; ``offered()``).
+        num_classes: The classes of the data set, split into halves A and B of
+            ``side_classes`` each (100: CIFAR-100, ImageNet-100).
 
     Examples:
         >>> setup = Setup("a tiny WRN", RunOptions(model="cifar_wrn_28_10",
@@ -393,8 +391,15 @@ class Setup:
     smoke_options: RunOptions = SMOKE_OPTIONS
     smoke_parameters: Mapping[str, Any] = field(default_factory=dict)
     experiments: tuple[str, ...] | None = None
+    num_classes: int = 100
 
     def __post_init__(self) -> None:
+        classes = check_int("num_classes", self.num_classes, minimum=4)
+        if classes % 2:
+            raise ValueError(
+                f"Expected `num_classes` to be even (two halves A and B of the same size), "
+                f"but got {classes}."
+            )
         offered = self.offered()
         if not offered or any(name not in EXPERIMENTS for name in offered):
             raise ValueError(
@@ -412,6 +417,11 @@ class Setup:
         for name, options in (("options", self.options), ("smoke_options", self.smoke_options)):
             if not isinstance(options, RunOptions):
                 raise TypeError(f"Expected `{name}` to be RunOptions, but got {describe(options)}.")
+
+    @property
+    def side_classes(self) -> int:
+        """The classes of A, and of B: half the data set's (every run's ``num_classes``)."""
+        return self.num_classes // 2
 
     def offered(self) -> tuple[str, ...]:
         """The names of the experiments this setup offers."""
@@ -478,6 +488,28 @@ DENSENET121_IMAGENET = Setup(
     experiments=("paired",),
 )
 
+#: The digits' pre-training on A: the paper's schedule scaled to 30 epochs (drops at 22 and
+#: 27, the fractions of 126 and 151 of 175).
+DIGITS_PRETRAIN = PRETRAIN.scaled(30)
+#: A small CNN (``digits_cnn``, width 32) on scikit-learn's 8x8 digits, 5 + 5 classes
+#: (``examples/digits.py``): ``long-tail`` first, B cut to 10 images per class, on 20
+#: splits of one replication; ``DIGITS_PRETRAIN`` on A, the paper's 100-epoch fine-tuning
+#: on B (``FINETUNE_100``: 2 steps an epoch on B's 50 images); batch 32; training images
+#: shifted by up to one pixel (``pad=1``) and never mirrored (a mirrored digit is another
+#: shape); ``aux-labels`` beside binary: 3 random groups. Smoke: width 4, batch 8.
+_DIGITS_OPTIONS = replace(PAPER_OPTIONS, model="digits_cnn", batch_size=32, pad=1, flip=False)
+DIGITS = Setup(
+    "a small CNN on scikit-learn's digits",
+    _DIGITS_OPTIONS,
+    parameters={
+        "splits": 20, "replications": 1, "per_class": 10, "pretrain": DIGITS_PRETRAIN,
+        "transfer": FINETUNE_100, "aux": ("binary", "random"), "num_groups": 3,
+    },
+    smoke_options=replace(_DIGITS_OPTIONS, model_kwargs={"width": 4}, batch_size=8, smoke=True),
+    experiments=("long-tail", "paired", "aux-labels"),
+    num_classes=10,
+)  # fmt: skip
+
 
 def defaults(parameter: str, setup: Setup = DENSENET_CIFAR) -> dict[str, Any]:
     """The default of ``parameter`` in every experiment of ``setup`` that takes it, by
@@ -539,16 +571,24 @@ def build(experiment: str, *, setup: Setup = DENSENET_CIFAR, **parameters: Any) 
     if not isinstance(options, RunOptions):
         raise TypeError(f"Expected `options` to be RunOptions, but got {describe(options)}.")
     checked = {name: PARAMETERS[name].check(value) for name, value in values.items()}
+    side = setup.side_classes
+    if checked.get("num_groups", 2) > side:
+        raise ValueError(
+            f"Expected `num_groups` to be at most the {side} classes of A, but got "
+            f"{checked['num_groups']}."
+        )
     for name in ("freeze_at", "reset_at"):
         if name in checked:
-            _check_addresses(options, checked[name], name)
-    return expand(EXPERIMENTS[experiment], checked, options)
+            _check_addresses(options, checked[name], name, side)
+    return expand(EXPERIMENTS[experiment], checked, options, side_classes=side)
 
 
-def expand(experiment: Experiment, values: Values, options: RunOptions) -> Plan:
+def expand(
+    experiment: Experiment, values: Values, options: RunOptions, *, side_classes: int
+) -> Plan:
     """The runs of ``experiment`` with checked parameter ``values``: per split and
     replication, a pre-training on A per condition, then each step of each condition on B
-    from that condition's pre-training."""
+    from that condition's pre-training; every run classifies ``side_classes`` classes."""
     conditions, steps = experiment.conditions(values), experiment.steps(values)
     pretrain, transfer = values["pretrain"], values["transfer"]
     splits = values["splits"]
@@ -560,12 +600,12 @@ def expand(experiment: Experiment, values: Values, options: RunOptions) -> Plan:
             prefix = f"split{split}" + (f"/rep{rep}" if replications > 1 else "")
             seed = options.seed + rep
             shared = RunConfig(
-                model=options.model, num_classes=SIDE_CLASSES, epochs=pretrain.epochs,
+                model=options.model, num_classes=side_classes, epochs=pretrain.epochs,
                 momentum=options.momentum, weight_decay=options.weight_decay,
                 nesterov=options.nesterov, batch_size=options.batch_size, seed=seed,
                 amp=options.amp, channels_last=options.channels_last, compile=options.compile,
                 model_kwargs=dict(options.model_kwargs), split_seed=split, smoke=options.smoke,
-                num_workers=options.num_workers,
+                num_workers=options.num_workers, pad=options.pad, flip=options.flip,
             )  # fmt: skip
             for c in conditions:
                 config = replace(
@@ -591,14 +631,16 @@ def expand(experiment: Experiment, values: Values, options: RunOptions) -> Plan:
     return Plan(runs)
 
 
-def _check_addresses(options: RunOptions, addresses: Sequence[str], name: str) -> None:
+def _check_addresses(
+    options: RunOptions, addresses: Sequence[str], name: str, num_classes: int
+) -> None:
     """Every address (but ``"0"``) names layers of the model before its head."""
     from ..layers import layer_map
     from .transfer import timm_model
 
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = timm_model(options.model, SIDE_CLASSES, options.model_kwargs)
+        model = timm_model(options.model, num_classes, options.model_kwargs)
     layers = layer_map(model)
     groups = layers.groups
     for address in addresses:

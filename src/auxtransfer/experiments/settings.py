@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._checks import check_int, check_seed
+from .._checks import check_int, check_seed, describe
 from ..freezing import DEFAULT_BN, check_bn
 from ..optim import MOMENTUM, WEIGHT_DECAY, check_sgd
 from .rundir import as_json
@@ -219,7 +219,15 @@ _FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "transfer_weights": _choice("transfer_weights", ("best", "last")),
     "side": _choice("side", ("all", "A", "B")),
     "aux_labels": _choice("aux_labels", ("random", "coarse")),
+    "pad": lambda v: check_int("pad", v, minimum=0),
+    "flip": lambda v: _check_bool("flip", v),
 }
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"Expected `{name}` to be a bool, but got {describe(value)}.")
+    return value
 
 
 def check_fields(settings: Any) -> None:
@@ -252,9 +260,14 @@ class RunConfig:
     20 superclasses: ``num_groups``), those of the run's classes, renumbered
     ([`run_partition_for`][auxtransfer.experiments.sources.run_partition_for] makes it).
 
-    ``split_seed``, ``side`` (``"A"``, ``"B"`` or ``"all"``) and ``per_class`` record which
-    data the run saw; ``smoke`` marks a run that is not a result; ``num_workers`` is the
-    number of ``DataLoader`` workers for data given as a dataset; ``condition`` labels the
+    ``pad`` and ``flip`` augment training images given as tensors
+    ([`DeviceBatches`][auxtransfer.experiments.batches.DeviceBatches]): a random crop of the
+    image zero-padded by ``pad`` pixels (0: none) and random horizontal flips, CIFAR's 4 and
+    on by default; data given as datasets (ImageNet) augment in their own transforms, and
+    take neither. ``split_seed``, ``side`` (``"A"``, ``"B"`` or ``"all"``) and
+    ``per_class`` record which data the run saw; ``smoke`` marks a run that is not a
+    result; ``num_workers`` is the number of ``DataLoader`` workers for data given as a
+    dataset; ``condition`` labels the
     experimental condition (``"baseline"``, ``"binary"``, ``"w0.4"``, ...), the same on a
     pre-training and the transfers from it, so that ``config.json`` alone tells the runs of
     a sweep apart. ``transfer_from`` makes a
@@ -300,6 +313,8 @@ class RunConfig:
     smoke: bool = False
     num_workers: int = 0
     condition: str = ""
+    pad: int = 4
+    flip: bool = True
 
     def check(self, *, transfer: bool | None = None) -> None:
         """Check every setting on its own and against the others (not the model name, the
@@ -392,6 +407,10 @@ class RunOptions:
         smoke: Mark every run as a smoke run, not a result.
         num_workers: ``DataLoader`` workers of data given as datasets (ImageNet); part of
             a run's settings, since the workers are seeded.
+        pad: Zero padding of the random crop of training images given as tensors (0: no
+            crop).
+        flip: Random horizontal flips of training images given as tensors (off for data
+            whose mirror image is another thing, such as digits).
     """
 
     # Every default but the model's is RunConfig's: one definition of each.
@@ -410,6 +429,8 @@ class RunOptions:
     compile: bool = RunConfig.compile
     smoke: bool = RunConfig.smoke
     num_workers: int = RunConfig.num_workers
+    pad: int = RunConfig.pad
+    flip: bool = RunConfig.flip
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -1,4 +1,5 @@
-"""The data of a run: CIFAR-100 or synthetic CIFAR-shaped images, cut to what the run saw.
+"""The data of a run: CIFAR-100, synthetic CIFAR-shaped images or scikit-learn's digits,
+cut to what the run saw.
 
 A data source loads the whole data set once, ``(images, labels)`` for training and for
 testing; ``run_data`` cuts a run's share out of it from the fields of its
@@ -7,9 +8,10 @@ tensors (ImageNet-100, ``auxtransfer.experiments.imagenet``) is a ``DatasetSourc
 makes each run's map-style datasets itself, by the same rules. ``run_data_for`` gives a
 run its data from either kind:
 
-- ``side="A"`` or ``"B"``: the classes of that side of ``split_classes(100,
-  seed=split_seed)``, relabelled ``0 .. 49``, in the training and the test set alike;
-  ``side="all"``: every class.
+- ``side="A"`` or ``"B"``: the classes of that side of ``split_classes(num_classes,
+  seed=split_seed)`` (the source's ``num_classes``: 100 split into 50 + 50 for CIFAR-100,
+  10 into 5 + 5 for the digits), relabelled from 0, in the training and the test set
+  alike; ``side="all"``: every class.
 - ``per_class=n``: ``n`` training images of every class, drawn by ``limit_per_class``
   with the run's ``seed`` (the test set stays whole). Baseline and binary runs of one
   replication share their seed, so they see the same images.
@@ -30,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._checks import check_int, check_seed
-from ..models import CIFAR100_MEAN, CIFAR100_STD
+from ..models import CIFAR100_MEAN, CIFAR100_STD, DIGITS_MEAN, DIGITS_STD
 from ..partition import class_partition, group_partition
 from .cifar import cifar100_superclasses, load_cifar100
 from .splits import limit_per_class, side_classes, subset_classes
@@ -39,6 +41,7 @@ __all__ = [
     "Cifar100",
     "DataSource",
     "DatasetSource",
+    "Digits",
     "Images",
     "SyntheticCifar100",
     "run_data",
@@ -46,7 +49,7 @@ __all__ = [
     "run_partition_for",
 ]
 
-#: ``(images, labels)``: ``[N, 3, 32, 32]`` uint8 and ``[N]`` long.
+#: ``(images, labels)``: ``[N, C, H, W]`` uint8 (``[N, 3, 32, 32]`` for CIFAR) and ``[N]`` long.
 Images = tuple[Tensor, Tensor]
 
 
@@ -195,6 +198,76 @@ class SyntheticCifar100(_Loadable):
                 return images, labels
 
             self._data = draw(self.train_per_class), draw(self.test_per_class)
+        return self._data
+
+
+class Digits(_Loadable):
+    """scikit-learn's handwritten digits (``sklearn.datasets.load_digits``): 1,797 grey 8x8
+    images of the digits 0 to 9, shipped inside scikit-learn (no download; ``pip install
+    "auxtransfer[digits]"`` installs it).
+
+    The train/test split is fixed, seeded and stratified: ``test_per_class`` images of every
+    digit are the test set, drawn by ``limit_per_class(labels, test_per_class, seed=seed)``
+    from the data's own order, and the rest the training set (with the defaults, 600 test
+    images and 1,197 training images, 114 to 123 of each digit). Images are ``[N, 1, 8, 8]``
+    uint8, the data's values 0 to 16 scaled to 0 to 255 (``round(v * 255 / 16)``); ``mean``
+    and ``std`` are those of the default training set.
+
+    Args:
+        test_per_class: Test images of each digit.
+        seed: Draws the test images.
+
+    Examples:
+        >>> (train_images, train_labels), (test_images, test_labels) = Digits().load()
+        >>> tuple(train_images.shape), train_images.dtype, test_labels.bincount().tolist()
+        ((1197, 1, 8, 8), torch.uint8, [60, 60, 60, 60, 60, 60, 60, 60, 60, 60])
+    """
+
+    mean = DIGITS_MEAN
+    std = DIGITS_STD
+    num_classes = 10
+
+    def __init__(self, test_per_class: int = 60, *, seed: int = 0) -> None:
+        # The smallest digit (8) has 174 images: at least one stays for training.
+        self.test_per_class = check_int("test_per_class", test_per_class, minimum=1)
+        if self.test_per_class > 173:
+            raise ValueError(
+                f"Expected `test_per_class` to be at most 173 (the digit 8 has 174 images, one "
+                f"of which stays for training), but got {test_per_class}."
+            )
+        self.seed = check_seed("seed", seed)
+        self._data: tuple[Images, Images] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(test_per_class={self.test_per_class}, seed={self.seed})"
+
+    @property
+    def train_per_class(self) -> int:
+        """Training images of the digit with the fewest (114 with the defaults)."""
+        return int(self.load()[0][1].bincount().min())
+
+    def check(self) -> None:
+        """Raise ``ImportError`` when scikit-learn is not installed."""
+        try:
+            import sklearn.datasets  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "scikit-learn is not installed, whose wheel holds the digits: pip install "
+                "'auxtransfer[digits]' (or scikit-learn)"
+            ) from None
+
+    def load(self) -> tuple[Images, Images]:
+        if self._data is None:
+            self.check()
+            from sklearn.datasets import load_digits
+
+            digits = load_digits()
+            labels = torch.as_tensor(digits.target, dtype=torch.long)
+            pixels = torch.as_tensor(digits.images, dtype=torch.float64)
+            images = (pixels * (255 / 16)).round().to(torch.uint8).unsqueeze(1)
+            test = torch.zeros(len(labels), dtype=torch.bool)
+            test[limit_per_class(labels, self.test_per_class, seed=self.seed)] = True
+            self._data = (images[~test], labels[~test]), (images[test], labels[test])
         return self._data
 
 

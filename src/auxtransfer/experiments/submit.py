@@ -146,7 +146,11 @@ def submit_plan(
         ids = [run.id for run in level]
         jobs = executor.map_array(task, ids)
         previous = str(jobs[0].job_id).split("_")[0]
-        say(f"submitted {len(jobs)} run(s) as job array {previous}: {', '.join(ids)}")
+        # Each task's job id names its folder (``%j``); locally every task is a job of its
+        # own, with no array id.
+        listed = ", ".join(f"{i} (job {job.job_id})" for i, job in zip(ids, jobs, strict=True))
+        as_what = f"as job array {previous}" if cluster == "slurm" else "as local jobs"
+        say(f"submitted {len(jobs)} run(s) {as_what}: {listed}")
         if cluster == "slurm":
             continue
         for run_id, job in zip(ids, jobs, strict=True):
@@ -161,12 +165,21 @@ def submit_plan(
             if left:
                 say(f"not submitted, they need a run that failed or its array: {', '.join(left)}")
             break
+    _drop_template_folder(folder)
     if cluster == "slurm":
         say(f"submitted to SLURM; logs under {folder}. Once these jobs have ended (squeue), "
             f"call the same command again to carry on: finished runs are skipped, the others "
             f"submitted again (while they are queued or running, they would be submitted "
             f"twice)")  # fmt: skip
     return failed
+
+
+def _drop_template_folder(folder: str | os.PathLike[str]) -> None:
+    """submitit makes ``folder`` as written, ``%j`` and all, before it fills in each job's
+    id: an empty folder of that literal name is removed."""
+    template = Path(folder)
+    if "%" in template.name and template.is_dir() and not any(template.iterdir()):
+        template.rmdir()
 
 
 def _why(error: Exception) -> str:

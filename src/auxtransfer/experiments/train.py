@@ -78,7 +78,7 @@ def train_run(
         config: The run's settings.
         run_dir: The run directory (created; a finished one is refused).
         train_data: ``(images, labels)`` to train on, uint8 or float images, made into
-            batches on the device with CIFAR's augmentation
+            batches on the device, augmented as ``config.pad`` and ``config.flip`` say
             ([`DeviceBatches`][auxtransfer.experiments.batches.DeviceBatches]); or a map-style
             dataset of transformed image tensors, loaded through a ``DataLoader`` with
             ``config.num_workers`` workers (``LoaderBatches``).
@@ -243,7 +243,8 @@ def _batches(
                 "Expected `mean` and `std` with (images, labels) tensors, but got none."
             )
         return DeviceBatches(*data, batch_size=size, mean=mean, std=std, device=device,
-            train=train, seed=config.seed, partition=partition, rank=rank, world_size=world,
+            train=train, seed=config.seed, pad=config.pad, flip=config.flip,
+            partition=partition, rank=rank, world_size=world,
             channels_last=config.channels_last)  # fmt: skip
     return LoaderBatches(data, batch_size=size, device=device, train=train, seed=config.seed,
         partition=partition, rank=rank, world_size=world, num_workers=config.num_workers,
@@ -428,6 +429,13 @@ def _check_settings(
                 f"Expected the labels of `{name}` to be in [0, {config.num_classes}) (`num_classes`), "
                 f"but they span [{int(labels.min())}, {int(labels.max())}]: does the class split fit the data?"
             )
+    augment = (config.pad, config.flip)
+    if not isinstance(train_data, tuple) and augment != (RunConfig.pad, RunConfig.flip):
+        raise ValueError(
+            f"Expected `pad` and `flip` at their defaults ({RunConfig.pad}, {RunConfig.flip}) "
+            f"for data given as a dataset, which augments in its own transforms, but got "
+            f"pad={config.pad}, flip={config.flip}."
+        )
     per_rank = -(-_length(train_data) // world)
     if config.batch_size > per_rank:
         raise ValueError(

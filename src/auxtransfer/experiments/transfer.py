@@ -70,8 +70,7 @@ def load_backbone(
     path = run.path / f"{which}.pt"
     if not path.exists():
         why = (
-            "the run has finished (results.json), so it is lost: restore it, or train the run "
-            "again"
+            "the run has finished (results.json), so it is lost: restore it, or train the run again"
             if run.is_finished()
             else "is the run finished?"
         )

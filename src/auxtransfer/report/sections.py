@@ -365,7 +365,10 @@ def _long_tail(family: Family) -> list[dict[str, Any]]:
     """Table 1: per split and condition, B's mean final error over replications, with the
     paper's value beside the first two splits (its splits are other random ones)."""
     rows = []
-    comparable = family.setting.get("per_class") == PAPER_LONG_TAIL_PER_CLASS
+    comparable = (
+        family.setting.get("per_class") == PAPER_LONG_TAIL_PER_CLASS
+        and family.setting.get("model") == "cifar_densenet_bc_100"
+    )
     for number, split, condition, runs in _split_cells(family):
         errors = [t.run.final_error for t in runs]
         paper_name = (
