@@ -507,6 +507,8 @@ def test_smoke_runs_every_step(name, experiment, tmp_path, capsys, one_thread, c
     # Calling again skips every finished run.
     again = _main(capsys, *args, example=example)
     assert "training" not in again and again.splitlines()[-len(table) :] == table
+    said = f"skipped {len(table) - 1} finished run(s) (their files untouched); 0 trained"
+    assert any(line.startswith(said) for line in again.splitlines())
 
 
 def test_wrn_smoke_as_ci_runs_it(tmp_path, check_smoke):
@@ -734,3 +736,46 @@ def test_help_shows_the_docstrings_commands_as_written(name):
     source = (ROOT / "examples" / f"{name}.py").read_text()
     docstring = source.split('"""', 2)[1]
     assert "\\\n" not in docstring
+
+
+def test_list_needs_no_out_and_the_rest_still_does(capsys):
+    assert _main(capsys, "--list").splitlines() == protocols.build("paired").ids
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--smoke"])
+    assert stop.value.code == 2
+    assert "the following arguments are required: --out" in capsys.readouterr().err
+
+
+def test_a_call_on_a_finished_plan_says_it_skipped_its_runs(tmp_path, capsys, one_thread):
+    out = str(tmp_path / "out")
+    first = _main(capsys, "--smoke", "--device", "cpu", "--out", out)
+    assert "skipped" not in first
+    again = _main(capsys, "--smoke", "--device", "cpu", "--out", out)
+    assert again.splitlines()[0] == (
+        "skipped 4 finished run(s) (their files untouched); 0 trained or resumed in this call"
+    )
+
+
+def test_smoke_rates_are_the_smoke_schedules_or_the_full_ones(capsys):
+    """Two rates are the smoke schedule's two phases, three the paper's scaled to it (as
+    before); a smoke address that the tiny model lacks says that the tiny model is why."""
+    parser = cli.build_parser()
+
+    def pretrain(*rates):
+        args = parser.parse_args(["--smoke", "--list", "--pretrain-lr", *rates])
+        return cli.parameters(args, parser)["pretrain"]
+
+    smoke = protocols.smoke_parameters("paired")["pretrain"]
+    assert smoke.epochs == 2 and len(smoke.milestones) == 1  # what --smoke trains
+    two = pretrain("0.2", "0.02")
+    assert (two.epochs, two.milestones, two.rates) == (2, smoke.milestones, ((0.2, 0.02),))
+    paper = protocols.defaults("pretrain")["paired"]
+    three = pretrain("0.2", "0.02", "0.002")
+    assert three == paper.adjusted(rates=[(0.2, 0.02, 0.002)]).scaled(protocols.SMOKE_EPOCHS)
+    with pytest.raises(SystemExit):
+        pretrain("0.2")
+    assert "Expected one rate per phase (2 with milestones [2])" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--experiment", "freeze", "--freeze-at", "2.9", "--smoke", "--list"])
+    err = capsys.readouterr().err
+    assert "closest first: 2.1" in err and "the smoke runs' tiny model (depth=10" in err

@@ -122,7 +122,7 @@ class Example:
                 return super()._get_help_string(action) or ""
 
         p = argparse.ArgumentParser(
-            usage="%(prog)s --out DIR [--experiment NAME] [--list | --run ID [ID ...]] [options]",
+            usage="%(prog)s [--out DIR] [--experiment NAME] [--list | --run ID [ID ...]] [options]",
             description=self.description,
             formatter_class=Formatter,
         )
@@ -132,7 +132,7 @@ class Example:
             for name in self.experiments
         ]
         p.add_argument("--experiment", choices=list(self.experiments), default=self.experiments[0], help="; ".join(described))  # fmt: skip
-        p.add_argument("--out", required=True, help="output folder: one run directory per run id")
+        p.add_argument("--out", default=None, help="output folder: one run directory per run id (not needed with --list)")  # fmt: skip
         what = p.add_mutually_exclusive_group()
         what.add_argument("--list", action="store_true", help="print the run ids in dependency order and exit")  # fmt: skip
         what.add_argument("--run", "--runs", nargs="+", metavar="ID", default=None, help="execute these runs only (under torchrun write --runs: torchrun takes --run for its own --run-path)")  # fmt: skip
@@ -222,15 +222,26 @@ class Example:
             if not any(given(args, flag) for flag in flags):
                 continue
             default = protocols.defaults(step, self.setup)[experiment]
-            try:
-                params[step] = default.adjusted(
-                    epochs=getattr(args, flags[0]) if given(args, flags[0]) else (protocols.SMOKE_EPOCHS if args.smoke else None),
-                    milestones=getattr(args, flags[1]) if given(args, flags[1]) else None,
-                    rates=[getattr(args, r) if given(args, r) else None for r in rates],
-                )  # fmt: skip
-            except ValueError as error:
+            epochs = getattr(args, flags[0]) if given(args, flags[0]) else None
+            # Rates given with --smoke are the smoke schedule's phases, or the full
+            # schedule's, scaled to the smoke epochs with it.
+            tries = [(default, epochs)]
+            if args.smoke and epochs is None:
+                tries = [(params[step], None), (default, protocols.SMOKE_EPOCHS)]
+            errors = []
+            for schedule, length in tries:
+                try:
+                    params[step] = schedule.adjusted(
+                        epochs=length,
+                        milestones=getattr(args, flags[1]) if given(args, flags[1]) else None,
+                        rates=[getattr(args, r) if given(args, r) else None for r in rates],
+                    )  # fmt: skip
+                    break
+                except ValueError as error:
+                    errors.append(error)
+            else:
                 names = "/".join("--" + f.replace("_", "-") for f in flags if given(args, f))
-                parser.error(f"argument {names}: {error}")
+                parser.error(f"argument {names}: {errors[0]}")
             kept, planned = len(params[step].milestones), len(default.milestones)
             if given(args, flags[0]) and not given(args, flags[1]) and kept < planned:
                 # Said once every check has passed (a refused call is one line).
@@ -263,6 +274,8 @@ class Example:
         parser = self.build_parser()
         report_to_torchrun(parser)
         args = parser.parse_args(argv)
+        if args.out is None and not args.list:
+            parser.error("the following arguments are required: --out (all but --list)")
         args.device_given = given(args, "device")
         if not args.device_given:
             args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -507,9 +520,13 @@ class Example:
         )  # fmt: skip
         failed = [o.id for o in outcomes if o.status == "failed"]
         if rank == 0:
-            _print_summary(args, plan, self.smoke)
             stopped = [o.id for o in outcomes if o.status == "stopped"]
             finished = sum(o.status in plans.FINISHED_STATUSES for o in outcomes)
+            skipped = sum(o.status == "skipped" for o in outcomes)
+            if skipped:
+                print(f"skipped {skipped} finished run(s) (their files untouched); "
+                      f"{finished - skipped} trained or resumed in this call")  # fmt: skip
+            _print_summary(args, plan, self.smoke)
             left = len(plan.select(args.run)) - finished
             if args.jobs > 1 and stopped:
                 print(f"stopped {len(stopped)} run(s) after --stop-after {args.stop_after} epoch(s) "

@@ -644,7 +644,17 @@ def _check_addresses(
     layers = layer_map(model)
     groups = layers.groups
     for address in addresses:
-        if address != "0" and layers.resolve(address, name=name) == len(groups) - 1:
+        try:
+            index = None if address == "0" else layers.resolve(address, name=name)
+        except ValueError as error:
+            if not options.smoke:
+                raise
+            kwargs = ", ".join(f"{k}={v}" for k, v in options.model_kwargs.items())
+            raise ValueError(
+                f"{error} These are the addresses of the smoke runs' tiny model ({kwargs}): "
+                f"give one of them, or leave `{name}` out for the smoke points."
+            ) from None
+        if index == len(groups) - 1:
             raise ValueError(
                 f"Expected `{name}` to end before the head ({groups[-2].address!r} at most), but "
                 f"{address!r} includes the classifier."
