@@ -13,6 +13,7 @@ import torchvision
 from auxtransfer import layer_map
 from auxtransfer.probe import features, hscore, layer_scores, leep, linear_cka, logme, nce
 
+from ._references import cka_reference
 from ._tiny_hf import build as build_hf
 
 # ---------------------------------------------------------------- references (numpy, float64)
@@ -61,26 +62,6 @@ def nce_reference(z, y):
     for (a, _), k in counts.items():
         per_z[a] = per_z.get(a, 0) + k
     return sum(k / n * np.log(k / per_z[a]) for (a, _), k in counts.items())
-
-
-def cka_reference(x, y, debiased=False):
-    """From Gram matrices: HSIC with the centring matrix, or U-centred for the debiased."""
-    k, l = x @ x.T, y @ y.T  # noqa: E741
-    n = len(k)
-
-    def centred(gram):
-        if not debiased:
-            h = np.eye(n) - 1 / n
-            return h @ gram @ h
-        gram = gram.copy()
-        np.fill_diagonal(gram, 0)
-        means = gram.sum(0) / (n - 2)
-        gram -= means[:, None] + means[None, :] - gram.sum() / ((n - 1) * (n - 2))
-        np.fill_diagonal(gram, 0)
-        return gram
-
-    kc, lc = centred(k), centred(l)
-    return float((kc * lc).sum() / np.sqrt((kc * kc).sum() * (lc * lc).sum()))
 
 
 # ---------------------------------------------------------------- scores

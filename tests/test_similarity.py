@@ -16,25 +16,11 @@ from auxtransfer.experiments.transfer import load_backbone
 from auxtransfer.layers import layer_map
 from auxtransfer.report import build_report, write_report
 
+from ._references import cka_reference
+
 
 def _smoke(experiment, **parameters):
     return protocols.build(experiment, **{**protocols.smoke_parameters(experiment), **parameters})
-
-
-def debiased_cka(x, y):
-    """From the N x N Gram matrices, U-centred (Nguyen et al. 2021), in numpy."""
-
-    def u_centred(gram):
-        n = len(gram)
-        gram = gram.copy()
-        np.fill_diagonal(gram, 0)
-        means = gram.sum(0) / (n - 2)
-        gram -= means[:, None] + means[None, :] - gram.sum() / ((n - 1) * (n - 2))
-        np.fill_diagonal(gram, 0)
-        return gram
-
-    k, l = u_centred(x @ x.T), u_centred(y @ y.T)  # noqa: E741
-    return (k * l).sum() / np.sqrt((k * k).sum() * (l * l).sum())
 
 
 @pytest.mark.parametrize("experiment", ["paired", "aux-labels", "freeze"])
@@ -92,7 +78,9 @@ def test_execute_writes_the_cka_of_each_pair_at_every_address(swept):
             taken.append(outputs)
         assert list(saved["layers"]) == addresses
         for a in addresses:
-            expected = debiased_cka(taken[0][a].double().numpy(), taken[1][a].double().numpy())
+            expected = cka_reference(
+                taken[0][a].double().numpy(), taken[1][a].double().numpy(), debiased=True
+            )
             assert saved["layers"][a] == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 

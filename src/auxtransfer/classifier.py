@@ -201,6 +201,25 @@ def last_classifier_layer(model: nn.Module, name: str) -> str | None:
     return layers[-1] if layers else None
 
 
+def named_classifier(model: nn.Module, classifier: str | None) -> tuple[str, nn.Module]:
+    """The classifier named ``classifier`` (None: ``find_classifier``'s) and its module, or
+    the error that says what was given and which layers the model ends with."""
+    if classifier is None:
+        classifier = find_classifier(model)
+    elif not isinstance(classifier, str):
+        raise TypeError(
+            f"Expected `classifier` to be a module name (str), but got {describe(classifier)}."
+        )
+    try:
+        return classifier, model.get_submodule(classifier)
+    except AttributeError:
+        raise ValueError(
+            f"Expected `classifier` to name a module of {type(model).__name__}, but got "
+            f"{classifier!r}; the last Linear/Conv modules are "
+            f"{classifier_layers(model)[-3:]}."
+        ) from None
+
+
 def classifier_widths(module: nn.Module, name: str) -> tuple[int, int]:
     """(input features, output classes) of a classifier layer or a container of them."""
     layers = [m for m in module.modules() if isinstance(m, CLASSIFIER_TYPES)]

@@ -22,7 +22,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ._checks import check_int, check_labels, check_seed, check_unit_float, describe
 from ._twin import is_transformers_model
-from .classifier import classifier_layers, classifier_widths, find_classifier
+from .classifier import classifier_widths, named_classifier
 from .layers import SubmoduleMatcher, layer_map
 from .losses import combined_loss
 from .partition import as_partition, class_partition
@@ -199,20 +199,7 @@ class RandomPartitionHead(nn.Module):
         if aux_weight is not None:
             aux_weight = _check_aux_weight(backbone, aux_weight)
         self._explicit = classifier is not None
-        if classifier is None:
-            classifier = find_classifier(backbone)
-        elif not isinstance(classifier, str):
-            raise TypeError(
-                f"Expected `classifier` to be a module name (str), but got {describe(classifier)}."
-            )
-        try:
-            layer = backbone.get_submodule(classifier)
-        except AttributeError:
-            raise ValueError(
-                f"Expected `classifier` to name a module of {type(backbone).__name__}, but got "
-                f"{classifier!r}; the last Linear/Conv modules are "
-                f"{classifier_layers(backbone)[-3:]}."
-            ) from None
+        classifier, layer = named_classifier(backbone, classifier)
         in_features, num_classes = classifier_widths(layer, classifier)
         if num_classes < 2:
             raise ValueError(

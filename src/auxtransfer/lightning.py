@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ._checks import check_int, check_labels, check_seed, check_unit_float, describe
-from .classifier import classifier_layers, classifier_widths, find_classifier
+from .classifier import classifier_widths, find_classifier, named_classifier
 from .freezing import DEFAULT_BN, BatchNormPolicy, FreezeSummary, check_bn, freeze_until, unfreeze
 from .heads import RandomPartitionHead, _main_logits
 from .layers import layer_map
@@ -351,18 +351,7 @@ def _classifier_classes(backbone: nn.Module, classifier: str | None) -> tuple[st
             classifier = find_classifier(backbone)
         except ValueError:
             return None  # checked on the first batch instead
-    elif not isinstance(classifier, str):
-        raise TypeError(
-            f"Expected `classifier` to be a module name (str), but got {describe(classifier)}."
-        )
-    try:
-        layer = backbone.get_submodule(classifier)
-    except AttributeError:
-        raise ValueError(
-            f"Expected `classifier` to name a module of {type(backbone).__name__}, but got "
-            f"{classifier!r}; the last Linear/Conv modules are "
-            f"{classifier_layers(backbone)[-3:]}."
-        ) from None
+    classifier, layer = named_classifier(backbone, classifier)
     return classifier, classifier_widths(layer, classifier)[1]
 
 
